@@ -1,0 +1,160 @@
+"""``imagenet-pack``: convert, info, verify, demo. Thin: each verb calls one library function."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import ImagenetPackError
+
+_VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _verb(name: str):
+    def register(fn):
+        _VERBS[name] = fn
+        return fn
+    return register
+
+
+def _splits(text: str) -> tuple[str, ...]:
+    splits = tuple(s for s in text.split(",") if s)
+    if not splits:
+        raise argparse.ArgumentTypeError("give at least one split, e.g. train,val")
+    return splits
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .detect import LAYOUTS
+    parser = argparse.ArgumentParser(prog="imagenet-pack", description="Pack ILSVRC2012 into LMDB for PyTorch.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("convert", help="pack an ImageNet tree or archives into LMDB databases",
+                       description="Read SRC (class folders, flat val + devkit, the official tars, or Kaggle's "
+                       "layout) and write DST/<split>/. Resumes an interrupted run of the same command.")
+    p.add_argument("src", type=Path, help="the ImageNet input: a folder holding train/ and val/, or archives")
+    p.add_argument("dst", type=Path, help="output directory for the databases")
+    p.add_argument("--splits", type=_splits, default=("train", "val"), help="comma-separated splits (default: train,val)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default: detect it)")
+    p.add_argument("--workers", type=_positive, default=None, help="reader/validator processes (default: all cores)")
+    p.add_argument("--shards", type=_positive, default=1, help="LMDB environments per split (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace a complete or differing database in DST")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="finish the database even when some images could not be read (they are listed in the report)")
+    p.add_argument("--max-side", type=_positive, default=None,
+                   help="downscale images whose longer side exceeds this (default: store original bytes)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality for --max-side re-encoding (default: 90)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("info", help="describe a converted database")
+    p.add_argument("root", type=Path)
+
+    p = sub.add_parser("verify", help="check every record of a database")
+    p.add_argument("root", type=Path)
+    p.add_argument("--decode", action="store_true", help="also decode every image")
+    p.add_argument("--source", type=Path, default=None, help="also compare every record with this source input")
+
+    p = sub.add_parser("demo", help="generate a small ImageNet-shaped sample, convert it, read it back, time it")
+    p.add_argument("--dir", type=Path, default=None, help="keep the sample and database here (default: a temp dir)")
+    p.add_argument("--classes", type=_positive, default=10)
+    p.add_argument("--per-class", type=_positive, default=30, help="train images per class (val gets a third)")
+    p.add_argument("--workers", type=_positive, default=None, help="DataLoader and converter workers (default: all cores)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="imagenet-pack: warning: %(message)s")
+    try:
+        return _VERBS[args.verb](args)
+    except ImagenetPackError as exc:
+        print(f"imagenet-pack: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("imagenet-pack: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+@_verb("convert")
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import ConvertOptions, convert
+    if not 1 <= args.quality <= 100:
+        raise SystemExit("imagenet-pack convert: error: --quality must be 1..100")
+    options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards, overwrite=args.overwrite,
+                             skip_bad=args.skip_bad, max_side=args.max_side, quality=args.quality,
+                             layout=args.layout, progress=not args.no_progress)
+    report = convert(args.src, args.dst, options)
+    for note in report.notes:
+        print(note)
+    print(f"{'split':<6} {'found':>8} {'stored':>8} {'fixed':>6} {'skipped':>8} {'ignored':>8} "
+          f"{'img/s':>7} {'MB/s':>7} {'db/src':>7}")
+    for r in report.splits:
+        rate = "-" if r.already_complete else f"{r.stored / max(r.seconds, 1e-9):.0f}"
+        mbs = "-" if r.already_complete else f"{r.source_bytes / 1e6 / max(r.seconds, 1e-9):.1f}"
+        print(f"{r.split:<6} {r.found:>8} {r.stored:>8} {len(r.fixed):>6} {len(r.skipped):>8} {len(r.ignored):>8} "
+              f"{rate:>7} {mbs:>7} {r.storage_ratio:>7.3f}")
+        for path, reason in r.skipped:
+            print(f"  skipped {path}: {reason}")
+        for path, reason in r.fixed[:20]:
+            print(f"  fixed   {path}: {reason}")
+    print(f"report: {report.report_path} (every fixed, skipped and ignored file, JSON lines)")
+    if not report.ok:
+        bad = sum(len(r.skipped) for r in report.splits)
+        print(f"imagenet-pack: error: {bad} image(s) could not be read (listed above); the database is not "
+              "finished. Fix or remove them and rerun, or rerun with --skip-bad to accept the loss.",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+@_verb("info")
+def _info(args: argparse.Namespace) -> int:
+    from .store import list_splits, load_split
+    splits = list_splits(args.root)
+    if not splits:
+        raise ImagenetPackError(f"{args.root}: no database found")
+    for split in splits:
+        info = load_split(args.root, split)
+        meta = info.metas[0]
+        size = sum((s.path / "data.mdb").stat().st_size for s in info.shards)
+        enc = meta["encoding"]
+        print(f"{split}: {len(info)} records, {len(info.wnids)} classes, {len(info.shards)} shard(s), "
+              f"{size / 1e6:.1f} MB, format {meta['format']} v{meta['version']}, created {meta['created']}")
+        print(f"  source: {meta['source']}; images: "
+              + (f"longer side <= {enc['max_side']}, quality {enc['quality']}" if enc["max_side"] else "original bytes")
+              + f"; fixed on conversion: {sum(len(m['fixed']) for m in info.metas)}")
+        print(f"  classes: {info.wnids[0]} ({info.classes[0][0]}) ... {info.wnids[-1]} ({info.classes[-1][0]})")
+    return 0
+
+
+@_verb("verify")
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+    report = verify(args.root, decode=args.decode, source=args.source, progress=sys.stderr.isatty())
+    for problem in report.problems:
+        print(f"BAD {problem}")
+    if report.ok:
+        print(f"ok: {report.checked} records checked")
+        return 0
+    print(f"imagenet-pack: error: {len(report.problems)} problem(s) in {report.checked} records", file=sys.stderr)
+    return 1
+
+
+@_verb("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    run_demo(args.dir, classes=args.classes, per_class=args.per_class, workers=args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""The converter: source splits -> sharded LMDB databases, in parallel, resumable, with an honest report.
+
+Worker processes read and validate files (:mod:`.prepare`) in parallel; the parent receives the results in
+source order and commits them in batches. Records are assigned to shards by source position (contiguous
+ranges), so the database is the same for any worker count, and the global order of records is the source
+order for any shard count.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from .errors import FormatError, OutputExistsError
+from .format import FORMAT_NAME, FORMAT_VERSION, Record, decode_paths, encode_paths, pack_array, target_dtype
+from .detect import discover
+from .layouts import SPLITS
+from .prepare import PrepareOptions, Prepared, prepare
+from .sources import Item, SplitSource, read_item
+from .store import find_shards, read_shard_meta, close_handle, shard_dir
+from .writer import ShardWriter, remove_database
+
+log = logging.getLogger(__name__)
+
+CANONICAL_COUNTS = {"train": 1_281_167, "val": 50_000}
+CANONICAL_VAL_PER_CLASS = 50
+REPORT_NAME = "convert-report.jsonl"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert. ``workers=None`` uses every core; ``max_side`` enables FFCV-style write-time resize."""
+
+    splits: tuple[str, ...] = SPLITS
+    workers: int | None = None
+    shards: int = 1
+    overwrite: bool = False
+    skip_bad: bool = False
+    max_side: int | None = None
+    quality: int = 90
+    layout: str = "auto"
+    progress: bool = True
+    initial_map_size: int | None = None  # None: estimated from the source size; the map grows when full
+    batch_bytes: int = 64 << 20
+
+
+@dataclass
+class SplitReport:
+    split: str
+    description: str = ""
+    found: int = 0
+    stored: int = 0
+    fixed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    source_bytes: int = 0
+    db_bytes: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+    already_complete: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def storage_ratio(self) -> float:
+        return self.db_bytes / self.source_bytes if self.source_bytes else 0.0
+
+
+@dataclass
+class ConvertReport:
+    splits: list[SplitReport]
+    report_path: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.complete for s in self.splits)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertOptions()) -> ConvertReport:
+    """Convert the splits found under ``src`` into ``dst/<split>/``; see :class:`ConvertOptions`.
+
+    Raises:
+        LayoutError: ``src`` is not a readable layout.
+        OutputExistsError: every requested split is already complete in ``dst`` (pass ``overwrite``), or a
+            split holds an interrupted conversion of other input.
+    """
+    src, dst = Path(src), Path(dst)
+    sources, notes = discover(src, options.splits, options.layout)
+    fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
+    done = {s for s in sources if not options.overwrite and _complete(dst / s, fingerprints[s])}
+    if done == set(sources):
+        raise OutputExistsError(
+            f"{dst}: already holds a complete database for {', '.join(sorted(done))}; "
+            "pass --overwrite to replace it"
+        )
+    dst.mkdir(parents=True, exist_ok=True)
+    workers = options.workers or default_workers()
+    prep = PrepareOptions(options.max_side, options.quality)
+    pool = multiprocessing.Pool(workers, _init_worker, (prep,)) if workers > 1 else None
+    reports = []
+    try:
+        for split, source in sources.items():
+            if split in done:
+                notes.append(f"{dst / split}: already complete, kept")
+                reports.append(_summarise_complete(dst / split, source))
+                continue
+            if options.overwrite:
+                remove_database(dst / split)
+            reports.append(_convert_split(source, dst / split, fingerprints[split], options, prep, pool))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    report_path = dst / REPORT_NAME
+    _write_report(report_path, reports)
+    return ConvertReport(reports, report_path, notes)
+
+
+def _fingerprint(source: SplitSource, options: ConvertOptions) -> str:
+    return f"{source.fingerprint()}|shards={options.shards}|max_side={options.max_side}|quality={options.quality}"
+
+
+def _complete(split_dir: Path, fingerprint: str) -> bool:
+    """True when ``split_dir`` holds a complete database; OutputExistsError if it was made from other input."""
+    paths = find_shards(split_dir)
+    if not paths:
+        return False
+    try:
+        metas = []
+        for path in paths:
+            try:
+                metas.append(read_shard_meta(path))
+            except FormatError:  # incomplete or unreadable shard: not complete, the writer decides what to do
+                return False
+    finally:
+        for path in paths:
+            close_handle(path)
+    if len(metas) != metas[0]["num_shards"]:
+        return False
+    if metas[0].get("fingerprint") != fingerprint:
+        raise OutputExistsError(
+            f"{split_dir}: holds a complete database made from other input or options; "
+            "pass --overwrite to replace it"
+        )
+    return True
+
+
+_OPTIONS: PrepareOptions | None = None
+
+
+def _init_worker(options: PrepareOptions) -> None:
+    global _OPTIONS
+    _OPTIONS = options
+    # No cv2.setNumThreads() here: in a child forked from a parent whose OpenCV thread pool is running it
+    # deadlocks (it waits for the parent's pool threads, which a fork does not copy). Decoding is serial anyway.
+
+
+def _prepare_task(task: tuple[int, int, Item]) -> tuple[int, int, Prepared, int]:
+    shard, position, item = task
+    assert _OPTIONS is not None
+    try:
+        data = read_item(item)
+    except OSError as exc:
+        return shard, position, Prepared(None, reason=f"cannot read: {exc.strerror or exc}"), 0
+    return shard, position, prepare(data, _OPTIONS), len(data)
+
+
+def _shard_ranges(count: int, shards: int) -> list[range]:
+    return [range(s * count // shards, (s + 1) * count // shards) for s in range(shards)]
+
+
+def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, options: ConvertOptions,
+                   prep: PrepareOptions, pool) -> SplitReport:
+    started = time.perf_counter()
+    ranges = _shard_ranges(len(source.items), options.shards)
+    existing = find_shards(split_dir)
+    wanted = [shard_dir(split_dir, s, options.shards) for s in range(options.shards)]
+    if existing and set(existing) - set(wanted):
+        raise OutputExistsError(f"{split_dir}: holds shards of a conversion with another --shards; "
+                                "pass --overwrite to start over")
+    estimate = _estimate_bytes(source)
+    writers = []
+    try:
+        for s, rng in enumerate(ranges):
+            share = estimate * len(rng) // max(1, len(source.items))
+            map_size = options.initial_map_size or int(share * 1.25) + (64 << 20)
+            writers.append(ShardWriter(wanted[s], fingerprint, map_size=map_size, batch_bytes=options.batch_bytes))
+        todo = [(s, pos, source.items[rng[pos]]) for s, (w, rng) in enumerate(zip(writers, ranges))
+                for pos in range(w.position, len(rng))]
+        results = _run(todo, prep, pool)
+        bar = tqdm(total=len(source.items), initial=len(source.items) - len(todo), unit="img",
+                   desc=f"{source.split}", disable=not options.progress, smoothing=0.1)
+        read_bytes, t0 = 0, time.perf_counter()
+        for shard, position, prepared, nbytes in results:
+            item = source.items[ranges[shard][position]]
+            if prepared.image is None:
+                writers[shard].add(position, None, [position, prepared.reason])
+            else:
+                record = Record(prepared.image, item.target, prepared.height, prepared.width)
+                writers[shard].add(position, record,
+                                   [position, prepared.orig_height, prepared.orig_width, prepared.reason])
+            read_bytes += nbytes
+            bar.update(1)
+            if bar.n % 64 == 0:
+                bar.set_postfix_str(f"{read_bytes / 1e6 / max(time.perf_counter() - t0, 1e-9):.1f} MB/s")
+        bar.close()
+        for w in writers:
+            w.flush()
+        report = _account(source, writers, ranges)
+        report.complete = not report.skipped or options.skip_bad
+        if report.complete:
+            start = 0
+            for s, (w, rng) in enumerate(zip(writers, ranges)):
+                rows = w.rows()
+                w.finish(_shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored))
+                start += len(rows)
+    finally:
+        for w in writers:
+            w.close()
+    report.source_bytes = _source_bytes(source)
+    report.db_bytes = sum((p / "data.mdb").stat().st_blocks * 512 for p in wanted if (p / "data.mdb").exists())
+    report.seconds = time.perf_counter() - started
+    report.warnings = _audit(source, report)
+    return report
+
+
+def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[tuple[int, int, Prepared, int]]:
+    if pool is None:
+        _init_worker(prep)
+        return map(_prepare_task, todo)
+    return pool.imap(_prepare_task, todo, chunksize=4)
+
+
+def _account(source: SplitSource, writers: list[ShardWriter], ranges: list[range]) -> SplitReport:
+    report = SplitReport(source.split, source.description, ignored=list(source.ignored))
+    for w, rng in zip(writers, ranges):
+        report.stored += w.state["count"]
+        for position, reason in w.state["problems"]:
+            report.skipped.append((source.items[rng[position]].path, reason))
+        for row in w.rows():
+            if row[3]:
+                report.fixed.append((source.items[rng[row[0]]].path, row[3]))
+    report.found = len(source.items) + len(source.ignored)
+    return report
+
+
+def _shard_meta(source: SplitSource, fingerprint: str, options: ConvertOptions, shard: int, start: int,
+                rows: list[list], rng: range, total: int) -> dict:
+    items = [source.items[rng[row[0]]] for row in rows]
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "split": source.split,
+        "shard": shard,
+        "num_shards": options.shards,
+        "start": start,
+        "count": len(rows),
+        "total": total,
+        "wnids": source.wnids,
+        "classes": [list(c) for c in source.classes],
+        "targets_dtype": target_dtype(len(source.wnids)),
+        "targets": pack_array([i.target for i in items], target_dtype(len(source.wnids))),
+        "sizes": pack_array([v for row in rows for v in row[1:3]], "<u4"),
+        "paths": encode_paths([i.path for i in items]),
+        "fixed": [[i.path, row[3]] for i, row in zip(items, rows) if row[3]],
+        "encoding": {"max_side": options.max_side, "quality": options.quality if options.max_side else None},
+        "source": source.description,
+        "fingerprint": fingerprint,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _summarise_complete(split_dir: Path, source: SplitSource) -> SplitReport:
+    metas = [read_shard_meta(p) for p in find_shards(split_dir)]
+    for p in find_shards(split_dir):
+        close_handle(p)
+    report = SplitReport(source.split, source.description, complete=True, already_complete=True,
+                         ignored=list(source.ignored))
+    report.stored = sum(m["count"] for m in metas)
+    report.fixed = [tuple(f) for m in metas for f in m["fixed"]]
+    report.found = len(source.items) + len(source.ignored)
+    report.skipped = [(i.path, "skipped in an earlier run") for i in _missing(source, metas)]
+    return report
+
+
+def _missing(source: SplitSource, metas: list[dict]) -> list[Item]:
+    stored = {p for m in metas for p in decode_paths(m["paths"])}
+    return [i for i in source.items if i.path not in stored]
+
+
+def _estimate_bytes(source: SplitSource) -> int:
+    sample = source.items[:: max(1, len(source.items) // 256)]
+    if not sample:
+        return 0
+    mean = sum(_item_size(i) for i in sample) / len(sample)
+    return int(mean * len(source.items))
+
+
+def _item_size(item: Item) -> int:
+    return item.size if item.size >= 0 else os.stat(item.file).st_size
+
+
+def _source_bytes(source: SplitSource) -> int:
+    return sum(_item_size(i) for i in source.items)
+
+
+def _audit(source: SplitSource, report: SplitReport) -> list[str]:
+    """Compare a full ILSVRC2012 split (1000 classes) with the canonical counts; warnings name the classes."""
+    if len(source.wnids) != 1000 or source.split not in CANONICAL_COUNTS:
+        return []
+    warnings = []
+    expected = CANONICAL_COUNTS[source.split]
+    if len(source.items) != expected:
+        warnings.append(f"{source.split}: {len(source.items)} images, ILSVRC2012 has {expected}")
+    counts = [0] * len(source.wnids)
+    for item in source.items:
+        counts[item.target] += 1
+    per_class = source.expected_counts or (
+        {w: CANONICAL_VAL_PER_CLASS for w in source.wnids} if source.split == "val" else None)
+    if per_class:
+        differ = [f"{w} ({c} vs {per_class[w]})" for w, c in zip(source.wnids, counts)
+                  if w in per_class and c != per_class[w]]
+        if differ:
+            warnings.append(f"{source.split}: {len(differ)} classes differ from ILSVRC2012's counts: "
+                            + ", ".join(differ[:20]) + (" ..." if len(differ) > 20 else ""))
+    for w in warnings:
+        log.warning(w)
+    return warnings
+
+
+def _write_report(path: Path, reports: list[SplitReport]) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        for r in reports:
+            for action, entries in (("fixed", r.fixed), ("skipped", r.skipped), ("ignored", r.ignored)):
+                for file, reason in entries:
+                    out.write(json.dumps({"split": r.split, "path": file, "action": action, "reason": reason}) + "\n")

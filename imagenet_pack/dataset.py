@@ -1,0 +1,118 @@
+"""``LmdbImageNet``: the map-style dataset over a converted database."""
+from __future__ import annotations
+
+import bisect
+import operator
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+from .decode import Decoder, resolve_decoder
+from .errors import CorruptRecordError
+from .format import decode_record, encode_key
+from .store import load_split, open_handle
+
+
+class LmdbImageNet(Dataset):
+    """ImageNet read from an ``imagenet-pack`` database; a drop-in for ``torchvision.datasets.ImageFolder``.
+
+    Expected layout (written by ``imagenet-pack convert``)::
+
+        root/
+          train/            one LMDB environment (data.mdb) ...
+          val/              ... or shard-000-of-004/ ... shard-003-of-004/ folders
+          convert-report.jsonl
+
+    Metadata is read once in ``__init__`` and the environment closed again; each process (every DataLoader
+    worker, fork or spawn) opens its own read-only environment on first access. So the dataset pickles,
+    several instances can share a path, and workers never run out of LMDB reader slots.
+
+    Args:
+        root: the database directory given to ``imagenet-pack convert``.
+        split: ``"train"`` or ``"val"`` (any split present in ``root``).
+        transform: applied to the decoded sample (a ``PIL.Image`` with the default decoder).
+        target_transform: applied to the target (the class index).
+        decoder: ``"pil"`` (default: RGB ``PIL.Image``), ``"tensor"`` (uint8 3xHxW RGB tensor), or a decoder
+            object such as :class:`imagenet_pack.RandomResizedCropDecoder` (fused decode + crop, uint8).
+
+    Attributes:
+        classes (list[tuple[str, ...]]): class names per class index, as ``torchvision.datasets.ImageNet``.
+        class_to_idx (dict[str, int]): every class name to its index.
+        wnids (list[str]): WordNet ids per class index (sorted, torchvision's order).
+        wnid_to_idx (dict[str, int]): wnid to class index.
+        targets (numpy.ndarray): class index of every sample, int64.
+        sizes (numpy.ndarray): (N, 2) original height and width of every sample.
+
+    Raises:
+        FormatError: the database is missing, incomplete, or of an unsupported format version.
+        CorruptRecordError: (on access) a record fails its checksum.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
+                 target_transform: Callable | None = None, *, decoder: str | Decoder = "pil") -> None:
+        info = load_split(root, split)
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.target_transform = target_transform
+        self.decoder = resolve_decoder(decoder)
+        self.wnids = info.wnids
+        self.wnid_to_idx = {wnid: i for i, wnid in enumerate(self.wnids)}
+        self.classes = info.classes
+        self.class_to_idx = {name: i for i, names in enumerate(self.classes) for name in names}
+        self.targets = info.targets
+        self.sizes = info.sizes
+        self._info = info
+        self._paths = [str(s.path) for s in info.shards]
+        self._starts = [s.start for s in info.shards]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def paths(self) -> list[str]:
+        """Source path (relative to the converted input) of every sample."""
+        return self._info.paths()
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any]:
+        """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
+        epoch = None
+        if isinstance(index, tuple):
+            index, epoch = index
+        index = operator.index(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        record, where = self._read(index)
+        sample = self.decoder(record, index, epoch, where)
+        target = int(self.targets[index])
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
+
+    def read_record(self, index: int):
+        """The checked record at ``index`` (encoded image bytes, target, stored size), without decoding."""
+        return self._read(index)[0]
+
+    def _read(self, index: int):
+        shard = bisect.bisect_right(self._starts, index) - 1
+        path, local = self._paths[shard], index - self._starts[shard]
+        where = f"{path} record {local}"
+        handle = open_handle(path)
+        with handle.env.begin(db=handle.records, buffers=True) as txn:
+            value = txn.get(encode_key(local))
+            if value is None:
+                raise CorruptRecordError(f"{where}: missing although the metadata lists it; reconvert the database")
+            record = decode_record(value, where)  # copies the image out of the map before the txn ends
+        if record.target != self.targets[index]:
+            raise CorruptRecordError(f"{where}: target {record.target} differs from the metadata's "
+                                     f"{self.targets[index]}; reconvert the database")
+        return record, where
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={len(self)}, "
+                f"classes={len(self.wnids)}, shards={len(self._paths)})")

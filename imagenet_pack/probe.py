@@ -1,0 +1,124 @@
+"""Read what an image file claims to be from its header bytes, without decoding pixels.
+
+The converter uses this to refuse absurd headers before allocating pixels, to find CMYK and other JPEGs that
+GPU and torchvision decoders cannot read, and to catch truncated files (libjpeg only warns on those and
+returns a half-grey image, so a decode alone would store garbage).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_OTHER_MAGIC = {b"GIF87a": "gif", b"GIF89a": "gif", b"BM": "bmp", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
+
+# Start-of-frame markers libjpeg-turbo, nvJPEG and torchvision all decode: baseline, extended, progressive
+# Huffman. Lossless (C3), hierarchical and arithmetic-coded frames are rarer and less widely supported.
+_COMMON_SOF = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
+_OTHER_SOF = {0xC3: "lossless", 0xC5: "hierarchical", 0xC6: "hierarchical", 0xC7: "hierarchical",
+              0xC9: "arithmetic", 0xCA: "arithmetic", 0xCB: "arithmetic", 0xCD: "arithmetic",
+              0xCE: "arithmetic", 0xCF: "arithmetic"}
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the file's header says: container kind, size, and for JPEG the frame details."""
+
+    kind: str  # "jpeg", "png", "gif", "bmp", "tiff", "webp"
+    width: int = 0
+    height: int = 0
+    components: int = 0  # JPEG: 1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK
+    frame: str = ""  # JPEG: baseline / extended / progressive / lossless / arithmetic / hierarchical
+    precision: int = 8
+    complete: bool = True  # has its end marker (JPEG EOI after the scan, PNG IEND)
+
+
+class ProbeError(ValueError):
+    """The bytes are not a readable image header; the message says why."""
+
+
+def sniff(data: bytes) -> str | None:
+    """The container kind from the magic bytes, or None when it is not a known image format."""
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    for magic, kind in _OTHER_MAGIC.items():
+        if data.startswith(magic):
+            return kind
+    return None
+
+
+def probe(data: bytes) -> Header:
+    """Parse the header of ``data``; raise ProbeError for empty, unknown or malformed headers."""
+    if not data:
+        raise ProbeError("empty file")
+    kind = sniff(data)
+    if kind is None:
+        raise ProbeError("not an image (unknown file signature)")
+    if kind == "jpeg":
+        return _probe_jpeg(data)
+    if kind == "png":
+        return _probe_png(data)
+    return Header(kind)
+
+
+def _probe_jpeg(data: bytes) -> Header:
+    pos, size, sof, first_scan = 2, len(data), None, None
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            raise ProbeError(f"corrupt JPEG header: expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2:
+            raise ProbeError(f"corrupt JPEG header: segment length {length} at byte {pos}")
+        if marker in _COMMON_SOF or marker in _OTHER_SOF:
+            if pos + 10 > size:
+                break
+            precision, height, width, components = struct.unpack_from(">BHHB", data, pos + 4)
+            sof = (_COMMON_SOF.get(marker) or _OTHER_SOF[marker], precision, height, width, components)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            first_scan = pos
+            break
+        pos += 2 + length
+    if sof is None:
+        raise ProbeError("truncated or corrupt JPEG: no frame header (SOF) before the image data")
+    frame, precision, height, width, components = sof
+    if width == 0 or height == 0:
+        raise ProbeError(f"JPEG header gives an empty size {width}x{height}")
+    # Inside entropy-coded data every 0xFF is followed by 0x00 or a restart marker, so an end-of-image
+    # marker after the first scan means the file reaches its end; a cut-off file has none.
+    complete = first_scan is not None and data.rfind(b"\xff\xd9") > first_scan
+    return Header("jpeg", width, height, components, frame, precision, complete)
+
+
+def _probe_png(data: bytes) -> Header:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ProbeError("truncated or corrupt PNG: no IHDR chunk")
+    width, height = struct.unpack_from(">II", data, 16)
+    complete = b"IEND" in data[-32:]
+    return Header("png", width, height, complete=complete)
+
+
+def needs_reencode(header: Header) -> str | None:
+    """Why a file cannot be stored as it is (a reason for the report), or None when it can."""
+    if header.kind != "jpeg":
+        return f"{header.kind.upper()} data (not JPEG) re-encoded to JPEG"
+    if header.components == 4:
+        return "CMYK JPEG re-encoded to RGB JPEG"
+    if header.components not in (1, 3):
+        return f"JPEG with {header.components} components re-encoded to RGB JPEG"
+    if header.frame not in _COMMON_SOF.values():
+        return f"{header.frame} JPEG re-encoded to baseline JPEG"
+    if header.precision != 8:
+        return f"{header.precision}-bit JPEG re-encoded to 8-bit JPEG"
+    return None

@@ -1,0 +1,57 @@
+"""What the converter reads: a split's classes and its ordered list of items, wherever they live.
+
+An :class:`Item` is a byte range in a file: a whole image file in a folder tree, or a member's data inside
+an uncompressed tar (so archives are read in place, never extracted). Layout modules build
+:class:`SplitSource` objects; the converter only calls :func:`read_item`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+# torchvision's IMG_EXTENSIONS, matched case-insensitively, so the same files are taken as ImageFolder takes.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One source image: ``path`` names it (relative, stored in the metadata), ``file`` holds its bytes."""
+
+    path: str
+    target: int
+    file: str
+    offset: int = 0
+    size: int = -1  # -1: the whole file
+
+
+@dataclass
+class SplitSource:
+    """One split of the input: class list (sorted wnids), items in their deterministic order, ignored files."""
+
+    split: str
+    wnids: list[str]
+    classes: list[tuple[str, ...]]
+    items: list[Item]
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    description: str = ""
+    expected_counts: dict[str, int] | None = None  # per-wnid image counts from a devkit, for the audit
+
+    def fingerprint(self) -> str:
+        """Identifies the input: resuming into a database made from other input is refused."""
+        digest = hashlib.sha256()
+        digest.update("\n".join(self.wnids).encode())
+        for item in self.items:
+            digest.update(f"\n{item.path}\t{item.target}\t{item.size}".encode())
+        return digest.hexdigest()
+
+
+def read_item(item: Item) -> bytes:
+    with open(item.file, "rb") as handle:
+        if item.size < 0:
+            return handle.read()
+        return os.pread(handle.fileno(), item.size, item.offset)
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)

@@ -1,0 +1,166 @@
+"""Opening databases for reading: shard discovery, per-process environments, split metadata.
+
+LMDB forbids using an environment after fork and opening one twice in a process (FACTS.md §B5). So
+environments live in a per-process cache keyed by path: every dataset instance in a process shares one
+handle, a forked child that finds its parent's handle closes it (py-lmdb skips the LMDB cleanup in a child)
+and opens its own, and nothing LMDB-related is ever pickled. Readers open with ``readonly=True, lock=False``
+(an immutable database needs no reader table, so no MDB_READERS_FULL) and ``readahead=False`` (random
+access to a database larger than RAM).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lmdb
+import numpy as np
+
+from .errors import FormatError
+from .format import (LENGTH_KEY, META_DB, META_KEY, RECORDS_DB, decode_length, decode_meta, decode_paths,
+                     unpack_array)
+
+SHARD_GLOB = "shard-*-of-*"
+
+
+def shard_dir(split_dir: Path, shard: int, num_shards: int) -> Path:
+    """A one-shard split is a plain LMDB directory; K shards are ``shard-SSS-of-KKK`` folders inside it."""
+    return split_dir if num_shards == 1 else split_dir / f"shard-{shard:03d}-of-{num_shards:03d}"
+
+
+def find_shards(split_dir: Path) -> list[Path]:
+    if (split_dir / "data.mdb").is_file():
+        return [split_dir]
+    return sorted(p for p in split_dir.glob(SHARD_GLOB) if (p / "data.mdb").is_file())
+
+
+class Handle(NamedTuple):
+    """An open environment and its two named databases."""
+
+    env: lmdb.Environment
+    records: Any
+    meta: Any
+
+
+_HANDLES: dict[str, tuple[int, Handle]] = {}
+
+
+def open_handle(path: Path | str) -> Handle:
+    """This process's read-only handle on the shard at ``path``, opened on first use (fork- and spawn-safe)."""
+    key = os.fspath(path)
+    cached = _HANDLES.get(key)
+    if cached is not None:
+        if cached[0] == os.getpid():
+            return cached[1]
+        cached[1].env.close()  # inherited across fork: LMDB forbids using it; py-lmdb skips the cleanup in a child
+        del _HANDLES[key]
+    try:
+        env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_dbs=2, subdir=True)
+    except lmdb.Error as exc:
+        raise FormatError(f"{key}: cannot open as an LMDB database ({exc})") from exc
+    try:
+        handle = Handle(env, env.open_db(RECORDS_DB, create=False), env.open_db(META_DB, create=False))
+    except lmdb.NotFoundError as exc:
+        env.close()
+        raise FormatError(f"{key}: not an imagenet_pack database (no records/meta tables)") from exc
+    _HANDLES[key] = (os.getpid(), handle)
+    return handle
+
+
+def close_handle(path: Path | str) -> None:
+    cached = _HANDLES.pop(os.fspath(path), None)
+    if cached is not None and cached[0] == os.getpid():
+        cached[1].env.close()
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    start: int  # global index of its first record
+    count: int
+
+
+@dataclass
+class SplitInfo:
+    """Everything a reader needs about one split, read from the shards' metadata."""
+
+    root: Path
+    split: str
+    shards: list[Shard]
+    wnids: list[str]
+    classes: list[tuple[str, ...]]
+    targets: np.ndarray
+    sizes: np.ndarray  # (N, 2) original height, width
+    metas: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def paths(self) -> list[str]:
+        """Relative source paths of all records (decoded on demand: 1.28 M strings are not free)."""
+        return [p for meta in self.metas for p in decode_paths(meta["paths"])]
+
+
+def read_shard_meta(path: Path) -> dict[str, Any]:
+    """The metadata of one complete shard; FormatError if it is missing, incomplete or of another version."""
+    if not (path / "data.mdb").is_file():
+        raise FormatError(f"{path}: no database here (no data.mdb); convert a dataset first")
+    handle = open_handle(path)
+    with handle.env.begin(db=handle.meta) as txn:
+        length, value = txn.get(LENGTH_KEY), txn.get(META_KEY)
+    if length is None or value is None:
+        raise FormatError(
+            f"{path}: incomplete database (no length key): its conversion did not finish; "
+            "rerun the same `imagenet-pack convert` command to resume it"
+        )
+    meta = decode_meta(value, str(path))
+    if decode_length(length) != meta["count"]:
+        raise FormatError(f"{path}: length key says {decode_length(length)} records, metadata {meta['count']}")
+    return meta
+
+
+def load_split(root: Path | str, split: str) -> SplitInfo:
+    """Read and cross-check the metadata of every shard of ``root/split``; leaves no environment open."""
+    root = Path(root)
+    split_dir = root / split
+    if not root.is_dir():
+        raise FormatError(f"{root}: no such database directory")
+    if not split_dir.is_dir():
+        present = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise FormatError(f"{root}: no split '{split}' in this database (splits present: {present})")
+    paths = find_shards(split_dir)
+    if not paths:
+        raise FormatError(f"{split_dir}: no LMDB shard found (no data.mdb); convert the dataset first")
+    try:
+        metas = [read_shard_meta(p) for p in paths]
+    finally:
+        for p in paths:
+            close_handle(p)
+    num_shards = metas[0]["num_shards"]
+    if [m["shard"] for m in metas] != list(range(num_shards)) or any(m["num_shards"] != num_shards for m in metas):
+        raise FormatError(f"{split_dir}: found shards {[m['shard'] for m in metas]} of {num_shards}; "
+                          "some are missing or mixed from different conversions, reconvert")
+    shards, start = [], 0
+    for path, meta in zip(paths, metas):
+        if meta["start"] != start or meta["split"] != split:
+            raise FormatError(f"{path}: shard starts at {meta['start']} (expected {start}) or holds split "
+                              f"{meta['split']!r}; the shards are from different conversions")
+        shards.append(Shard(path, start, meta["count"]))
+        start += meta["count"]
+    first = metas[0]
+    targets = np.concatenate([unpack_array(m["targets"], m["targets_dtype"], m["count"], str(p))
+                              for p, m in zip(paths, metas)]).astype(np.int64)
+    sizes = np.concatenate([unpack_array(m["sizes"], "<u4", 2 * m["count"], str(p)).reshape(-1, 2)
+                            for p, m in zip(paths, metas)])
+    if targets.size and (targets.min() < 0 or targets.max() >= len(first["wnids"])):
+        raise FormatError(f"{split_dir}: metadata targets fall outside 0..{len(first['wnids']) - 1}")
+    return SplitInfo(root, split, shards, list(first["wnids"]), [tuple(c) for c in first["classes"]],
+                     targets, sizes, metas)
+
+
+def list_splits(root: Path | str) -> list[str]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FormatError(f"{root}: no such database directory")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and find_shards(p))

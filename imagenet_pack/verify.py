@@ -1,0 +1,113 @@
+"""Check a database end to end: length key, metadata, every record's checksum and target, optionally more.
+
+``decode=True`` also decodes every image and checks its size; ``source`` compares every record with the
+file it came from (byte-equal for records stored as they were, same original size for re-encoded ones).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .decode import DECODE_FLAGS
+from .detect import discover
+from .errors import FormatError, ImagenetPackError
+from .format import decode_key, decode_paths, decode_record
+from .prepare import PrepareOptions, prepare
+from .sources import read_item
+from .store import close_handle, list_splits, load_split, open_handle
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(root: Path | str, *, decode: bool = False, source: Path | str | None = None,
+           progress: bool = False) -> VerifyReport:
+    """Check every split of ``root``; problems name the shard and key. Never raises on damaged records."""
+    report = VerifyReport()
+    try:
+        splits = list_splits(root)
+    except FormatError as exc:
+        report.problems.append(str(exc))
+        return report
+    if not splits:
+        report.problems.append(f"{root}: no database found")
+    sources = _sources(Path(source), tuple(splits)) if source is not None else {}
+    for split in splits:
+        try:
+            info = load_split(root, split)
+        except FormatError as exc:
+            report.problems.append(str(exc))
+            continue
+        by_path = {}
+        if split in sources:
+            by_path = {item.path: item for item in sources[split].items}
+        for shard, meta in zip(info.shards, info.metas):
+            _verify_shard(shard, meta, info, decode, by_path, report, progress)
+    return report
+
+
+def _sources(src: Path, splits: tuple[str, ...]):
+    return discover(src, splits)[0]
+
+
+def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
+    paths = decode_paths(meta["paths"]) if by_path else []
+    fixed = {p for p, _ in meta["fixed"]}
+    expected = 0
+    handle = open_handle(shard.path)
+    try:
+        with handle.env.begin(db=handle.records, buffers=True) as txn:
+            bar = tqdm(txn.cursor(), total=shard.count, desc=str(shard.path), unit="rec", disable=not progress)
+            for key, value in bar:
+                local = decode_key(key)
+                where = f"{shard.path} record {local}"
+                if local != expected:
+                    report.problems.append(f"{shard.path}: key {expected} missing (next key is {local})")
+                    expected = local
+                expected += 1
+                report.checked += 1
+                index = shard.start + local
+                try:
+                    record = decode_record(value, where)
+                except ImagenetPackError as exc:
+                    report.problems.append(str(exc))
+                    continue
+                if index >= len(info.targets) or record.target != info.targets[index]:
+                    report.problems.append(f"{where}: target {record.target} differs from the metadata")
+                if not 0 <= record.target < len(info.wnids):
+                    report.problems.append(f"{where}: target {record.target} outside 0..{len(info.wnids) - 1}")
+                if decode:
+                    rgb = cv2.imdecode(np.frombuffer(record.image, np.uint8), DECODE_FLAGS)
+                    if rgb is None or rgb.shape[:2] != (record.height, record.width):
+                        report.problems.append(f"{where}: image does not decode to its stored "
+                                               f"{record.height}x{record.width}")
+                if by_path:
+                    item = by_path.get(paths[local])
+                    if item is None:
+                        report.problems.append(f"{where}: source {paths[local]} not found in the source")
+                        continue
+                    data = read_item(item)
+                    if paths[local] in fixed or meta["encoding"]["max_side"]:
+                        prepared = prepare(data, PrepareOptions(meta["encoding"]["max_side"],
+                                                                meta["encoding"]["quality"] or 90))
+                        same = prepared.image is not None and (prepared.orig_height, prepared.orig_width) == \
+                            tuple(int(v) for v in info.sizes[index])
+                    else:
+                        same = data == record.image
+                    if not same or item.target != record.target:
+                        report.problems.append(f"{where}: differs from its source {paths[local]}")
+    finally:
+        close_handle(shard.path)
+    if expected != shard.count:
+        report.problems.append(f"{shard.path}: {expected} records, the length key says {shard.count}")

@@ -1,0 +1,134 @@
+"""Write one shard: batched commits, map growth on demand, resumable after a kill.
+
+Each commit stores a batch of records together with the shard's progress (next source position, records
+stored, what was fixed or skipped) in the same LMDB transaction, so after kill -9 the shard holds exactly a
+prefix of the work and the state to continue from it. The metadata and the length key go in the last commit.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from .errors import FormatError, OutputExistsError
+from .format import (LENGTH_KEY, META_DB, META_KEY, PROGRESS_KEY, RECORDS_DB, ROWS_PREFIX, Record,
+                     encode_key, encode_length, encode_meta, encode_record)
+
+DEFAULT_BATCH_BYTES = 64 << 20
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+class ShardWriter:
+    """Appends records to one shard in source order; call :meth:`add` per source position, then finish."""
+
+    def __init__(self, path: Path, fingerprint: str, *, map_size: int, batch_bytes: int = DEFAULT_BATCH_BYTES):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(path), map_size=max(map_size, 1 << 20), max_dbs=2, subdir=True,
+                             readahead=False, meminit=False)
+        with self.env.begin(write=True) as txn:
+            self.records = self.env.open_db(RECORDS_DB, txn=txn)
+            self.meta = self.env.open_db(META_DB, txn=txn)
+        with self.env.begin(db=self.meta) as txn:
+            self.complete = txn.get(LENGTH_KEY) is not None
+            state = txn.get(PROGRESS_KEY)
+        if state is None:
+            state = {"fingerprint": fingerprint, "position": 0, "count": 0, "batches": 0, "problems": []}
+        else:
+            state = msgpack.unpackb(state, raw=False)
+            if state["fingerprint"] != fingerprint and not self.complete:
+                self.env.close()
+                raise OutputExistsError(
+                    f"{path}: holds an interrupted conversion of different input or options; "
+                    "rerun with --overwrite to start over"
+                )
+        self.state = state
+        self.batch_bytes = batch_bytes
+        self._pending: list[tuple[int, Record | None, list]] = []  # (position, record, row/problem)
+        self._pending_bytes = 0
+
+    @property
+    def position(self) -> int:
+        """The next source position this shard needs (everything before it is committed)."""
+        return self.state["position"]
+
+    def add(self, position: int, record: Record | None, row: list) -> None:
+        """Queue the result for source ``position``: a record and its row, or None and a problem entry."""
+        if position != self.state["position"] + len(self._pending):
+            raise ValueError(f"{self.path}: position {position} out of order")
+        self._pending.append((position, record, row))
+        self._pending_bytes += len(record.image) if record else 0
+        if self._pending_bytes >= self.batch_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        self.state = self._write(self._commit_pending)
+        self._pending, self._pending_bytes = [], 0
+
+    def _write(self, body):
+        """Run ``body(txn)`` in one write transaction, doubling the map and retrying when it is full."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return body(txn)
+            except lmdb.MapFullError:  # the transaction was aborted: nothing of it is on disk
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def _commit_pending(self, txn) -> dict:
+        state = dict(self.state)
+        state["problems"] = list(state["problems"])
+        rows, count = [], state["count"]
+        for position, record, row in self._pending:
+            if record is None:
+                state["problems"].append(row)
+                continue
+            if not txn.put(encode_key(count), encode_record(record), db=self.records, append=True):
+                raise FormatError(f"{self.path}: record key {count} already present; reconvert with --overwrite")
+            rows.append(row)
+            count += 1
+        txn.put(ROWS_PREFIX + b"%08d" % state["batches"], _pack(rows), db=self.meta)
+        state["batches"] += 1
+        state["count"] = count
+        state["position"] = self._pending[-1][0] + 1
+        txn.put(PROGRESS_KEY, _pack(state), db=self.meta)
+        return state
+
+    def rows(self) -> list[list]:
+        """Per-record rows of every committed batch, in record order."""
+        out: list[list] = []
+        with self.env.begin(db=self.meta) as txn:
+            for b in range(self.state["batches"]):
+                out.extend(msgpack.unpackb(txn.get(ROWS_PREFIX + b"%08d" % b), raw=False))
+        return out
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        """Write metadata and the length key in one final commit, drop the progress state, and sync."""
+        self.flush()
+
+        def body(txn) -> None:
+            for b in range(self.state["batches"]):
+                txn.delete(ROWS_PREFIX + b"%08d" % b, db=self.meta)
+            txn.delete(PROGRESS_KEY, db=self.meta)
+            txn.put(META_KEY, encode_meta(meta), db=self.meta)
+            txn.put(LENGTH_KEY, encode_length(meta["count"]), db=self.meta)
+
+        self._write(body)
+        self.complete = True
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def remove_database(split_dir: Path) -> None:
+    """Delete a split's database files (for --overwrite)."""
+    if split_dir.exists():
+        shutil.rmtree(split_dir)
