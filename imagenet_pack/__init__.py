@@ -1,8 +1,9 @@
 """imagenet_pack: pack ILSVRC2012 into LMDB once, feed it to PyTorch fast."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .convert import ConvertOptions, ConvertReport, convert
-from .dataset import LmdbImageNet
 from .errors import (CorruptRecordError, DecodeError, FormatError, ImagenetPackError, LayoutError,
                      OutputExistsError)
 
@@ -11,3 +12,14 @@ __all__ = [
     "FormatError", "CorruptRecordError", "DecodeError", "OutputExistsError",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .dataset import LmdbImageNet
+
+
+def __getattr__(name: str):
+    # torch is imported only by what reads data, so `imagenet-pack convert` starts in a fraction of a second
+    if name == "LmdbImageNet":
+        from .dataset import LmdbImageNet
+        return LmdbImageNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=_positive, default=None,
                    help="downscale images whose longer side exceeds this (default: store original bytes)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality for --max-side re-encoding (default: 90)")
+    p.add_argument("--commit-mb", type=_positive, default=64,
+                   help="commit (and make resumable) every this many MB of images (default: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("info", help="describe a converted database")
@@ -91,7 +93,8 @@ def _convert(args: argparse.Namespace) -> int:
         raise SystemExit("imagenet-pack convert: error: --quality must be 1..100")
     options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards, overwrite=args.overwrite,
                              skip_bad=args.skip_bad, max_side=args.max_side, quality=args.quality,
-                             layout=args.layout, progress=not args.no_progress)
+                             layout=args.layout, progress=not args.no_progress,
+                             batch_bytes=args.commit_mb << 20)
     report = convert(args.src, args.dst, options)
     for note in report.notes:
         print(note)

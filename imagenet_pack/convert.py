@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tqdm import tqdm
 
 from .errors import FormatError, OutputExistsError
-from .format import FORMAT_NAME, FORMAT_VERSION, Record, decode_paths, encode_paths, pack_array, target_dtype
+from .format import (FORMAT_NAME, FORMAT_VERSION, Record, decode_paths, encode_paths, encode_record, pack_array,
+                     target_dtype)
 from .detect import discover
 from .layouts import SPLITS
-from .prepare import PrepareOptions, Prepared, prepare
+from .prepare import PrepareOptions, prepare
 from .sources import Item, SplitSource, read_item
 from .store import find_shards, read_shard_meta, close_handle, shard_dir
 from .writer import ShardWriter, remove_database
@@ -98,8 +100,9 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     src, dst = Path(src), Path(dst)
     sources, notes = discover(src, options.splits, options.layout)
     fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
-    done = {s for s in sources if not options.overwrite and _complete(dst / s, fingerprints[s])}
-    if done == set(sources):
+    done = {s: _complete(dst / s, fingerprints[s]) for s in sources} if not options.overwrite else {}
+    done = {s: resumed for s, resumed in done.items() if resumed is not None}
+    if set(done) == set(sources) and not all(done.values()):
         raise OutputExistsError(
             f"{dst}: already holds a complete database for {', '.join(sorted(done))}; "
             "pass --overwrite to replace it"
@@ -112,7 +115,7 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     try:
         for split, source in sources.items():
             if split in done:
-                notes.append(f"{dst / split}: already complete, kept")
+                notes.append(f"{dst / split}: already complete (finished by a resumed run), kept as it is")
                 reports.append(_summarise_complete(dst / split, source))
                 continue
             if options.overwrite:
@@ -131,29 +134,31 @@ def _fingerprint(source: SplitSource, options: ConvertOptions) -> str:
     return f"{source.fingerprint()}|shards={options.shards}|max_side={options.max_side}|quality={options.quality}"
 
 
-def _complete(split_dir: Path, fingerprint: str) -> bool:
-    """True when ``split_dir`` holds a complete database; OutputExistsError if it was made from other input."""
+def _complete(split_dir: Path, fingerprint: str) -> bool | None:
+    """None unless ``split_dir`` holds a complete database of this input; then whether it was finished by
+    resuming an interrupted run (rerunning the same command after a kill is then a no-op, not an error).
+    OutputExistsError if it was made from other input."""
     paths = find_shards(split_dir)
     if not paths:
-        return False
+        return None
     try:
         metas = []
         for path in paths:
             try:
                 metas.append(read_shard_meta(path))
             except FormatError:  # incomplete or unreadable shard: not complete, the writer decides what to do
-                return False
+                return None
     finally:
         for path in paths:
             close_handle(path)
     if len(metas) != metas[0]["num_shards"]:
-        return False
+        return None
     if metas[0].get("fingerprint") != fingerprint:
         raise OutputExistsError(
             f"{split_dir}: holds a complete database made from other input or options; "
             "pass --overwrite to replace it"
         )
-    return True
+    return any(m.get("resumed") for m in metas)
 
 
 _OPTIONS: PrepareOptions | None = None
@@ -166,14 +171,30 @@ def _init_worker(options: PrepareOptions) -> None:
     # deadlocks (it waits for the parent's pool threads, which a fork does not copy). Decoding is serial anyway.
 
 
-def _prepare_task(task: tuple[int, int, Item]) -> tuple[int, int, Prepared, int]:
+class Result(NamedTuple):
+    """A worker's answer for one source position: the encoded record value (and tail), or why it was skipped."""
+
+    shard: int
+    position: int
+    value: bytes | None
+    tail: bytes | None
+    row: list  # stored: [position, orig_height, orig_width, fix reason]; skipped: [position, reason]
+    nbytes: int
+
+
+def _prepare_task(task: tuple[int, int, Item]) -> Result:
+    """Read, validate and encode one item; everything but the LMDB put happens here, in parallel."""
     shard, position, item = task
     assert _OPTIONS is not None
     try:
         data = read_item(item)
     except OSError as exc:
-        return shard, position, Prepared(None, reason=f"cannot read: {exc.strerror or exc}"), 0
-    return shard, position, prepare(data, _OPTIONS), len(data)
+        return Result(shard, position, None, None, [position, f"cannot read: {exc.strerror or exc}"], 0)
+    p = prepare(data, _OPTIONS)
+    if p.image is None:
+        return Result(shard, position, None, None, [position, p.reason], len(data))
+    value, tail = encode_record(Record(p.image, item.target, p.height, p.width), mmap.PAGESIZE)
+    return Result(shard, position, value, tail, [position, p.orig_height, p.orig_width, p.reason], len(data))
 
 
 def _shard_ranges(count: int, shards: int) -> list[range]:
@@ -202,15 +223,9 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
         bar = tqdm(total=len(source.items), initial=len(source.items) - len(todo), unit="img",
                    desc=f"{source.split}", disable=not options.progress, smoothing=0.1)
         read_bytes, t0 = 0, time.perf_counter()
-        for shard, position, prepared, nbytes in results:
-            item = source.items[ranges[shard][position]]
-            if prepared.image is None:
-                writers[shard].add(position, None, [position, prepared.reason])
-            else:
-                record = Record(prepared.image, item.target, prepared.height, prepared.width)
-                writers[shard].add(position, record,
-                                   [position, prepared.orig_height, prepared.orig_width, prepared.reason])
-            read_bytes += nbytes
+        for result in results:
+            writers[result.shard].add(result.position, result.value, result.tail, result.row)
+            read_bytes += result.nbytes
             bar.update(1)
             if bar.n % 64 == 0:
                 bar.set_postfix_str(f"{read_bytes / 1e6 / max(time.perf_counter() - t0, 1e-9):.1f} MB/s")
@@ -223,7 +238,9 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
             start = 0
             for s, (w, rng) in enumerate(zip(writers, ranges)):
                 rows = w.rows()
-                w.finish(_shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored))
+                meta = _shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored)
+                meta["resumed"] = any(x.resumed for x in writers)
+                w.finish(meta)
                 start += len(rows)
     finally:
         for w in writers:
@@ -235,11 +252,11 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
     return report
 
 
-def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[tuple[int, int, Prepared, int]]:
+def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[Result]:
     if pool is None:
         _init_worker(prep)
         return map(_prepare_task, todo)
-    return pool.imap(_prepare_task, todo, chunksize=4)
+    return pool.imap(_prepare_task, todo, chunksize=8)
 
 
 def _account(source: SplitSource, writers: list[ShardWriter], ranges: list[range]) -> SplitReport:

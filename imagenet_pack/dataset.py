@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from .decode import Decoder, resolve_decoder
 from .errors import CorruptRecordError
-from .format import decode_record, encode_key
+from .format import encode_key
 from .store import load_split, open_handle
 
 
@@ -102,12 +102,9 @@ class LmdbImageNet(Dataset):
         shard = bisect.bisect_right(self._starts, index) - 1
         path, local = self._paths[shard], index - self._starts[shard]
         where = f"{path} record {local}"
-        handle = open_handle(path)
-        with handle.env.begin(db=handle.records, buffers=True) as txn:
-            value = txn.get(encode_key(local))
-            if value is None:
-                raise CorruptRecordError(f"{where}: missing although the metadata lists it; reconvert the database")
-            record = decode_record(value, where)  # copies the image out of the map before the txn ends
+        record = open_handle(path).read(encode_key(local), where)
+        if record is None:
+            raise CorruptRecordError(f"{where}: missing although the metadata lists it; reconvert the database")
         if record.target != self.targets[index]:
             raise CorruptRecordError(f"{where}: target {record.target} differs from the metadata's "
                                      f"{self.targets[index]}; reconvert the database")

@@ -29,7 +29,7 @@ def natural_image(rng: np.random.Generator, height: int, width: int, tint: np.nd
         image += cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
     for _ in range(int(rng.integers(3, 8))):
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        axes = (int(rng.integers(10, width // 3)), int(rng.integers(10, height // 3)))
+        axes = (int(rng.integers(2, max(3, width // 3))), int(rng.integers(2, max(3, height // 3))))
         colour = tuple(float(c) for c in rng.normal(0, 50, 3))
         cv2.ellipse(image, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1)
     y, x = int(rng.integers(0, grain.shape[0] - height + 1)), int(rng.integers(0, grain.shape[1] - width + 1))

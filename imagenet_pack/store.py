@@ -18,8 +18,8 @@ import lmdb
 import numpy as np
 
 from .errors import FormatError
-from .format import (LENGTH_KEY, META_DB, META_KEY, RECORDS_DB, decode_length, decode_meta, decode_paths,
-                     unpack_array)
+from .format import (LENGTH_KEY, META_DB, META_KEY, RECORDS_DB, TAILS_DB, Record, decode_length, decode_meta,
+                     decode_paths, decode_record, unpack_array)
 
 SHARD_GLOB = "shard-*-of-*"
 
@@ -40,7 +40,17 @@ class Handle(NamedTuple):
 
     env: lmdb.Environment
     records: Any
+    tails: Any
     meta: Any
+
+    def read(self, key: bytes, where: str) -> Record | None:
+        """The checked record under ``key`` (None if absent), tail included."""
+        with self.env.begin(db=self.records, buffers=True) as txn:
+            value = txn.get(key)
+            if value is None:
+                return None
+            # decode copies the image out of the map before the transaction ends
+            return decode_record(value, where, lambda: txn.get(key, db=self.tails))
 
 
 _HANDLES: dict[str, tuple[int, Handle]] = {}
@@ -56,11 +66,12 @@ def open_handle(path: Path | str) -> Handle:
         cached[1].env.close()  # inherited across fork: LMDB forbids using it; py-lmdb skips the cleanup in a child
         del _HANDLES[key]
     try:
-        env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_dbs=2, subdir=True)
+        env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_dbs=3, subdir=True)
     except lmdb.Error as exc:
         raise FormatError(f"{key}: cannot open as an LMDB database ({exc})") from exc
     try:
-        handle = Handle(env, env.open_db(RECORDS_DB, create=False), env.open_db(META_DB, create=False))
+        handle = Handle(env, env.open_db(RECORDS_DB, create=False), env.open_db(TAILS_DB, create=False),
+                        env.open_db(META_DB, create=False))
     except lmdb.NotFoundError as exc:
         env.close()
         raise FormatError(f"{key}: not an imagenet_pack database (no records/meta tables)") from exc

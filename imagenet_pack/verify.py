@@ -79,7 +79,7 @@ def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
                 report.checked += 1
                 index = shard.start + local
                 try:
-                    record = decode_record(value, where)
+                    record = decode_record(value, where, lambda: txn.get(key, db=handle.tails))
                 except ImagenetPackError as exc:
                     report.problems.append(str(exc))
                     continue

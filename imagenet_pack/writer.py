@@ -14,8 +14,8 @@ import lmdb
 import msgpack
 
 from .errors import FormatError, OutputExistsError
-from .format import (LENGTH_KEY, META_DB, META_KEY, PROGRESS_KEY, RECORDS_DB, ROWS_PREFIX, Record,
-                     encode_key, encode_length, encode_meta, encode_record)
+from .format import (LENGTH_KEY, META_DB, META_KEY, PROGRESS_KEY, RECORDS_DB, ROWS_PREFIX, TAILS_DB,
+                     encode_key, encode_length, encode_meta)
 
 DEFAULT_BATCH_BYTES = 64 << 20
 
@@ -30,16 +30,20 @@ class ShardWriter:
     def __init__(self, path: Path, fingerprint: str, *, map_size: int, batch_bytes: int = DEFAULT_BATCH_BYTES):
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=max(map_size, 1 << 20), max_dbs=2, subdir=True,
+        self.env = lmdb.open(str(path), map_size=max(map_size, 1 << 20), max_dbs=3, subdir=True,
                              readahead=False, meminit=False)
         with self.env.begin(write=True) as txn:
             self.records = self.env.open_db(RECORDS_DB, txn=txn)
+            self.tails = self.env.open_db(TAILS_DB, txn=txn)
             self.meta = self.env.open_db(META_DB, txn=txn)
         with self.env.begin(db=self.meta) as txn:
             self.complete = txn.get(LENGTH_KEY) is not None
             state = txn.get(PROGRESS_KEY)
+        self.resumed = state is not None
         if state is None:
             state = {"fingerprint": fingerprint, "position": 0, "count": 0, "batches": 0, "problems": []}
+            with self.env.begin(write=True, db=self.meta) as txn:  # from now on a rerun is a resume
+                txn.put(PROGRESS_KEY, _pack(state))
         else:
             state = msgpack.unpackb(state, raw=False)
             if state["fingerprint"] != fingerprint and not self.complete:
@@ -50,7 +54,7 @@ class ShardWriter:
                 )
         self.state = state
         self.batch_bytes = batch_bytes
-        self._pending: list[tuple[int, Record | None, list]] = []  # (position, record, row/problem)
+        self._pending: list[tuple[int, bytes | None, bytes | None, list]] = []  # position, value, tail, row
         self._pending_bytes = 0
 
     @property
@@ -58,12 +62,13 @@ class ShardWriter:
         """The next source position this shard needs (everything before it is committed)."""
         return self.state["position"]
 
-    def add(self, position: int, record: Record | None, row: list) -> None:
-        """Queue the result for source ``position``: a record and its row, or None and a problem entry."""
+    def add(self, position: int, value: bytes | None, tail: bytes | None, row: list) -> None:
+        """Queue source ``position``: an encoded record (see ``format.encode_record``) and its row, or
+        ``value=None`` and a problem entry ``[position, reason]``."""
         if position != self.state["position"] + len(self._pending):
             raise ValueError(f"{self.path}: position {position} out of order")
-        self._pending.append((position, record, row))
-        self._pending_bytes += len(record.image) if record else 0
+        self._pending.append((position, value, tail, row))
+        self._pending_bytes += len(value) if value else 0
         if self._pending_bytes >= self.batch_bytes:
             self.flush()
 
@@ -86,11 +91,13 @@ class ShardWriter:
         state = dict(self.state)
         state["problems"] = list(state["problems"])
         rows, count = [], state["count"]
-        for position, record, row in self._pending:
-            if record is None:
+        for position, value, tail, row in self._pending:
+            if value is None:
                 state["problems"].append(row)
                 continue
-            if not txn.put(encode_key(count), encode_record(record), db=self.records, append=True):
+            key = encode_key(count)
+            if not txn.put(key, value, db=self.records, append=True) or (
+                    tail is not None and not txn.put(key, tail, db=self.tails, append=True)):
                 raise FormatError(f"{self.path}: record key {count} already present; reconvert with --overwrite")
             rows.append(row)
             count += 1

@@ -1,0 +1,208 @@
+"""Issue 3: parallel, sharded, resumable, audited and verifiable conversion."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+import torch
+import torchvision.io as tio
+from PIL import Image
+
+from imagenet_pack import ConvertOptions, FormatError, LmdbImageNet, convert
+from imagenet_pack.writer import ShardWriter
+from imagenet_pack.format import LENGTH_KEY, META_DB, RECORDS_DB, decode_record, encode_key, encode_record, Record
+from imagenet_pack.sample import make_sample_tree
+from imagenet_pack.verify import verify
+
+from conftest import small_tree
+from test_core import _put_meta, flip_payload_byte
+
+
+def records(root: Path, split: str = "train"):
+    ds = LmdbImageNet(root, split)
+    return [(ds.read_record(i), ds.paths[i]) for i in range(len(ds))], ds.targets.tolist(), ds.wnids
+
+
+def opts(**kw) -> ConvertOptions:
+    kw.setdefault("progress", False)
+    return ConvertOptions(**kw)
+
+
+def test_same_database_for_any_worker_and_shard_count(tree, tmp_path):
+    convert(tree, tmp_path / "w1", opts(workers=1))
+    convert(tree, tmp_path / "w2", opts(workers=2))
+    convert(tree, tmp_path / "s3", opts(workers=2, shards=3))
+    base = records(tmp_path / "w1")
+    assert records(tmp_path / "w2") == base
+    assert records(tmp_path / "s3") == base
+    shards = sorted(p.name for p in (tmp_path / "s3" / "train").iterdir())
+    assert shards == ["shard-000-of-003", "shard-001-of-003", "shard-002-of-003"]
+    assert len(LmdbImageNet(tmp_path / "s3", "train")._paths) == 3
+
+
+def test_map_grows_from_a_tiny_initial_map(tree, tmp_path):
+    report = convert(tree, tmp_path / "db", opts(workers=1, initial_map_size=1 << 20, batch_bytes=16 << 10))
+    assert report.ok
+    env = lmdb.open(str(tmp_path / "db" / "train"), readonly=True, lock=False, max_dbs=2)
+    assert env.info()["map_size"] > 1 << 20
+    env.close()
+    convert(tree, tmp_path / "ref", opts(workers=1))
+    assert records(tmp_path / "db") == records(tmp_path / "ref")
+
+
+def _kill_during_convert(src: Path, dst: Path, grown: int) -> None:
+    """Run the CLI and SIGKILL its whole process group once data.mdb has grown past ``grown`` bytes."""
+    cmd = [sys.executable, "-m", "imagenet_pack.cli", "convert", str(src), str(dst), "--workers", "2",
+           "--no-progress", "--commit-mb", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    data = dst / "train" / "data.mdb"
+    while proc.poll() is None and not (data.exists() and data.stat().st_size > grown):
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    src = make_sample_tree(tmp_path / "src", classes=6, train_per_class=60, val_per_class=10, size=(160, 220))
+    convert(src, tmp_path / "ref", opts(workers=2))
+    dst = tmp_path / "killed"
+    for grown in (1 << 20, 2 << 20, 3 << 20):
+        _kill_during_convert(src, dst, grown)
+    with pytest.raises(FormatError, match="incomplete"):
+        LmdbImageNet(dst, "train")
+    convert(src, dst, opts(workers=2, batch_bytes=64 << 10))
+    for split in ("train", "val"):
+        assert records(dst, split) == records(tmp_path / "ref", split)
+    assert verify(dst).ok
+
+
+def test_resume_continues_from_the_last_commit(tree, tmp_path, monkeypatch):
+    """Records committed before an interruption are kept, and their files are not read again."""
+    dst = tmp_path / "db"
+
+    def interrupted(self, meta):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "finish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert(tree, dst, opts(workers=1, splits=("train",), batch_bytes=4 << 10))
+    monkeypatch.undo()
+    with pytest.raises(FormatError, match="incomplete"):
+        LmdbImageNet(dst, "train")
+    first = sorted((tree / "train").rglob("*.JPEG"))[0]
+    original = first.read_bytes()
+    first.write_bytes(b"garbage that would be skipped if it were read again")
+    report = convert(tree, dst, opts(workers=1, splits=("train",)))
+    assert report.ok and not report.splits[0].skipped
+    assert LmdbImageNet(dst, "train").read_record(0).image == original
+
+
+def odd_inputs(folder: Path) -> dict[str, str]:
+    """Write one file per odd case into ``folder``; returns name -> expected action."""
+    rng = np.random.default_rng(1)
+    rgb = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    rgb = cv2.GaussianBlur(rgb, (0, 0), 2)
+    ok, png = cv2.imencode(".png", rgb)
+    (folder / "png_named.JPEG").write_bytes(png.tobytes())
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.JPEG", quality=90)
+    Image.fromarray(rgb).convert("L").save(folder / "grey.JPEG", quality=90)
+    Image.fromarray(rgb).save(folder / "progressive.JPEG", quality=90, progressive=True)
+    (folder / "empty.JPEG").write_bytes(b"")
+    good = cv2.imencode(".jpg", rgb)[1].tobytes()
+    (folder / "truncated.JPEG").write_bytes(good[: len(good) // 2])
+    (folder / "random.JPEG").write_bytes(rng.bytes(5000))
+    bomb = bytearray(good)
+    sof = bomb.find(b"\xff\xc0")
+    bomb[sof + 5:sof + 9] = (65000).to_bytes(2, "big") * 2
+    (folder / "bomb.JPEG").write_bytes(bytes(bomb))
+    return {"png_named.JPEG": "fixed", "cmyk.JPEG": "fixed", "grey.JPEG": "stored", "progressive.JPEG": "stored",
+            "empty.JPEG": "skipped", "truncated.JPEG": "skipped", "random.JPEG": "skipped", "bomb.JPEG": "skipped"}
+
+
+def test_odd_and_bad_inputs_follow_the_policy(tree, tmp_path):
+    folder = tree / "train" / "n01440764"
+    expected = odd_inputs(folder)
+    dst = tmp_path / "db"
+    report = convert(tree, dst, opts(workers=2, splits=("train",)))
+    (split,) = report.splits
+    assert not report.ok and not split.complete  # skipped images: not finished without --skip-bad
+    lines = [json.loads(line) for line in report.report_path.read_text().splitlines()]
+    actions = {Path(e["path"]).name: e for e in lines}
+    for name, action in expected.items():
+        if action == "stored":
+            assert name not in actions
+        else:
+            assert actions[name]["action"] == action, (name, actions[name])
+    assert "CMYK" in actions["cmyk.JPEG"]["reason"] and "PNG" in actions["png_named.JPEG"]["reason"]
+    assert "truncated" in actions["truncated.JPEG"]["reason"]
+    assert "65000x65000" in actions["bomb.JPEG"]["reason"]
+    assert "empty" in actions["empty.JPEG"]["reason"]
+    assert "not an image" in actions["random.JPEG"]["reason"]
+    assert split.found == split.stored + len(split.skipped) + len(split.ignored) == 24 + 8
+    with pytest.raises(Exception, match="incomplete"):
+        LmdbImageNet(dst, "train")
+    # accepting the loss finishes the same database without re-reading anything
+    report = convert(tree, dst, opts(workers=2, splits=("train",), skip_bad=True))
+    assert report.ok
+    ds = LmdbImageNet(dst, "train")
+    assert len(ds) == 24 + 4
+    for i in range(len(ds)):  # every stored record decodes to 3 channels with OpenCV and torchvision
+        data = ds.read_record(i).image
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3
+        assert tio.decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=tio.ImageReadMode.RGB).shape[0] == 3
+    by_name = {Path(p).name: i for i, p in enumerate(ds.paths)}
+    cmyk = np.asarray(ds[by_name["cmyk.JPEG"]][0], np.float32)
+    ref = np.asarray(Image.open(folder / "cmyk.JPEG").convert("RGB"), np.float32)
+    assert np.abs(cmyk - ref).mean() < 6
+    assert ds.read_record(by_name["grey.JPEG"]).image == (folder / "grey.JPEG").read_bytes()
+
+
+def test_max_side_resizes_and_keeps_original_size(tmp_path):
+    src = make_sample_tree(tmp_path / "src", classes=2, train_per_class=3, val_per_class=1, size=(150, 200))
+    dst = tmp_path / "db"
+    convert(src, dst, opts(workers=1, max_side=64, quality=80))
+    ds = LmdbImageNet(dst, "train", decoder="tensor")
+    for i in range(len(ds)):
+        record = ds.read_record(i)
+        assert max(record.height, record.width) == 64
+        assert tuple(ds.sizes[i]) in ((150, 200), (200, 150))
+        assert ds[i][0].shape[1:] == (record.height, record.width)
+    assert verify(dst, decode=True, source=src).ok
+
+
+def test_verify_catches_flipped_byte_missing_length_and_wrong_target(tree_session, db):
+    assert verify(db, decode=True, source=tree_session).ok
+    victim = sorted((tree_session / "val").rglob("*.JPEG"))[4]
+    flip_payload_byte(db / "val", victim)
+    report = verify(db)
+    assert not report.ok and any("checksum mismatch" in p for p in report.problems)
+    _put_meta(db / "train", LENGTH_KEY, None)
+    assert any("incomplete database" in p for p in verify(db).problems)
+
+
+def test_verify_catches_a_wrong_target(db):
+    env = lmdb.open(str(db / "train"), max_dbs=2)
+    records_db = env.open_db(RECORDS_DB)
+    with env.begin(write=True, db=records_db) as txn:
+        record = decode_record(txn.get(encode_key(5)), "test")
+        txn.put(encode_key(5), encode_record(Record(record.image, record.target + 1, record.height, record.width))[0])
+    env.close()
+    problems = verify(db).problems
+    assert any("record 5: target" in p and "differs from the metadata" in p for p in problems)
+
+
+def test_audit_warns_for_a_full_class_list_with_other_counts(tmp_path):
+    src = make_sample_tree(tmp_path / "src", classes=1000, train_per_class=1, val_per_class=1, size=(16, 16))
+    report = convert(src, tmp_path / "db", opts(workers=2))
+    val = next(r for r in report.splits if r.split == "val")
+    assert any("50000" in w for w in val.warnings)
+    assert any("1000 classes differ" in w and "n01440764 (1 vs 50)" in w for w in val.warnings)
