@@ -8,13 +8,14 @@ from .errors import (CorruptRecordError, DecodeError, FormatError, ImagenetPackE
                      OutputExistsError)
 
 __all__ = [
-    "LmdbImageNet", "convert", "ConvertOptions", "ConvertReport", "ImagenetPackError", "LayoutError",
+    "LmdbImageNet", "RandomResizedCropDecoder", "CenterCropDecoder", "convert", "ConvertOptions", "ConvertReport", "ImagenetPackError", "LayoutError",
     "FormatError", "CorruptRecordError", "DecodeError", "OutputExistsError",
 ]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .dataset import LmdbImageNet
+    from .fused import CenterCropDecoder, RandomResizedCropDecoder
 
 
 def __getattr__(name: str):
@@ -22,4 +23,7 @@ def __getattr__(name: str):
     if name == "LmdbImageNet":
         from .dataset import LmdbImageNet
         return LmdbImageNet
+    if name in ("RandomResizedCropDecoder", "CenterCropDecoder"):
+        from . import fused
+        return getattr(fused, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,122 @@
+"""Loader throughput, side by side in one run on the same images and cores, as ratios to the baseline.
+
+Entries: ``baseline`` (ImageFolder + PIL + RandomResizedCrop/flip/ToTensor/Normalize), ``lmdb-dropin`` (the
+same transforms on LmdbImageNet), ``lmdb-fused-train`` (RandomResizedCropDecoder, uint8), ``lmdb-fused-val``
+(CenterCropDecoder, uint8), ``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), and
+with ``--max-side`` the fused decoders on a database written with ``--max-side``.
+
+    python benchmarks/loader_bench.py                       # generated ImageNet-like sample
+    python benchmarks/loader_bench.py --images ../shared/imagenet-sample --json out.json
+
+Each figure: median images/s of ``--epochs`` timed passes after one warm-up pass (worker start-up untimed),
+``num_workers`` = cores, batch 32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import Dataset
+
+from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
+from imagenet_pack.convert import default_workers
+from imagenet_pack.demo import images_per_second, standard_train_transform
+from imagenet_pack.sample import make_sample_tree
+
+
+def tree_from_flat(images: Path, out: Path, copies: int) -> Path:
+    """``<wnid>_*.JPEG`` files -> ``out/train/<wnid>/`` (each file ``copies`` times, to make epochs longer)."""
+    for f in sorted(images.glob("*.JPEG")):
+        wnid = f.name.split("_")[0]
+        folder = out / "train" / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(copies):
+            shutil.copyfile(f, folder / f"{k}_{f.name}")
+    return out
+
+
+class BareDecode(Dataset):
+    """The limit: OpenCV decodes the stored bytes, nothing more (no crop, no tensor)."""
+
+    def __init__(self, ds: LmdbImageNet):
+        self.records = [ds.read_record(i).image for i in range(len(ds))]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):
+        cv2.imdecode(np.frombuffer(self.records[i], np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+        return 0, 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, help="flat folder of <wnid>_*.JPEG (default: generated sample)")
+    parser.add_argument("--copies", type=int, default=2, help="copies of each --images file (default: 2)")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-side", type=int, default=256, help="also bench a --max-side database (0: skip)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="loader-bench-"))
+    try:
+        if args.images:
+            src = tree_from_flat(args.images, tmp / "src", args.copies)
+        else:
+            src = make_sample_tree(tmp / "src", classes=20, train_per_class=20, val_per_class=1)
+        convert(src, tmp / "db", ConvertOptions(splits=("train",), progress=False))
+        folder = torchvision.datasets.ImageFolder(str(src / "train"), transform=standard_train_transform())
+        entries = {
+            "baseline": folder,
+            "lmdb-dropin": LmdbImageNet(tmp / "db", "train", transform=standard_train_transform()),
+            "lmdb-fused-train": LmdbImageNet(tmp / "db", "train", decoder=RandomResizedCropDecoder(224)),
+            "lmdb-fused-val": LmdbImageNet(tmp / "db", "train", decoder=CenterCropDecoder(224)),
+            "limit-bare-decode": BareDecode(LmdbImageNet(tmp / "db", "train")),
+        }
+        if args.max_side:
+            convert(src, tmp / "small", ConvertOptions(splits=("train",), progress=False, max_side=args.max_side))
+            entries[f"max-side-{args.max_side}-fused-train"] = LmdbImageNet(
+                tmp / "small", "train", decoder=RandomResizedCropDecoder(224))
+            entries[f"max-side-{args.max_side}-fused-val"] = LmdbImageNet(
+                tmp / "small", "train", decoder=CenterCropDecoder(224))
+        results = []
+        for name, ds in entries.items():
+            rate = images_per_second(ds, workers=args.workers, epochs=args.epochs)
+            results.append({"name": name, "images_per_s": rate})
+            print(f"  measured {name}: {rate:.0f} images/s", file=sys.stderr)
+        base = results[0]["images_per_s"]
+        limit = next(r["images_per_s"] for r in results if r["name"] == "limit-bare-decode")
+        for r in results:
+            r["ratio_to_baseline"] = r["images_per_s"] / base
+            r["ratio_to_limit"] = r["images_per_s"] / limit
+        print(f"{len(folder)} images, {args.workers} workers, {os.cpu_count()} cores, batch 32, "
+              f"median of {args.epochs} epochs")
+        print(f"{'entry':<28} {'images/s':>9} {'x baseline':>11} {'x limit':>8}")
+        for r in results:
+            print(f"{r['name']:<28} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f}")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "cpu": platform.processor()},
+                "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                             "torchvision": torchvision.__version__, "opencv": cv2.__version__},
+                "arguments": {k: str(v) for k, v in vars(args).items()},
+                "images": len(folder),
+                "results": results,
+            }, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
