@@ -71,5 +71,4 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
         echo(f"\nthroughput, RandomResizedCrop(224) train pipeline, {workers} workers, {len(train)} images:")
         for name, rate in rates.items():
             echo(f"  {name:<40} {rate:8.0f} images/s  {rate / base_rate:5.2f}x")
-        torch.set_num_threads(torch.get_num_threads())
     return rates
