@@ -8,8 +8,8 @@ from .errors import (CorruptRecordError, DecodeError, FormatError, ImagenetPackE
                      OutputExistsError)
 
 __all__ = [
-    "LmdbImageNet", "RandomResizedCropDecoder", "CenterCropDecoder", "convert", "ConvertOptions", "ConvertReport", "ImagenetPackError", "LayoutError",
-    "FormatError", "CorruptRecordError", "DecodeError", "OutputExistsError",
+    "LmdbImageNet", "RandomResizedCropDecoder", "CenterCropDecoder", "convert", "ConvertOptions", "ConvertReport",
+    "ImagenetPackError", "LayoutError", "FormatError", "CorruptRecordError", "DecodeError", "OutputExistsError",
 ]
 __version__ = "0.1.0"
 

@@ -33,6 +33,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be 1..100, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .detect import LAYOUTS
     parser = argparse.ArgumentParser(prog="imagenet-pack", description="Pack ILSVRC2012 into LMDB for PyTorch.")
@@ -52,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish the database even when some images could not be read (they are listed in the report)")
     p.add_argument("--max-side", type=_positive, default=None,
                    help="downscale images whose longer side exceeds this (default: store original bytes)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality for --max-side re-encoding (default: 90)")
+    p.add_argument("--quality", type=_quality, default=90, help="JPEG quality for --max-side re-encoding (default: 90)")
     p.add_argument("--commit-mb", type=_positive, default=64,
                    help="commit (and make resumable) every this many MB of images (default: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -89,8 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 @_verb("convert")
 def _convert(args: argparse.Namespace) -> int:
     from .convert import ConvertOptions, convert
-    if not 1 <= args.quality <= 100:
-        raise SystemExit("imagenet-pack convert: error: --quality must be 1..100")
     options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards, overwrite=args.overwrite,
                              skip_bad=args.skip_bad, max_side=args.max_side, quality=args.quality,
                              layout=args.layout, progress=not args.no_progress,

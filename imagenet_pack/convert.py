@@ -100,8 +100,11 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     src, dst = Path(src), Path(dst)
     sources, notes = discover(src, options.splits, options.layout)
     fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
-    done = {s: _complete(dst / s, fingerprints[s]) for s in sources} if not options.overwrite else {}
-    done = {s: resumed for s, resumed in done.items() if resumed is not None}
+    done: dict[str, bool] = {}  # complete split -> finished by a resumed run
+    for split in sources if not options.overwrite else ():
+        resumed = _complete(dst / split, fingerprints[split])
+        if resumed is not None:
+            done[split] = resumed
     if set(done) == set(sources) and not all(done.values()):
         raise OutputExistsError(
             f"{dst}: already holds a complete database for {', '.join(sorted(done))}; "
@@ -238,9 +241,8 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
             start = 0
             for s, (w, rng) in enumerate(zip(writers, ranges)):
                 rows = w.rows()
-                meta = _shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored)
-                meta["resumed"] = any(x.resumed for x in writers)
-                w.finish(meta)
+                w.finish(_shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored,
+                                     resumed=any(x.resumed for x in writers)))
                 start += len(rows)
     finally:
         for w in writers:
@@ -273,7 +275,7 @@ def _account(source: SplitSource, writers: list[ShardWriter], ranges: list[range
 
 
 def _shard_meta(source: SplitSource, fingerprint: str, options: ConvertOptions, shard: int, start: int,
-                rows: list[list], rng: range, total: int) -> dict:
+                rows: list[list], rng: range, total: int, *, resumed: bool) -> dict:
     items = [source.items[rng[row[0]]] for row in rows]
     return {
         "format": FORMAT_NAME,
@@ -294,6 +296,7 @@ def _shard_meta(source: SplitSource, fingerprint: str, options: ConvertOptions, 
         "encoding": {"max_side": options.max_side, "quality": options.quality if options.max_side else None},
         "source": source.description,
         "fingerprint": fingerprint,
+        "resumed": resumed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

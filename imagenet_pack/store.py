@@ -47,10 +47,12 @@ class Handle(NamedTuple):
         """The checked record under ``key`` (None if absent), tail included."""
         with self.env.begin(db=self.records, buffers=True) as txn:
             value = txn.get(key)
-            if value is None:
-                return None
-            # decode copies the image out of the map before the transaction ends
-            return decode_record(value, where, lambda: txn.get(key, db=self.tails))
+            return None if value is None else self.decode(txn, key, value, where)
+
+    def decode(self, txn: lmdb.Transaction, key: bytes, value: bytes, where: str) -> Record:
+        """Check and decode ``value`` read under ``key`` in ``txn``, fetching its tail if it has one.
+        The image is copied out of the map, so the record outlives the transaction."""
+        return decode_record(value, where, lambda: txn.get(key, db=self.tails))
 
 
 _HANDLES: dict[str, tuple[int, Handle]] = {}

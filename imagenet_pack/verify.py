@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .decode import DECODE_FLAGS
 from .detect import discover
 from .errors import FormatError, ImagenetPackError
-from .format import decode_key, decode_paths, decode_record
+from .format import decode_key, decode_paths
 from .prepare import PrepareOptions, prepare
 from .sources import read_item
 from .store import close_handle, list_splits, load_split, open_handle
@@ -79,7 +79,7 @@ def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
                 report.checked += 1
                 index = shard.start + local
                 try:
-                    record = decode_record(value, where, lambda: txn.get(key, db=handle.tails))
+                    record = handle.decode(txn, key, value, where)
                 except ImagenetPackError as exc:
                     report.problems.append(str(exc))
                     continue
