@@ -7,19 +7,21 @@ order for any shard count.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import mmap
 import multiprocessing
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from tqdm import tqdm
 
-from .errors import FormatError, OutputExistsError
+from .errors import FormatError, ImagenetPackError, OutputExistsError
 from .format import (FORMAT_NAME, FORMAT_VERSION, Record, decode_paths, encode_paths, encode_record, pack_array,
                      target_dtype)
 from .detect import discover
@@ -99,6 +101,15 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     """
     src, dst = Path(src), Path(dst)
     sources, notes = discover(src, options.splits, options.layout)
+    gc.freeze()  # millions of long-lived items: keep the cyclic GC from rescanning them during the run
+    try:
+        return _convert(src, dst, options, sources, notes)
+    finally:
+        gc.unfreeze()
+
+
+def _convert(src: Path, dst: Path, options: ConvertOptions, sources: dict[str, SplitSource],
+             notes: list[str]) -> ConvertReport:
     fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
     done: dict[str, bool] = {}  # complete split -> finished by a resumed run
     for split in sources if not options.overwrite else ():
@@ -118,7 +129,7 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     try:
         for split, source in sources.items():
             if split in done:
-                notes.append(f"{dst / split}: already complete (finished by a resumed run), kept as it is")
+                notes.append(f"{dst / split}: already complete, kept as it is")
                 reports.append(_summarise_complete(dst / split, source))
                 continue
             if options.overwrite:
@@ -165,39 +176,59 @@ def _complete(split_dir: Path, fingerprint: str) -> bool | None:
 
 
 _OPTIONS: PrepareOptions | None = None
+_IN_PARENT = False
 
 
-def _init_worker(options: PrepareOptions) -> None:
-    global _OPTIONS
-    _OPTIONS = options
+def _init_worker(options: PrepareOptions, in_parent: bool = False) -> None:
+    global _OPTIONS, _IN_PARENT
+    _OPTIONS, _IN_PARENT = options, in_parent
     # No cv2.setNumThreads() here: in a child forked from a parent whose OpenCV thread pool is running it
     # deadlocks (it waits for the parent's pool threads, which a fork does not copy). Decoding is serial anyway.
 
 
 class Result(NamedTuple):
-    """A worker's answer for one source position: the encoded record value (and tail), or why it was skipped."""
+    """A worker's verdict on one source position.
+
+    ``image`` is None when the source bytes are stored unchanged: the parent then reads them again (from the
+    page cache, one copy) instead of receiving them through a pipe (four copies and the parent's CPU, which
+    on a small machine competes with the workers). Re-encoded images travel as bytes.
+    """
 
     shard: int
     position: int
-    value: bytes | None
-    tail: bytes | None
+    stored: bool
+    image: bytes | None
+    crc: int
+    height: int  # of the stored image
+    width: int
     row: list  # stored: [position, orig_height, orig_width, fix reason]; skipped: [position, reason]
     nbytes: int
 
 
 def _prepare_task(task: tuple[int, int, Item]) -> Result:
-    """Read, validate and encode one item; everything but the LMDB put happens here, in parallel."""
+    """Read and validate one item (full decode), re-encode it if the policy says so, checksum it."""
     shard, position, item = task
     assert _OPTIONS is not None
     try:
         data = read_item(item)
     except OSError as exc:
-        return Result(shard, position, None, None, [position, f"cannot read: {exc.strerror or exc}"], 0)
+        return Result(shard, position, False, None, 0, 0, 0, [position, f"cannot read: {exc.strerror or exc}"], 0)
     p = prepare(data, _OPTIONS)
     if p.image is None:
-        return Result(shard, position, None, None, [position, p.reason], len(data))
-    value, tail = encode_record(Record(p.image, item.target, p.height, p.width), mmap.PAGESIZE)
-    return Result(shard, position, value, tail, [position, p.orig_height, p.orig_width, p.reason], len(data))
+        return Result(shard, position, False, None, 0, 0, 0, [position, p.reason], len(data))
+    image = None if p.image is data and not _IN_PARENT else p.image
+    return Result(shard, position, True, image, zlib.crc32(p.image), p.height, p.width,
+                  [position, p.orig_height, p.orig_width, p.reason], len(data))
+
+
+def _encode_result(result: Result, item: Item) -> tuple[bytes, bytes | None]:
+    """The record value (and tail) for a stored result, in the parent."""
+    image = result.image
+    if image is None:
+        image = read_item(item)
+        if zlib.crc32(image) != result.crc:
+            raise ImagenetPackError(f"{item.path}: the file changed while it was being converted; rerun to resume")
+    return encode_record(Record(image, item.target, result.height, result.width), mmap.PAGESIZE, crc=result.crc)
 
 
 def _shard_ranges(count: int, shards: int) -> list[range]:
@@ -227,7 +258,10 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
                    desc=f"{source.split}", disable=not options.progress, smoothing=0.1)
         read_bytes, t0 = 0, time.perf_counter()
         for result in results:
-            writers[result.shard].add(result.position, result.value, result.tail, result.row)
+            value, tail = None, None
+            if result.stored:
+                value, tail = _encode_result(result, source.items[ranges[result.shard][result.position]])
+            writers[result.shard].add(result.position, value, tail, result.row)
             read_bytes += result.nbytes
             bar.update(1)
             if bar.n % 64 == 0:
@@ -256,7 +290,7 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
 
 def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[Result]:
     if pool is None:
-        _init_worker(prep)
+        _init_worker(prep, in_parent=True)
         return map(_prepare_task, todo)
     return pool.imap(_prepare_task, todo, chunksize=8)
 

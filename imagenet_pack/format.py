@@ -67,7 +67,7 @@ class Record:
     width: int
 
 
-def _pack_record(record: Record, image: bytes, crc: int) -> bytes:
+def _pack_record(record: Record, image: bytes | memoryview, crc: int) -> bytes:
     return msgpack.packb(
         {"image": image, "size": len(record.image), "target": record.target, "height": record.height,
          "width": record.width, "crc32": crc},
@@ -75,22 +75,29 @@ def _pack_record(record: Record, image: bytes, crc: int) -> bytes:
     )
 
 
-def encode_record(record: Record, page_size: int | None = None) -> tuple[bytes, bytes | None]:
+def encode_record(record: Record, page_size: int | None = None, *, crc: int | None = None
+                  ) -> tuple[bytes, bytes | None]:
     """The record's value, and the tail to store in ``tails`` (None when the value is stored whole).
 
     With ``page_size`` given, the image is cut so the value exactly fills whole overflow pages, provided the
-    rest is small enough to sit densely in a leaf page.
+    rest is small enough to sit densely in a leaf page. ``crc`` is the image's CRC-32 when already known.
     """
-    crc = zlib.crc32(record.image)
-    value = _pack_record(record, record.image, crc)
+    crc = zlib.crc32(record.image) if crc is None else crc
     if page_size is None:
-        return value, None
-    pages = (len(value) + _PAGE_HEADER) // page_size
-    capacity = pages * page_size - _PAGE_HEADER
-    cut = len(record.image) - (len(value) - capacity)
-    if pages == 0 or len(value) <= capacity or not 0 < len(record.image) - cut <= TAIL_MAX:
-        return value, None
-    return _pack_record(record, record.image[:cut], crc), record.image[cut:]
+        return _pack_record(record, record.image, crc), None
+    size = len(record.image)
+    overhead = len(_pack_record(record, b"", crc)) - 2 + _bin_header(size)  # all but the image bytes
+    pages = (overhead + size + _PAGE_HEADER) // page_size
+    cut = pages * page_size - _PAGE_HEADER - overhead  # image bytes that fill those pages exactly
+    if pages == 0 or not 0 < size - cut <= TAIL_MAX:
+        return _pack_record(record, record.image, crc), None
+    image = memoryview(record.image)
+    return _pack_record(record, image[:cut], crc), bytes(image[cut:])
+
+
+def _bin_header(size: int) -> int:
+    """Bytes of msgpack's bin header for a ``size``-byte payload (bin8, bin16, bin32)."""
+    return 2 if size < 1 << 8 else 3 if size < 1 << 16 else 5
 
 
 def decode_record(value: bytes | memoryview, where: str, tail: Callable[[], bytes | None] | None = None) -> Record:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # torchvision's IMG_EXTENSIONS, matched case-insensitively, so the same files are taken as ImageFolder takes.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-@dataclass(frozen=True)
-class Item:
-    """One source image: ``path`` names it (relative, stored in the metadata), ``file`` holds its bytes."""
+class Item(NamedTuple):
+    """One source image: ``path`` names it (relative, stored in the metadata), ``file`` holds its bytes.
+    (A named tuple: 1.28 M of them are built and pickled to workers, and a tuple is cheapest at both.)"""
 
     path: str
     target: int
