@@ -1,0 +1,103 @@
+"""Converter throughput for 1, 2, ... workers, lossless vs --max-side, and the storage ratio, in one run.
+
+    python benchmarks/convert_bench.py                                  # generated ImageNet-like sample
+    python benchmarks/convert_bench.py --images ../shared/imagenet-sample --copies 8 --json out.json
+
+Each figure is the median of ``--repeats`` conversions into a fresh directory (source files warm in the page
+cache after an untimed warm-up conversion). Ratios are against 1 worker, lossless, from the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+from imagenet_pack import ConvertOptions, convert
+from imagenet_pack.convert import default_workers
+from imagenet_pack.sample import make_sample_tree
+
+
+def tree_from_flat(images: Path, out: Path, copies: int) -> Path:
+    """``<wnid>_*.JPEG`` -> ``out/train/<wnid>/``: the original plus ``copies - 1`` re-encodes at q95, q94, ...
+    (distinct files of real-photo content, like acceptance check 03)."""
+    for f in sorted(images.glob("*.JPEG")):
+        wnid = f.name.split("_")[0]
+        folder = out / "train" / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, folder / f"{wnid}_0.JPEG")
+        image = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        for k in range(1, copies):
+            cv2.imwrite(str(folder / f"{wnid}_{k}.JPEG"), image, [cv2.IMWRITE_JPEG_QUALITY, 96 - k])
+    return out
+
+
+def timed_convert(src: Path, dst: Path, options: ConvertOptions, repeats: int) -> tuple[float, object]:
+    times, report = [], None
+    for _ in range(repeats):
+        shutil.rmtree(dst, ignore_errors=True)
+        start = time.perf_counter()
+        report = convert(src, dst, options)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, help="flat folder of <wnid>_*.JPEG (default: generated sample)")
+    parser.add_argument("--copies", type=int, default=8, help="files per --images file (default: 8)")
+    parser.add_argument("--max-workers", type=int, default=default_workers())
+    parser.add_argument("--max-side", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="convert-bench-"))
+    try:
+        if args.images:
+            src = tree_from_flat(args.images, tmp / "src", args.copies)
+        else:
+            src = make_sample_tree(tmp / "src", classes=20, train_per_class=60, val_per_class=1)
+        src_bytes = sum(p.stat().st_size for p in (src / "train").rglob("*") if p.is_file())
+        count = sum(1 for p in (src / "train").rglob("*") if p.is_file())
+        base = dict(splits=("train",), progress=False, overwrite=True)
+        convert(src, tmp / "warm", ConvertOptions(**base, workers=1))  # page cache warm-up, untimed
+        runs = [(f"lossless-{w}w", ConvertOptions(**base, workers=w)) for w in range(1, args.max_workers + 1)]
+        if args.max_side:
+            runs.append((f"max-side-{args.max_side}-{args.max_workers}w",
+                         ConvertOptions(**base, workers=args.max_workers, max_side=args.max_side)))
+        results = []
+        for name, options in runs:
+            seconds, report = timed_convert(src, tmp / "db", options, args.repeats)
+            split = report.splits[0]
+            results.append({"name": name, "workers": options.workers, "seconds": seconds,
+                            "images_per_s": count / seconds, "mb_per_s": src_bytes / 1e6 / seconds,
+                            "storage_ratio": split.db_bytes / src_bytes})
+            print(f"  measured {name}: {count / seconds:.0f} images/s", file=sys.stderr)
+        for r in results:
+            r["speedup_vs_1_worker"] = r["images_per_s"] / results[0]["images_per_s"]
+        print(f"{count} images, {src_bytes / 1e6:.0f} MB, {os.cpu_count()} cores, median of {args.repeats}")
+        print(f"{'run':<22} {'images/s':>9} {'MB/s':>7} {'x 1 worker':>11} {'db/src':>7}")
+        for r in results:
+            print(f"{r['name']:<22} {r['images_per_s']:>9.0f} {r['mb_per_s']:>7.1f} "
+                  f"{r['speedup_vs_1_worker']:>11.2f} {r['storage_ratio']:>7.3f}")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+                "versions": {"python": platform.python_version(), "opencv": cv2.__version__},
+                "arguments": {k: str(v) for k, v in vars(args).items()},
+                "images": count, "source_bytes": src_bytes, "results": results}, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
