@@ -1,18 +1,18 @@
-"""Find the splits of an input tree: the class-folder layout torchvision's ImageFolder reads.
+"""Building splits from folders: class-folder trees (ImageFolder's layout) and flat validation folders.
 
 ::
 
-    ROOT/train/n01440764/n01440764_10026.JPEG
-    ROOT/train/n01443537/...
-    ROOT/val/n01440764/ILSVRC2012_val_00000293.JPEG
-
-Classes are the sorted folder names, files are taken in ``sorted(os.walk)`` order with ImageFolder's
-extensions, so targets and sample order equal ``ImageFolder``'s on the same tree.
+    ROOT/train/n01440764/n01440764_10026.JPEG       class folders: classes are the sorted folder names (or
+    ROOT/val/n01440764/ILSVRC2012_val_00000293.JPEG a devkit's list), files in sorted(os.walk) order with
+                                                    ImageFolder's extensions: targets equal ImageFolder's
+    ROOT/val/ILSVRC2012_val_00000001.JPEG           flat validation images, labelled by a devkit or a CSV
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Callable, Iterable
 
 from .errors import LayoutError
 from .sources import Item, SplitSource, is_image_name
@@ -73,3 +73,44 @@ def discover_folders(root: Path, splits: tuple[str, ...]) -> tuple[dict[str, Spl
             f"saw {seen or 'an empty folder'}"
         )
     return found, notes
+
+
+VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG", re.IGNORECASE)
+
+
+def flat_val(split: str, entries: Iterable[tuple[str, str, int, int]], label: Callable[[str], str],
+             wnids: list[str], names: dict[str, tuple[str, ...]] | None, description: str) -> SplitSource:
+    """Validation images without class folders; ``entries`` are (name, file, offset, size), ``label`` maps a
+    file name to its wnid. Items are in file name order."""
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    items, ignored = [], []
+    for name, file, offset, size in sorted(entries):
+        rel = f"{split}/{name}"
+        if not is_image_name(name):
+            ignored.append((rel, "not an image file name (ImageFolder's extensions)"))
+            continue
+        wnid = label(name)
+        if wnid not in index:
+            raise LayoutError(f"{description}: {name} is labelled {wnid}, which is not among the {len(wnids)} classes")
+        items.append(Item(rel, index[wnid], file, offset, size))
+    if not items:
+        raise LayoutError(f"{description}: no validation images found")
+    return SplitSource(split, list(wnids), class_names(list(wnids), names), items, ignored, description)
+
+
+def val_number(name: str, where: str) -> int:
+    """The 1-based image number in ``ILSVRC2012_val_00000001.JPEG``."""
+    match = VAL_NAME.fullmatch(name)
+    if match is None:
+        raise LayoutError(f"{where}: {name} is not named ILSVRC2012_val_NNNNNNNN.JPEG, so it has no label")
+    return int(match.group(1))
+
+
+def folder_entries(folder: Path) -> list[tuple[str, str, int, int]]:
+    """(name, file, 0, -1) for every file directly in ``folder``."""
+    return [(e.name, e.path, 0, -1) for e in os.scandir(folder) if e.is_file()]
+
+
+def is_flat(folder: Path) -> bool:
+    """A folder of images rather than of class folders."""
+    return folder.is_dir() and any(e.is_file() and is_image_name(e.name) for e in os.scandir(folder))

@@ -103,7 +103,7 @@ def test_root_without_class_folders(tmp_path):
 
 def test_root_without_splits_lists_what_it_saw(tmp_path):
     (tmp_path / "src" / "pictures").mkdir(parents=True)
-    with pytest.raises(LayoutError, match=r"no split folder found.*pictures"):
+    with pytest.raises(LayoutError, match=r"no known ImageNet layout.*saw \[.pictures.\]"):
         convert(tmp_path / "src", tmp_path / "out", ConvertOptions(progress=False))
 
 
