@@ -1,0 +1,85 @@
+"""Issue 5/6 loader parts: deterministic resumable sampler, uint8 loader, GPU normalisation (on CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision import transforms
+
+from imagenet_pack import LmdbImageNet, RandomResizedCropDecoder
+from imagenet_pack.gpu import IMAGENET_MEAN, IMAGENET_STD, CudaPrefetcher, normalize
+from imagenet_pack.loader import build_loader
+from imagenet_pack.sampler import EpochSampler
+
+
+def test_sampler_shards_disjointly_and_depends_only_on_seed_epoch_world():
+    ranks = [EpochSampler(103, seed=5, rank=r, world_size=4) for r in range(4)]
+    for epoch in range(3):
+        for s in ranks:
+            s.set_epoch(epoch)
+        shares = [[i for i, e in s] for s in ranks]
+        assert all(len(x) == 26 for x in shares)
+        assert set().union(*map(set, shares)) == set(range(103))
+        flat = sum(shares, [])
+        assert len(flat) - len(set(flat)) == 1  # padding repeats exactly the missing slot
+    a, b = EpochSampler(103, seed=5, rank=1, world_size=4), EpochSampler(103, seed=5, rank=1, world_size=4)
+    assert a.indices(2) == b.indices(2) and a.indices(1) != a.indices(2)
+
+
+def test_eval_sampler_gives_every_sample_exactly_once():
+    shares = [list(EpochSampler(10, shuffle=False, rank=r, world_size=3, pad=False)) for r in range(3)]
+    assert sorted(i for share in shares for i, _ in share) == list(range(10))
+
+
+def test_sampler_state_refuses_another_world_size():
+    s = EpochSampler(10, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="world size 2"):
+        EpochSampler(10, rank=0, world_size=3).load_state_dict(s.state_dict())
+
+
+def test_loader_uint8_batches_epochs_and_mid_epoch_resume(db_session):
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=1))
+    loader = build_loader(ds, 5, workers=2, seed=3)
+    first = [(x.clone(), y) for x, y in loader]
+    assert all(x.dtype == torch.uint8 and x.shape == (5, 3, 16, 16) for x, _ in first)
+    assert len(first) == len(loader) == 24 // 5 and loader.epoch == 1
+    second = [y for _, y in loader]
+    assert loader.epoch == 2
+    # a fresh loader replays epoch 0 exactly (same crops: per (seed, epoch, index))
+    again = build_loader(ds, 5, workers=2, seed=3)
+    replay = list(again)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, replay))
+    # stop after 2 batches of epoch 1, save, resume in a new loader: exactly the rest of epoch 1
+    run = build_loader(ds, 5, workers=0, seed=3)
+    run.load_state_dict({"epoch": 1, "position": 0, "seed": 3, "world_size": 1})
+    it = iter(run)
+    head = [next(it)[1] for _ in range(2)]
+    state = run.state_dict()
+    assert state == {"epoch": 1, "position": 10, "seed": 3, "world_size": 1}
+    resumed = build_loader(ds, 5, workers=2, seed=3)
+    resumed.load_state_dict(state)
+    tail = [y for _, y in resumed]
+    assert torch.equal(torch.cat(head + tail), torch.cat(second))
+
+
+def test_normalize_matches_torchvision():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    ref = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(images.float() / 255)
+    assert torch.allclose(normalize(images), ref, atol=1e-5)
+    half = normalize(images, dtype=torch.bfloat16, channels_last=True)
+    assert half.dtype == torch.bfloat16 and half.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(half.float(), ref, atol=0.03)
+
+
+def test_prefetcher_on_cpu_yields_normalised_batches():
+    batches = [(torch.full((2, 3, 4, 4), v, dtype=torch.uint8), torch.tensor([v, v])) for v in (0, 128, 255)]
+    out = list(CudaPrefetcher(batches, "cpu"))
+    assert len(out) == 3 and torch.equal(out[1][1], torch.tensor([128, 128]))
+    assert torch.allclose(out[2][0][0, :, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prefetcher_on_cuda_matches_cpu():
+    batches = [(torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8).pin_memory(), torch.arange(4)) for _ in range(3)]
+    for (g, gt), (c, ct) in zip(CudaPrefetcher(batches, "cuda"), CudaPrefetcher(batches, "cpu")):
+        assert torch.allclose(g.cpu(), c, atol=1e-5) and torch.equal(gt.cpu(), ct)
