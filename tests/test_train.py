@@ -1,0 +1,67 @@
+"""Issue 6: tools/train.py under torchrun, 2 CPU processes with gloo, on a generated database."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TRAIN = Path(__file__).resolve().parents[1] / "tools" / "train.py"
+
+
+def torchrun(db: Path, out: Path, *extra: str) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(TRAIN),
+           str(db), "--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0",
+           "--device", "cpu", "--lr", "0.01", "--log-samples", "--output", str(out), *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def samples(out: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (out / f"samples-rank{rank}.jsonl").read_text().splitlines()]
+
+
+def per_epoch(out: Path) -> dict[int, list[list[int]]]:
+    epochs: dict[int, list[list[int]]] = {}
+    for rank in (0, 1):
+        for entry in samples(out, rank):
+            epochs.setdefault(entry["epoch"], [[], []])[rank].extend(entry["indices"])
+    return epochs
+
+
+@pytest.fixture(scope="module")
+def full_run(db_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "full"
+    torchrun(db_session, out, "--epochs", "2")
+    return out
+
+
+def test_ranks_see_disjoint_shares_covering_the_split_each_epoch(full_run):
+    epochs = per_epoch(full_run)
+    assert sorted(epochs) == [0, 1]
+    for shares in epochs.values():
+        assert not set(shares[0]) & set(shares[1])
+        assert sorted(shares[0] + shares[1]) == list(range(24))
+    assert epochs[0] != epochs[1]  # a new order every epoch
+    logs = [json.loads(line) for line in (full_run / "log.jsonl").read_text().splitlines()]
+    assert [entry["val_images"] for entry in logs] == [12, 12]  # every val sample once, none twice
+    assert all(0 <= entry["data_wait"] <= 1 and entry["images_per_s"] > 0 for entry in logs)
+    assert (full_run / "checkpoint.pt").is_file() and not (full_run / "checkpoint.tmp").exists()
+
+
+def test_same_seed_same_order(full_run, db_session, tmp_path):
+    torchrun(db_session, tmp_path / "again", "--epochs", "2")
+    assert per_epoch(tmp_path / "again") == per_epoch(full_run)
+
+
+def test_stopped_mid_epoch_and_resumed_sees_exactly_the_rest(full_run, db_session, tmp_path):
+    out = tmp_path / "preempted"
+    torchrun(db_session, out, "--epochs", "2", "--exit-after-steps", "2")  # 3 steps per epoch: stops mid-epoch
+    assert len(samples(out, 0)) == 2
+    torchrun(db_session, out, "--epochs", "2", "--resume")
+    assert per_epoch(out) == per_epoch(full_run)
+    for rank in (0, 1):
+        steps = [entry["step"] for entry in samples(out, rank)]
+        assert steps == list(range(6))  # no step twice, none missing

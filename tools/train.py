@@ -1,0 +1,207 @@
+"""Train a torchvision model on an imagenet-pack database, on one GPU, one node or many (torchrun).
+
+    python tools/train.py /data/imagenet-lmdb --arch resnet50 --epochs 90 --batch-size 256 --output runs/r50
+    torchrun --standalone --nproc_per_node 8 tools/train.py /data/imagenet-lmdb --output runs/r50
+    torchrun --nnodes 4 --node_rank $RANK --rdzv_backend c10d --rdzv_endpoint $HOST:29500 \\
+        --nproc_per_node 8 tools/train.py /local/imagenet-lmdb --output /shared/runs/r50
+
+Fused uint8 decoders in the workers, normalisation on the GPU (bf16 autocast, channels_last on CUDA), SGD with
+linear warm-up then cosine (or step) decay, label smoothing, top-1/top-5 on the whole val split with every
+sample counted exactly once across ranks. Checkpoints are atomic (temp file, then rename) and hold the
+model, optimiser, epoch and the loader's position, so ``--resume`` continues mid-epoch with exactly the
+samples not yet seen. ``--batch-size`` is per process; ``--lr`` is for the global batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchvision
+
+from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
+from imagenet_pack.gpu import CudaPrefetcher
+from imagenet_pack.loader import build_loader
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path, help="database directory written by `imagenet-pack convert`")
+    p.add_argument("--arch", default="resnet50", help="any torchvision.models name (default: resnet50)")
+    p.add_argument("--epochs", type=int, default=90)
+    p.add_argument("--batch-size", type=int, default=256, help="per process (default: 256)")
+    p.add_argument("--workers", type=int, default=None, help="loader workers per process (default: cores / processes)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate for the global batch (default: 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length (default: 1)")
+    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
+                   help="after warm-up: cosine to 0, or /10 every 30 epochs (default: cosine)")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--image-size", type=int, default=224, help="train crop and val crop size (default: 224)")
+    p.add_argument("--output", type=Path, required=True, help="directory for checkpoints and logs")
+    p.add_argument("--resume", action="store_true", help=f"continue from OUTPUT/{CHECKPOINT} if it exists")
+    p.add_argument("--seed", type=int, default=0, help="sample order, crops and initial weights (default: 0)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after N steps (smoke runs)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also checkpoint every N steps inside an epoch (0: only at epoch ends)")
+    p.add_argument("--exit-after-steps", type=int, default=None,
+                   help="checkpoint and exit after N steps in this run, as a preempted job would (for tests)")
+    p.add_argument("--log-samples", action="store_true",
+                   help="write every step's sample indices to OUTPUT/samples-rank<R>.jsonl (audits, tests)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda (default when available) or cpu (gloo backend)")
+    return p.parse_args(argv)
+
+
+def setup(device_name: str) -> tuple[int, int, torch.device]:
+    """Rank, world size and device from torchrun's environment (LOCAL_RANK etc.); single process without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(device_name, local) if device_name == "cuda" else torch.device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def learning_rate(args, step: int, steps_per_epoch: int) -> float:
+    epoch = step / steps_per_epoch
+    if epoch < args.warmup_epochs:
+        return args.lr * (epoch + 1 / steps_per_epoch) / args.warmup_epochs
+    if args.schedule == "step":
+        return args.lr * 0.1 ** int(epoch // 30)
+    progress = (epoch - args.warmup_epochs) / max(1e-9, args.epochs - args.warmup_epochs)
+    return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp) -> tuple[float, float, int]:
+    """Top-1 and top-5 over the whole val split; each rank evaluates its disjoint share, counts are summed."""
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    for images, targets in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(images)
+        top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices  # top-k for k <= classes
+        counts[0] += (top5[:, 0] == targets).sum()
+        counts[1] += (top5 == targets[:, None]).any(dim=1).sum()
+        counts[2] += len(targets)
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    model.train()
+    return float(counts[0] / counts[2]), float(counts[1] / counts[2]), int(counts[2])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank, world, device = setup(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(args.seed)
+    args.output.mkdir(parents=True, exist_ok=True)
+    workers = args.workers if args.workers is not None else max(1, len(os.sched_getaffinity(0)) // max(1, world))
+
+    train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(args.image_size, seed=args.seed))
+    val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size))
+    train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed)
+    val_loader = build_loader(val_set, args.batch_size, train=False, workers=workers, persistent_workers=False)
+
+    model = torchvision.models.get_model(args.arch, num_classes=len(train_set.wnids)).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    start_epoch, step = 0, 0
+    checkpoint = args.output / CHECKPOINT
+    if args.resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        train_loader.load_state_dict(state["loader"])
+        start_epoch, step = state["loader"]["epoch"], state["step"]
+        if rank == 0:
+            print(f"resumed from {checkpoint}: epoch {start_epoch}, {state['loader']['position']} samples in")
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
+        if world > 1 else model
+    steps_per_epoch = len(train_loader)
+    log = open(args.output / f"samples-rank{rank}.jsonl", "a") if args.log_samples else None
+    run_steps = 0
+
+    def state_now() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "loader": train_loader.state_dict(), "scaler": None, "args": vars(args) | {"root": str(args.root),
+                                                                                            "output": str(args.output)}}
+
+    for epoch in range(start_epoch, args.epochs):
+        epoch_order = train_loader.sampler.indices(epoch)
+        seen, waited, started = 0, 0.0, time.perf_counter()
+        batches = iter(CudaPrefetcher(train_loader, device, dtype=torch.float32, channels_last=cuda))
+        epoch_steps = 0
+        while args.max_steps is None or epoch_steps < args.max_steps:
+            t0 = time.perf_counter()
+            position = train_loader.sampler.position
+            batch = next(batches, None)
+            waited += time.perf_counter() - t0
+            if batch is None:
+                break
+            images, targets = batch
+            if log is not None:
+                log.write(json.dumps({"epoch": epoch, "step": step,
+                                      "indices": epoch_order[position:position + len(targets)]}) + "\n")
+                log.flush()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args, step, steps_per_epoch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = F.cross_entropy(ddp(images), targets, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step, epoch_steps, run_steps, seen = step + 1, epoch_steps + 1, run_steps + 1, seen + len(targets)
+            if rank == 0 and args.checkpoint_every and step % args.checkpoint_every == 0:
+                save_checkpoint(checkpoint, state_now())
+            if args.exit_after_steps is not None and run_steps >= args.exit_after_steps:
+                if rank == 0:
+                    save_checkpoint(checkpoint, state_now())
+                    print(f"exiting after {run_steps} steps (epoch {epoch}, step {step}), checkpoint saved")
+                if dist.is_initialized():
+                    dist.barrier()
+                    dist.destroy_process_group()
+                return 0
+        if train_loader.epoch == epoch:  # left early (--max-steps): the next epoch starts fresh
+            train_loader.finish_epoch()
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        top1, top5, counted = evaluate(model, CudaPrefetcher(val_loader, device, channels_last=cuda), device, cuda)
+        if rank == 0:
+            save_checkpoint(checkpoint, state_now())
+            print(f"epoch {epoch}: loss {loss.item():.3f}, {seen * world / elapsed:.0f} images/s, data wait "
+                  f"{waited / elapsed:.0%} of step time, val top-1 {top1:.2%} top-5 {top5:.2%} on {counted} images",
+                  flush=True)
+            with open(args.output / "log.jsonl", "a") as out:
+                out.write(json.dumps({"epoch": epoch, "images_per_s": seen * world / elapsed,
+                                      "data_wait": waited / elapsed, "top1": top1, "top5": top5,
+                                      "val_images": counted, "loss": loss.item()}) + "\n")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
