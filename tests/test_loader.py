@@ -83,3 +83,43 @@ def test_prefetcher_on_cuda_matches_cpu():
     batches = [(torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8).pin_memory(), torch.arange(4)) for _ in range(3)]
     for (g, gt), (c, ct) in zip(CudaPrefetcher(batches, "cuda"), CudaPrefetcher(batches, "cpu")):
         assert torch.allclose(g.cpu(), c, atol=1e-5) and torch.equal(gt.cpu(), ct)
+
+
+def test_gpu_decode_mode_on_cpu_matches_torchvision_crops(db_session):
+    from torchvision.transforms import functional as F
+    from imagenet_pack.gpu_decode import CropBoxDecoder, GpuBatchDecoder, collate_jpeg
+
+    boxes_ds = LmdbImageNet(db_session, "train", decoder=CropBoxDecoder(seed=2))
+    pil_ds = LmdbImageNet(db_session, "train")
+    batch = collate_jpeg([boxes_ds[(i, 0)] for i in range(6)])
+    data, boxes, targets = batch
+    assert boxes.shape == (6, 5) and targets.tolist() == [int(t) for t in pil_ds.targets[:6]]
+    images = GpuBatchDecoder(16, "cpu")(data, boxes)
+    assert images.dtype == torch.uint8 and images.shape == (6, 3, 16, 16)
+    for i, (top, left, h, w, flip) in enumerate(boxes.tolist()):
+        ref = F.pil_to_tensor(F.resized_crop(pil_ds[i][0], top, left, h, w, [16, 16], antialias=True))
+        ref = ref.flip(-1) if flip else ref
+        assert (images[i].float() - ref.float()).abs().mean() < 4.0
+
+
+def test_gpu_decode_falls_back_to_opencv_for_undecodable_records(db_session, monkeypatch):
+    """A record the device decoder refuses (as nvJPEG refuses some) is decoded on the CPU instead."""
+    import torchvision.io as tio
+    from imagenet_pack import gpu_decode
+
+    records = [LmdbImageNet(db_session, "train").read_record(i).image for i in range(3)]
+    data = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in records]
+    real = tio.decode_jpeg
+
+    def picky(inputs, **kw):
+        if isinstance(inputs, list) or int(inputs[100]) == int(data[1][100]) and len(inputs) == len(data[1]):
+            raise RuntimeError("nvjpeg: unsupported")
+        return real(inputs, **kw)
+
+    monkeypatch.setattr(gpu_decode.tio, "decode_jpeg", picky)
+    decoder = gpu_decode.GpuBatchDecoder(8, "cpu")
+    images = decoder.decode(data)
+    assert decoder.fallbacks == 1
+    for image, raw in zip(images, data):
+        assert torch.equal(image, real(raw, mode=tio.ImageReadMode.RGB)) or \
+            (image.float() - real(raw, mode=tio.ImageReadMode.RGB).float()).abs().mean() < 1.0

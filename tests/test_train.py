@@ -65,3 +65,16 @@ def test_stopped_mid_epoch_and_resumed_sees_exactly_the_rest(full_run, db_sessio
     for rank in (0, 1):
         steps = [entry["step"] for entry in samples(out, rank)]
         assert steps == list(range(6))  # no step twice, none missing
+
+
+def test_gpu_check_runs_its_three_modes_on_cpu():
+    script = TRAIN.parent / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script), "--device", "cpu", "--arch", "resnet18", "--batch-size", "4",
+                             "--image-size", "32", "--steps", "2", "--images", "32", "--workers", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for label in ("(a) CPU fused decode", "(b) GPU decode (nvJPEG)", "(c) synthetic on device"):
+        line = next(x for x in lines if x.startswith(label))
+        assert float(line.split()[len(label.split())]) > 0
+    assert "CPU fallbacks 0" in result.stdout
