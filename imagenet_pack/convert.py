@@ -22,13 +22,13 @@ from typing import Iterator, NamedTuple
 from tqdm import tqdm
 
 from .errors import FormatError, ImagenetPackError, OutputExistsError
-from .format import (FORMAT_NAME, FORMAT_VERSION, Record, decode_paths, encode_paths, encode_record, pack_array,
+from .format import (FORMAT_NAME, FORMAT_VERSION, Record, encode_paths, encode_record, pack_array,
                      target_dtype)
 from .detect import discover
 from .layouts import SPLITS
 from .prepare import PrepareOptions, prepare
 from .sources import Item, SplitSource, read_item
-from .store import find_shards, read_shard_meta, close_handle, shard_dir
+from .store import close_handle, find_shards, read_paths, read_shard_meta, shard_dir
 from .writer import ShardWriter, remove_database
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,8 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
             for s, (w, rng) in enumerate(zip(writers, ranges)):
                 rows = w.rows()
                 w.finish(_shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored,
-                                     resumed=any(x.resumed for x in writers)))
+                                     resumed=any(x.resumed for x in writers)),
+                         encode_paths([source.items[rng[row[0]]].path for row in rows]))
                 start += len(rows)
     finally:
         for w in writers:
@@ -325,7 +326,6 @@ def _shard_meta(source: SplitSource, fingerprint: str, options: ConvertOptions, 
         "targets_dtype": target_dtype(len(source.wnids)),
         "targets": pack_array([i.target for i in items], target_dtype(len(source.wnids))),
         "sizes": pack_array([v for row in rows for v in row[1:3]], "<u4"),
-        "paths": encode_paths([i.path for i in items]),
         "fixed": [[i.path, row[3]] for i, row in zip(items, rows) if row[3]],
         "encoding": {"max_side": options.max_side, "quality": options.quality if options.max_side else None},
         "source": source.description,
@@ -344,13 +344,9 @@ def _summarise_complete(split_dir: Path, source: SplitSource) -> SplitReport:
     report.stored = sum(m["count"] for m in metas)
     report.fixed = [tuple(f) for m in metas for f in m["fixed"]]
     report.found = len(source.items) + len(source.ignored)
-    report.skipped = [(i.path, "skipped in an earlier run") for i in _missing(source, metas)]
+    stored = set(read_paths(split_dir))
+    report.skipped = [(i.path, "skipped in an earlier run") for i in source.items if i.path not in stored]
     return report
-
-
-def _missing(source: SplitSource, metas: list[dict]) -> list[Item]:
-    stored = {p for m in metas for p in decode_paths(m["paths"])}
-    return [i for i in source.items if i.path not in stored]
 
 
 def _estimate_bytes(source: SplitSource) -> int:

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from .decode import Decoder, resolve_decoder
 from .errors import CorruptRecordError
 from .format import encode_key
-from .store import load_split, open_handle
+from .store import load_split, open_handle, read_paths
 
 
 class LmdbImageNet(Dataset):
@@ -63,7 +63,6 @@ class LmdbImageNet(Dataset):
         self.class_to_idx = {name: i for i, names in enumerate(self.classes) for name in names}
         self.targets = info.targets
         self.sizes = info.sizes
-        self._info = info
         self._paths = [str(s.path) for s in info.shards]
         self._starts = [s.start for s in info.shards]
 
@@ -73,7 +72,7 @@ class LmdbImageNet(Dataset):
     @property
     def paths(self) -> list[str]:
         """Source path (relative to the converted input) of every sample."""
-        return self._info.paths()
+        return read_paths(self.root / self.split)
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any]:
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""

@@ -9,8 +9,9 @@ A split is one or more LMDB environments (shards). Each holds two named database
   (fewer than ``TAIL_MAX``) are stored here under the same key instead, where they pack densely into leaf
   pages; ``image`` then holds the first bytes and ``size`` the full length. This keeps the database within
   ~1% of the JPEG bytes instead of wasting half a page (2 KB) per image.
-* ``meta``: ``meta`` = a msgpack map describing the shard and the split; ``length`` = the record count as an
-  8-byte big-endian integer, written in the very last commit, so its presence marks a complete shard.
+* ``meta``: ``meta`` = a msgpack map describing the shard and the split; ``paths`` = the records' source
+  paths, newline-joined UTF-8 (its own key: opening a dataset never touches it); ``length`` = the record count
+  as an 8-byte big-endian integer, written in the very last commit, so its presence marks a complete shard.
   While a conversion runs, ``progress`` and ``rows/NNNNNNNN`` hold its resumable state (removed at the end).
 
 Nothing is pickled: msgpack maps of ints, strings, byte strings and lists only.
@@ -34,6 +35,7 @@ TAILS_DB = b"tails"
 META_DB = b"meta"
 META_KEY = b"meta"
 LENGTH_KEY = b"length"
+PATHS_KEY = b"paths"
 PROGRESS_KEY = b"progress"
 ROWS_PREFIX = b"rows/"
 

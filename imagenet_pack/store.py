@@ -18,7 +18,7 @@ import lmdb
 import numpy as np
 
 from .errors import FormatError
-from .format import (LENGTH_KEY, META_DB, META_KEY, RECORDS_DB, TAILS_DB, Record, decode_length, decode_meta,
+from .format import (LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, RECORDS_DB, TAILS_DB, Record, decode_length, decode_meta,
                      decode_paths, decode_record, unpack_array)
 
 SHARD_GLOB = "shard-*-of-*"
@@ -111,8 +111,24 @@ class SplitInfo:
         return int(self.targets.shape[0])
 
     def paths(self) -> list[str]:
-        """Relative source paths of all records (decoded on demand: 1.28 M strings are not free)."""
-        return [p for meta in self.metas for p in decode_paths(meta["paths"])]
+        """Relative source paths of all records (read on demand: 1.28 M strings are not free)."""
+        return read_paths(self.root / self.split)
+
+
+def read_paths(split_dir: Path) -> list[str]:
+    """The source paths of every record of a split, in record order."""
+    out: list[str] = []
+    for path in find_shards(split_dir):
+        handle = open_handle(path)
+        try:
+            with handle.env.begin(db=handle.meta) as txn:
+                blob = txn.get(PATHS_KEY)
+        finally:
+            close_handle(path)
+        if blob is None:
+            raise FormatError(f"{path}: no paths key; the database is incomplete or damaged, reconvert it")
+        out.extend(decode_paths(blob))
+    return out
 
 
 def read_shard_meta(path: Path) -> dict[str, Any]:

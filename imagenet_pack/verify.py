@@ -15,10 +15,10 @@ from tqdm import tqdm
 from .decode import DECODE_FLAGS
 from .detect import discover
 from .errors import FormatError, ImagenetPackError
-from .format import decode_key, decode_paths
+from .format import decode_key
 from .prepare import PrepareOptions, prepare
 from .sources import read_item
-from .store import close_handle, list_splits, load_split, open_handle
+from .store import close_handle, list_splits, load_split, open_handle, read_paths
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _sources(src: Path, splits: tuple[str, ...]):
 
 
 def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
-    paths = decode_paths(meta["paths"]) if by_path else []
+    paths = read_paths(shard.path) if by_path else []
     fixed = {p for p, _ in meta["fixed"]}
     expected = 0
     handle = open_handle(shard.path)

@@ -14,7 +14,7 @@ import lmdb
 import msgpack
 
 from .errors import FormatError, OutputExistsError
-from .format import (LENGTH_KEY, META_DB, META_KEY, PROGRESS_KEY, RECORDS_DB, ROWS_PREFIX, TAILS_DB,
+from .format import (LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, ROWS_PREFIX, TAILS_DB,
                      encode_key, encode_length, encode_meta)
 
 DEFAULT_BATCH_BYTES = 64 << 20
@@ -116,8 +116,8 @@ class ShardWriter:
                 out.extend(msgpack.unpackb(txn.get(ROWS_PREFIX + b"%08d" % b), raw=False))
         return out
 
-    def finish(self, meta: dict[str, Any]) -> None:
-        """Write metadata and the length key in one final commit, drop the progress state, and sync."""
+    def finish(self, meta: dict[str, Any], paths: bytes) -> None:
+        """Write metadata, source paths and the length key in one final commit, drop the progress state, sync."""
         self.flush()
 
         def body(txn) -> None:
@@ -125,6 +125,7 @@ class ShardWriter:
                 txn.delete(ROWS_PREFIX + b"%08d" % b, db=self.meta)
             txn.delete(PROGRESS_KEY, db=self.meta)
             txn.put(META_KEY, encode_meta(meta), db=self.meta)
+            txn.put(PATHS_KEY, paths, db=self.meta)
             txn.put(LENGTH_KEY, encode_length(meta["count"]), db=self.meta)
 
         self._write(body)

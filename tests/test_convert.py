@@ -89,7 +89,7 @@ def test_resume_continues_from_the_last_commit(tree, tmp_path, monkeypatch):
     """Records committed before an interruption are kept, and their files are not read again."""
     dst = tmp_path / "db"
 
-    def interrupted(self, meta):
+    def interrupted(self, meta, paths):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ShardWriter, "finish", interrupted)
