@@ -3,7 +3,9 @@
 Entries: ``baseline`` (ImageFolder + PIL + RandomResizedCrop/flip/ToTensor/Normalize), ``lmdb-dropin`` (the
 same transforms on LmdbImageNet), ``lmdb-fused-train`` (RandomResizedCropDecoder, uint8), ``lmdb-fused-val``
 (CenterCropDecoder, uint8), ``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), and
-with ``--max-side`` the fused decoders on a database written with ``--max-side``.
+with ``--max-side`` the fused decoders on a database written with ``--max-side``; ``-cold`` entries evict the
+files from the page cache (``posix_fadvise(DONTNEED)``) before every epoch. Each entry also reports the
+memory of its workers (private and shared resident MB, from /proc/PID/smaps_rollup).
 
     python benchmarks/loader_bench.py                       # generated ImageNet-like sample
     python benchmarks/loader_bench.py --images ../shared/imagenet-sample --json out.json
@@ -18,19 +20,21 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.convert import default_workers
-from imagenet_pack.demo import images_per_second, standard_train_transform
+from imagenet_pack.demo import standard_train_transform
 from imagenet_pack.sample import make_sample_tree
 
 
@@ -57,6 +61,46 @@ class BareDecode(Dataset):
     def __getitem__(self, i):
         cv2.imdecode(np.frombuffer(self.records[i], np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
         return 0, 0
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache (clean pages only: the next read goes to the disk)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def worker_memory(loader: DataLoader) -> tuple[float, float]:
+    """Mean private and shared resident MB of the loader's worker processes."""
+    private, shared = [], []
+    for worker in loader._iterator._workers:  # persistent workers stay alive between epochs
+        fields = {}
+        for line in Path(f"/proc/{worker.pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, value = line.split(":")
+            fields[key] = int(value.split()[0]) / 1024
+        private.append(fields["Private_Clean"] + fields["Private_Dirty"])
+        shared.append(fields["Shared_Clean"] + fields["Shared_Dirty"])
+    return statistics.mean(private), statistics.mean(shared)
+
+
+def measure(dataset: Dataset, workers: int, epochs: int, cold: list[Path] | None = None) -> dict:
+    """Median images/s over ``epochs`` after one untimed warm-up epoch, and the workers' memory."""
+    loader = DataLoader(dataset, batch_size=32, num_workers=workers, persistent_workers=True, shuffle=True)
+    rates = []
+    for epoch in range(epochs + 1):
+        if cold and epoch:
+            evict(cold)
+        start, n = time.perf_counter(), 0
+        for images, _ in loader:
+            n += len(images)
+        if epoch:
+            rates.append(n / (time.perf_counter() - start))
+    private, shared = worker_memory(loader)
+    return {"images_per_s": statistics.median(rates), "worker_private_mb": private, "worker_shared_mb": shared}
 
 
 def main(argv=None) -> int:
@@ -89,11 +133,17 @@ def main(argv=None) -> int:
                 tmp / "small", "train", decoder=RandomResizedCropDecoder(224))
             entries[f"max-side-{args.max_side}-fused-val"] = LmdbImageNet(
                 tmp / "small", "train", decoder=CenterCropDecoder(224))
+        source_files = [Path(p) for p, _ in folder.samples]
+        db_files = sorted((tmp / "db").rglob("data.mdb"))
+        cold = {"baseline-cold": (folder, source_files),
+                "lmdb-fused-train-cold": (entries["lmdb-fused-train"], db_files)}
         results = []
         for name, ds in entries.items():
-            rate = images_per_second(ds, workers=args.workers, epochs=args.epochs)
-            results.append({"name": name, "images_per_s": rate})
-            print(f"  measured {name}: {rate:.0f} images/s", file=sys.stderr)
+            results.append({"name": name, **measure(ds, args.workers, args.epochs)})
+            print(f"  measured {name}: {results[-1]['images_per_s']:.0f} images/s", file=sys.stderr)
+        for name, (ds, files) in cold.items():
+            results.append({"name": name, **measure(ds, args.workers, args.epochs, cold=files)})
+            print(f"  measured {name}: {results[-1]['images_per_s']:.0f} images/s", file=sys.stderr)
         base = results[0]["images_per_s"]
         limit = next(r["images_per_s"] for r in results if r["name"] == "limit-bare-decode")
         for r in results:
@@ -101,9 +151,10 @@ def main(argv=None) -> int:
             r["ratio_to_limit"] = r["images_per_s"] / limit
         print(f"{len(folder)} images, {args.workers} workers, {os.cpu_count()} cores, batch 32, "
               f"median of {args.epochs} epochs")
-        print(f"{'entry':<28} {'images/s':>9} {'x baseline':>11} {'x limit':>8}")
+        print(f"{'entry':<28} {'images/s':>9} {'x baseline':>11} {'x limit':>8} {'worker MB private/shared':>25}")
         for r in results:
-            print(f"{r['name']:<28} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f}")
+            print(f"{r['name']:<28} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f} "
+                  f"{r['worker_private_mb']:>15.0f} / {r['worker_shared_mb']:<6.0f}")
         if args.json:
             args.json.write_text(json.dumps({
                 "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "cpu": platform.processor()},
