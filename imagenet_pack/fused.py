@@ -2,7 +2,8 @@
 
 The crop box is chosen from the stored image size (no header parse), then the JPEG is decoded with libjpeg's
 DCT scaling (1/2, 1/4, 1/8) whenever the box stays at least the output size at that scale, so pixels the crop
-throws away are never fully decoded. One resize (torchvision's antialiased bilinear, on uint8) gives the output.
+throws away are never fully decoded. One resize gives the output: torchvision's antialiased bilinear on uint8
+when shrinking, OpenCV's bilinear when only enlarging (antialiasing is a no-op there).
 
 Randomness is reproducible per ``(seed, epoch, index)`` when the dataset receives ``(index, epoch)`` pairs;
 with plain integer indices it comes from a per-process generator seeded from ``torch.initial_seed()``, which
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,13 +64,17 @@ def dct_scale(box: Box, out: int) -> int:
 def decode_crop(data: bytes, box: Box, out: int, flip: bool, where: str) -> torch.Tensor:
     """Decode only as much as ``box`` needs, crop, resize to out x out, optionally flip: uint8 3xHxW."""
     s = dct_scale(box, out)
-    rgb = torch.from_numpy(decode_rgb(data, where, s))
     top, left, h, w = (v // s for v in box)
-    # an HxWx3 slice viewed as 1x3xhxw is channels-last uint8: torch's vectorised antialiased bilinear path,
-    # which is torchvision's own resize (same pixels) and ~2x faster than cv2.INTER_AREA on one thread
-    crop = rgb[top:top + max(1, h), left:left + max(1, w)].permute(2, 0, 1).unsqueeze(0)
-    resized = F.interpolate(crop, size=(out, out), mode="bilinear", antialias=True, align_corners=False)[0]
-    return resized.flip(-1) if flip else resized.contiguous()
+    crop = decode_rgb(data, where, s)[top:top + max(1, h), left:left + max(1, w)]
+    if crop.shape[0] <= out and crop.shape[1] <= out:
+        # upscaling only: antialiasing changes nothing, and OpenCV's bilinear is ~3x faster than torch's
+        resized = torch.from_numpy(cv2.resize(crop, (out, out), interpolation=cv2.INTER_LINEAR)).permute(2, 0, 1)
+    else:
+        # an HxWx3 slice viewed as 1x3xhxw is channels-last uint8: torch's vectorised antialiased bilinear,
+        # torchvision's own resize (same pixels), ~2x faster than cv2.INTER_AREA on one thread
+        view = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)
+        resized = F.interpolate(view, size=(out, out), mode="bilinear", antialias=True, align_corners=False)[0]
+    return resized.flip(-1) if flip else resized
 
 
 class _Seeded:
