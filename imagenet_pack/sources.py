@@ -48,10 +48,15 @@ class SplitSource:
 
 
 def read_item(item: Item) -> bytes:
+    return read_item_stamped(item)[0]
+
+
+def read_item_stamped(item: Item) -> tuple[bytes, tuple[int, int, int]]:
+    """The item's bytes and its file's (inode, size, mtime): equal stamps mean the same bytes were read."""
     with open(item.file, "rb") as handle:
-        if item.size < 0:
-            return handle.read()
-        return os.pread(handle.fileno(), item.size, item.offset)
+        st = os.fstat(handle.fileno())
+        data = handle.read() if item.size < 0 else os.pread(handle.fileno(), item.size, item.offset)
+    return data, (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def is_image_name(name: str) -> bool:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -206,3 +207,20 @@ def test_audit_warns_for_a_full_class_list_with_other_counts(tmp_path):
     val = next(r for r in report.splits if r.split == "val")
     assert any("50000" in w for w in val.warnings)
     assert any("1000 classes differ" in w and "n01440764 (1 vs 50)" in w for w in val.warnings)
+
+
+def test_a_file_changed_between_worker_and_writer_is_an_error(tree):
+    from imagenet_pack.convert import Result, _encode_result
+    from imagenet_pack.errors import ImagenetPackError
+    from imagenet_pack.sources import Item, read_item_stamped
+
+    path = sorted((tree / "train").rglob("*.JPEG"))[0]
+    item = Item("train/x.JPEG", 0, str(path))
+    data, stamp = read_item_stamped(item)
+    result = Result(0, 0, True, None, zlib.crc32(data), stamp, 48, 64, [0, 48, 64, None], len(data))
+    value, _ = _encode_result(result, item)
+    assert decode_record(value, "r").image == data
+    path.write_bytes(data[:-10] + b"0123456789")  # same size, new content and mtime
+    os.utime(path, ns=(stamp[2] + 10**9, stamp[2] + 10**9))
+    with pytest.raises(ImagenetPackError, match="changed while it was being converted"):
+        _encode_result(result, item)
