@@ -1,5 +1,9 @@
 """Decoding stored JPEG bytes with OpenCV, with PIL's policy: RGB, no EXIF rotation, 3 channels for grey.
 
+``decode_box`` decodes one box of an image, either by slicing OpenCV's full decode (the reference) or, with
+``roi=True``, with the optional libjpeg-turbo extension ``_jpegroi`` that decodes only the rows and columns
+the box needs (same pixels, tested; ~25-30% less decode time for RandomResizedCrop boxes).
+
 A *decoder* turns a record into a sample: ``decoder(record, index, epoch, where)``. ``PilDecoder`` makes
 ``LmdbImageNet`` a drop-in for ImageFolder (any torchvision transform works); ``TensorDecoder`` returns
 uint8 CHW tensors. The fused crop decoders live in :mod:`.fused`.
@@ -16,6 +20,16 @@ from PIL import Image
 from .errors import DecodeError
 from .format import Record
 
+try:
+    from . import _jpegroi
+except ImportError:  # built only where libjpeg-turbo's headers were found (setup.py)
+    _jpegroi = None
+
+ROI_AVAILABLE = _jpegroi is not None
+ROI_MISSING = ("the region decoder (imagenet_pack._jpegroi) was not built: install libjpeg-turbo's headers "
+               "(Debian/Ubuntu libjpeg62-turbo-dev or libjpeg-turbo8-dev, Fedora libjpeg-turbo-devel) and "
+               "reinstall imagenet-pack")
+
 DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 # libjpeg DCT scaling: decode at 1/2, 1/4, 1/8 size for the cost of a fraction of the IDCT work.
 _REDUCED_FLAGS = {1: DECODE_FLAGS, 2: 16 | DECODE_FLAGS, 4: 32 | DECODE_FLAGS, 8: 64 | DECODE_FLAGS}
@@ -27,6 +41,24 @@ def decode_rgb(data: bytes, where: str, scale: int = 1) -> np.ndarray:
     if rgb is None:
         raise DecodeError(f"{where}: stored image cannot be decoded by OpenCV; run `imagenet-pack verify --decode`")
     return rgb
+
+
+def decode_box(data: bytes, box: tuple[int, int, int, int], scale: int, where: str, roi: bool,
+               flip: bool = False) -> np.ndarray:
+    """HxWx3 uint8 RGB pixels of ``box`` (top, left, height, width, in the 1/``scale`` image), mirrored
+    left-right if ``flip``."""
+    top, left, h, w = box
+    if roi:
+        try:
+            pixels = _jpegroi.decode_region(data, top, left, h, w, scale, flip)
+            return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
+        except _jpegroi.Unsupported:  # CMYK/YCCK: the converter re-encodes those, but OpenCV handles them
+            pass
+        except _jpegroi.Error as e:
+            raise DecodeError(f"{where}: stored image cannot be decoded ({e}); "
+                              "run `imagenet-pack verify --decode`") from None
+    crop = decode_rgb(data, where, scale)[top:top + h, left:left + w]
+    return cv2.flip(crop, 1) if flip else crop
 
 
 def to_chw_tensor(rgb: np.ndarray) -> torch.Tensor:
