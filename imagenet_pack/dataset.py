@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from .decode import Decoder, resolve_decoder
 from .errors import CorruptRecordError
 from .format import encode_key
+from .loader import StackedSamples, empty_batch
 from .store import load_split, open_handle, read_paths
 
 
@@ -76,6 +77,26 @@ class LmdbImageNet(Dataset):
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any]:
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
+        return self._sample(index)
+
+    def __getitems__(self, indices: list[int | tuple[int, int]]) -> list[tuple[Any, Any]]:
+        """A batch of ``(sample, target)`` pairs (called by DataLoader's automatic batching).
+
+        With a fixed-size decoder (the fused ones: ``output_shape``) and no transform, every sample is
+        decoded straight into its row of one (N, C, H, W) tensor, in shared memory in a worker, and
+        :func:`imagenet_pack.collate_uint8` hands that tensor on without stacking a copy."""
+        shape = getattr(self.decoder, "output_shape", None)
+        if shape is None or self.transform is not None:
+            return [self._sample(index) for index in indices]
+        images = empty_batch((len(indices), *shape))
+        return StackedSamples(images, self.decode_batch(indices, images))
+
+    def decode_batch(self, indices: list[int | tuple[int, int]], images: Any) -> list[Any]:
+        """Decode the samples at ``indices`` into the rows of ``images`` (fixed-size decoders only); the
+        targets."""
+        return [self._sample(index, out)[1] for index, out in zip(indices, images)]
+
+    def _sample(self, index: int | tuple[int, int], out: Any = None) -> tuple[Any, Any]:
         epoch = None
         if isinstance(index, tuple):
             index, epoch = index
@@ -85,7 +106,10 @@ class LmdbImageNet(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         record, where = self._read(index)
-        sample = self.decoder(record, index, epoch, where)
+        if out is None:
+            sample = self.decoder(record, index, epoch, where)
+        else:
+            sample = self.decoder(record, index, epoch, where, out=out)
         target = int(self.targets[index])
         if self.transform is not None:
             sample = self.transform(sample)

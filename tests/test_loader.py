@@ -7,7 +7,7 @@ from torchvision import transforms
 
 from imagenet_pack import LmdbImageNet, RandomResizedCropDecoder
 from imagenet_pack.gpu import IMAGENET_MEAN, IMAGENET_STD, CudaPrefetcher, normalize
-from imagenet_pack.loader import build_loader
+from imagenet_pack.loader import BatchRing, StackedSamples, build_loader, collate_uint8
 from imagenet_pack.sampler import EpochSampler
 
 
@@ -59,6 +59,37 @@ def test_loader_uint8_batches_epochs_and_mid_epoch_resume(db_session):
     resumed.load_state_dict(state)
     tail = [y for _, y in resumed]
     assert torch.equal(torch.cat(head + tail), torch.cat(second))
+
+
+def test_batch_ring_batches_equal_in_process_ones_and_survive_being_kept(db_session):
+    """Workers decode into a few reused shared-memory slots; every batch the user keeps stays intact."""
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    ringed = build_loader(ds, 3, workers=2, seed=5, prefetch_factor=1)
+    assert isinstance(ringed.loader.dataset, BatchRing) and len(ringed.loader.dataset.buffers) == 3
+    reference = build_loader(ds, 3, workers=0, seed=5)
+    assert not isinstance(reference.loader.dataset, BatchRing)
+    for _ in range(2):  # two epochs: 8 batches each through 3 slots, all kept without copying
+        kept, expected = list(ringed), list(reference)
+        assert len(kept) == len(expected) == 8
+        for (x, y), (ex, ey) in zip(kept, expected):
+            assert x.dtype == torch.uint8 and x.shape == (3, 3, 16, 16)
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+    # eval keeps the last partial batch: 24 samples in batches of 5
+    val = build_loader(ds, 5, train=False, workers=2)
+    assert [len(y) for _, y in val] == [5, 5, 5, 5, 4]
+
+
+def test_fused_getitems_decodes_in_place_and_collates_without_copy(db_session):
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    batch = ds.__getitems__([(i, 0) for i in range(4)])
+    assert isinstance(batch, StackedSamples)
+    images, targets = collate_uint8(batch)
+    assert images is batch.images and images.shape == (4, 3, 16, 16)
+    assert all(torch.equal(images[i], ds[(i, 0)][0]) for i in range(4))
+    assert targets.tolist() == [int(t) for t in ds.targets[:4]]
+    # a transform or a variable-size decoder: the ordinary list of pairs
+    plain = LmdbImageNet(db_session, "train", decoder="tensor").__getitems__([0, 1])
+    assert type(plain) is list and len(plain) == 2
 
 
 def test_normalize_matches_torchvision():
