@@ -2,7 +2,8 @@
 
 Entries: ``baseline`` (ImageFolder + PIL + RandomResizedCrop/flip/ToTensor/Normalize), ``lmdb-dropin`` (the
 same transforms on LmdbImageNet), ``lmdb-fused-train`` (RandomResizedCropDecoder, uint8), ``lmdb-fused-val``
-(CenterCropDecoder, uint8), ``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), and
+(CenterCropDecoder, uint8), the same two with ``-roi`` and ``backend="roi"`` (libjpeg-turbo region decoding,
+when the extension is built), ``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), and
 with ``--max-side`` the fused decoders on a database written with ``--max-side``; ``-cold`` entries evict the
 files from the page cache (``posix_fadvise(DONTNEED)``) before every epoch. Each entry also reports the
 memory of its workers (private and shared resident MB, from /proc/PID/smaps_rollup).
@@ -10,8 +11,10 @@ memory of its workers (private and shared resident MB, from /proc/PID/smaps_roll
     python benchmarks/loader_bench.py                       # generated ImageNet-like sample
     python benchmarks/loader_bench.py --images ../shared/imagenet-sample --json out.json
 
-Each figure: median images/s of ``--epochs`` timed passes after one warm-up pass (worker start-up untimed),
-``num_workers`` = cores, batch 32.
+Each figure: median images/s of ``--epochs`` timed rounds after one warm-up round (worker start-up untimed);
+a round runs one epoch of every entry in turn (interleaved, so that a slow spell on a shared machine hits
+all entries alike). ``num_workers`` = cores, batch 32; fused entries use ``build_loader``, the others a plain
+DataLoader.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -34,6 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.convert import default_workers
+from imagenet_pack.decode import ROI_AVAILABLE
+from imagenet_pack.loader import build_loader
 from imagenet_pack.demo import standard_train_transform
 from imagenet_pack.sample import make_sample_tree
 
@@ -87,28 +93,54 @@ def worker_memory(loader: DataLoader) -> tuple[float, float]:
     return statistics.mean(private), statistics.mean(shared)
 
 
-def measure(dataset: Dataset, workers: int, epochs: int, cold: list[Path] | None = None) -> dict:
-    """Median images/s over ``epochs`` after one untimed warm-up epoch, and the workers' memory."""
+def open_loader(dataset: Dataset, workers: int) -> tuple[Iterable, DataLoader]:
+    """Entries with a fixed-size (fused) decoder run through the package's ``build_loader`` (uint8 batches
+    decoded in place in a shared-memory ring), as users run them; the others through a plain shuffling
+    DataLoader, as torchvision's reference training script does. Batch 32 and ``workers`` workers for all."""
+    if getattr(getattr(dataset, "decoder", None), "output_shape", None) is not None:
+        epochs = build_loader(dataset, 32, workers=workers)
+        return epochs, epochs.loader
     loader = DataLoader(dataset, batch_size=32, num_workers=workers, persistent_workers=True, shuffle=True)
-    rates = []
-    for epoch in range(epochs + 1):
-        if cold and epoch:
-            evict(cold)
-        start, n = time.perf_counter(), 0
-        for images, _ in loader:
-            n += len(images)
-        if epoch:
-            rates.append(n / (time.perf_counter() - start))
-    private, shared = worker_memory(loader)
-    return {"images_per_s": statistics.median(rates), "worker_private_mb": private, "worker_shared_mb": shared}
+    return loader, loader
+
+
+def epoch_rate(batches: Iterable) -> float:
+    start, n = time.perf_counter(), 0
+    for images, _ in batches:
+        n += len(images)
+    return n / (time.perf_counter() - start)
+
+
+def measure(entries: dict[str, tuple[Dataset, list[Path] | None]], workers: int, epochs: int) -> list[dict]:
+    """Median images/s of every entry over ``epochs`` rounds after one untimed warm-up round, and the
+    memory of its workers. Each round runs one epoch of every entry in turn, so a slow spell of a shared
+    machine slows all entries alike instead of one of them; ``cold`` files are evicted before each epoch."""
+    loaders = {name: open_loader(dataset, workers) for name, (dataset, _) in entries.items()}
+    rates: dict[str, list[float]] = {name: [] for name in entries}
+    for round_ in range(epochs + 1):
+        for name, (batches, _) in loaders.items():
+            cold = entries[name][1]
+            if cold and round_:
+                evict(cold)
+            rate = epoch_rate(batches)
+            if round_:
+                rates[name].append(rate)
+        print(f"  round {round_}/{epochs} done{' (warm-up)' if not round_ else ''}", file=sys.stderr)
+    results = []
+    for name, (_, loader) in loaders.items():
+        private, shared = worker_memory(loader)
+        results.append({"name": name, "images_per_s": statistics.median(rates[name]),
+                        "epochs_images_per_s": [round(r, 1) for r in rates[name]],
+                        "worker_private_mb": private, "worker_shared_mb": shared})
+    return results
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, help="flat folder of <wnid>_*.JPEG (default: generated sample)")
-    parser.add_argument("--copies", type=int, default=2, help="copies of each --images file (default: 2)")
+    parser.add_argument("--copies", type=int, default=3, help="copies of each --images file (default: 3)")
     parser.add_argument("--workers", type=int, default=default_workers())
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5, help="timed rounds (default: 5)")
     parser.add_argument("--max-side", type=int, default=256, help="also bench a --max-side database (0: skip)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -120,30 +152,32 @@ def main(argv=None) -> int:
             src = make_sample_tree(tmp / "src", classes=20, train_per_class=20, val_per_class=1)
         convert(src, tmp / "db", ConvertOptions(splits=("train",), progress=False))
         folder = torchvision.datasets.ImageFolder(str(src / "train"), transform=standard_train_transform())
-        entries = {
-            "baseline": folder,
-            "lmdb-dropin": LmdbImageNet(tmp / "db", "train", transform=standard_train_transform()),
-            "lmdb-fused-train": LmdbImageNet(tmp / "db", "train", decoder=RandomResizedCropDecoder(224)),
-            "lmdb-fused-val": LmdbImageNet(tmp / "db", "train", decoder=CenterCropDecoder(224)),
-            "limit-bare-decode": BareDecode(LmdbImageNet(tmp / "db", "train")),
-        }
+        backends = ("opencv", "roi") if ROI_AVAILABLE else ("opencv",)
+        entries = {"baseline": folder,
+                   "lmdb-dropin": LmdbImageNet(tmp / "db", "train", transform=standard_train_transform())}
+        for kind, make in (("train", lambda b: RandomResizedCropDecoder(224, backend=b)),
+                           ("val", lambda b: CenterCropDecoder(224, backend=b))):
+            for backend in backends:
+                suffix = "" if backend == "opencv" else f"-{backend}"
+                entries[f"lmdb-fused-{kind}{suffix}"] = LmdbImageNet(tmp / "db", "train", decoder=make(backend))
+        entries["limit-bare-decode"] = BareDecode(LmdbImageNet(tmp / "db", "train"))
         if args.max_side:
             convert(src, tmp / "small", ConvertOptions(splits=("train",), progress=False, max_side=args.max_side))
-            entries[f"max-side-{args.max_side}-fused-train"] = LmdbImageNet(
-                tmp / "small", "train", decoder=RandomResizedCropDecoder(224))
-            entries[f"max-side-{args.max_side}-fused-val"] = LmdbImageNet(
-                tmp / "small", "train", decoder=CenterCropDecoder(224))
+            for backend in backends:
+                suffix = "" if backend == "opencv" else f"-{backend}"
+                entries[f"max-side-{args.max_side}-fused-train{suffix}"] = LmdbImageNet(
+                    tmp / "small", "train", decoder=RandomResizedCropDecoder(224, backend=backend))
+                entries[f"max-side-{args.max_side}-fused-val{suffix}"] = LmdbImageNet(
+                    tmp / "small", "train", decoder=CenterCropDecoder(224, backend=backend))
         source_files = [Path(p) for p, _ in folder.samples]
         db_files = sorted((tmp / "db").rglob("data.mdb"))
         cold = {"baseline-cold": (folder, source_files),
-                "lmdb-fused-train-cold": (entries["lmdb-fused-train"], db_files)}
-        results = []
-        for name, ds in entries.items():
-            results.append({"name": name, **measure(ds, args.workers, args.epochs)})
-            print(f"  measured {name}: {results[-1]['images_per_s']:.0f} images/s", file=sys.stderr)
-        for name, (ds, files) in cold.items():
-            results.append({"name": name, **measure(ds, args.workers, args.epochs, cold=files)})
-            print(f"  measured {name}: {results[-1]['images_per_s']:.0f} images/s", file=sys.stderr)
+                "lmdb-fused-train-cold": (entries["lmdb-fused-train"], db_files)}  # separate loaders
+        if ROI_AVAILABLE:
+            cold["lmdb-fused-train-roi-cold"] = (entries["lmdb-fused-train-roi"], db_files)
+        timed = {name: (ds, None) for name, ds in entries.items()}
+        timed.update(cold)
+        results = measure(timed, args.workers, args.epochs)
         base = results[0]["images_per_s"]
         limit = next(r["images_per_s"] for r in results if r["name"] == "limit-bare-decode")
         for r in results:
@@ -151,9 +185,9 @@ def main(argv=None) -> int:
             r["ratio_to_limit"] = r["images_per_s"] / limit
         print(f"{len(folder)} images, {args.workers} workers, {os.cpu_count()} cores, batch 32, "
               f"median of {args.epochs} epochs")
-        print(f"{'entry':<28} {'images/s':>9} {'x baseline':>11} {'x limit':>8} {'worker MB private/shared':>25}")
+        print(f"{'entry':<32} {'images/s':>9} {'x baseline':>11} {'x limit':>8} {'worker MB private/shared':>25}")
         for r in results:
-            print(f"{r['name']:<28} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f} "
+            print(f"{r['name']:<32} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f} "
                   f"{r['worker_private_mb']:>15.0f} / {r['worker_shared_mb']:<6.0f}")
         if args.json:
             args.json.write_text(json.dumps({

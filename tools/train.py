@@ -28,6 +28,8 @@ import torchvision
 
 from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
 from imagenet_pack.gpu import CudaPrefetcher
+from imagenet_pack.decode import ROI_AVAILABLE
+from imagenet_pack.fused import BACKENDS
 from imagenet_pack.loader import build_loader
 
 CHECKPOINT = "checkpoint.pt"
@@ -48,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="after warm-up: cosine to 0, or /10 every 30 epochs (default: cosine)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default: 0.1)")
     p.add_argument("--image-size", type=int, default=224, help="train crop and val crop size (default: 224)")
+    p.add_argument("--decode-backend", choices=BACKENDS, default="roi" if ROI_AVAILABLE else "opencv",
+                   help="fused decoders' JPEG decoding: roi (libjpeg-turbo, only the crop's region; same pixels) "
+                        f"or opencv (full decode); default here: {'roi' if ROI_AVAILABLE else 'opencv (roi not built)'}")
     p.add_argument("--output", type=Path, required=True, help="directory for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help=f"continue from OUTPUT/{CHECKPOINT} if it exists")
     p.add_argument("--seed", type=int, default=0, help="sample order, crops and initial weights (default: 0)")
@@ -117,8 +122,9 @@ def main(argv=None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     workers = args.workers if args.workers is not None else max(1, len(os.sched_getaffinity(0)) // max(1, world))
 
-    train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(args.image_size, seed=args.seed))
-    val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size))
+    train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(
+        args.image_size, seed=args.seed, backend=args.decode_backend))
+    val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size, backend=args.decode_backend))
     train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed)
     val_loader = build_loader(val_set, args.batch_size, train=False, workers=workers, persistent_workers=False)
 
