@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from .decode import Decoder, resolve_decoder
 from .errors import CorruptRecordError
 from .format import encode_key
-from .loader import StackedSamples, empty_batch
+from .loader import StackedSamples, empty_images
 from .store import load_split, open_handle, read_paths
 
 
@@ -83,12 +83,12 @@ class LmdbImageNet(Dataset):
         """A batch of ``(sample, target)`` pairs (called by DataLoader's automatic batching).
 
         With a fixed-size decoder (the fused ones: ``output_shape``) and no transform, every sample is
-        decoded straight into its row of one (N, C, H, W) tensor, in shared memory in a worker, and
+        decoded straight into its row of one (N, C, H, W) channels-last tensor, in shared memory in a worker, and
         :func:`imagenet_pack.collate_uint8` hands that tensor on without stacking a copy."""
         shape = getattr(self.decoder, "output_shape", None)
         if shape is None or self.transform is not None:
             return [self._sample(index) for index in indices]
-        images = empty_batch((len(indices), *shape))
+        images = empty_images(len(indices), shape)
         return StackedSamples(images, self.decode_batch(indices, images))
 
     def decode_batch(self, indices: list[int | tuple[int, int]], images: Any) -> list[Any]:

@@ -75,23 +75,29 @@ def check_backend(backend: str) -> str:
 
 def decode_crop(data: bytes, box: Box, out: int, flip: bool, where: str, backend: str = "opencv",
                 dest: torch.Tensor | None = None) -> torch.Tensor:
-    """Decode only as much as ``box`` needs, crop, optionally flip, resize to out x out: uint8 3 x out x out,
-    written into ``dest`` when given (a slot of a batch tensor: no per-sample tensor, no stacking copy)."""
+    """Decode only as much as ``box`` needs, crop, optionally flip, resize to out x out: a uint8 3 x out x out
+    tensor in channels-last memory (out x out x 3 underneath, as libjpeg, OpenCV and torch's uint8 resize
+    produce it: no layout conversion anywhere). Written into ``dest`` when given (a batch row)."""
     s = dct_scale(box, out)
     top, left, h, w = (v // s for v in box)
     crop = decode_box(data, (top, left, max(1, h), max(1, w)), s, where, backend == "roi", flip)
+    in_place = dest is not None and dest.permute(1, 2, 0).is_contiguous()
+    target = dest if in_place else torch.empty((out, out, 3), dtype=torch.uint8).permute(2, 0, 1)
+    pixels = target.permute(1, 2, 0).numpy()
     if crop.shape[0] <= out and crop.shape[1] <= out:
         # upscaling only: antialiasing changes nothing, and OpenCV's bilinear is ~3x faster than torch's
-        resized = torch.from_numpy(cv2.resize(crop, (out, out), interpolation=cv2.INTER_LINEAR)).permute(2, 0, 1)
-        return resized if dest is None else dest.copy_(resized)
-    # an HxWx3 array viewed as 1x3xHxW is channels-last uint8: torch's vectorised antialiased bilinear,
-    # torchvision's own resize (same pixels), ~2x faster than cv2.INTER_AREA on one thread; called directly
-    # (F.interpolate's checks cost ~20 us) with the batch slot as its output
-    if dest is None:
-        dest = torch.empty((3, out, out), dtype=torch.uint8)
-    view = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)
-    torch._C._nn._upsample_bilinear2d_aa(view, [out, out], False, None, None, out=dest.unsqueeze(0))
-    return dest
+        resized = cv2.resize(crop, (out, out), dst=pixels, interpolation=cv2.INTER_LINEAR)
+        if resized.ctypes.data != pixels.ctypes.data:
+            pixels[...] = resized
+    else:
+        # an HxWx3 array viewed as 1x3xHxW is channels-last uint8: torch's vectorised antialiased bilinear,
+        # torchvision's own resize (same pixels), ~2x faster than cv2.INTER_AREA on one thread; called
+        # directly (F.interpolate's checks cost ~20 us) with the channels-last target as its output
+        view = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)
+        torch._C._nn._upsample_bilinear2d_aa(view, [out, out], False, None, None, out=target.unsqueeze(0))
+    if dest is not None and not in_place:
+        return dest.copy_(target)
+    return target
 
 
 class _Seeded:

@@ -20,7 +20,7 @@ def normalize(images: torch.Tensor, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, dty
     scale = torch.tensor([1 / (255 * s) for s in std], device=images.device).view(1, 3, 1, 1)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device).view(1, 3, 1, 1)
     out = (images.float() * scale - shift).to(dtype)
-    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class CudaPrefetcher:

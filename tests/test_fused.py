@@ -56,3 +56,15 @@ def test_decoders_give_uint8_batches_and_are_reproducible(db_session):
     assert all(x.dtype == torch.uint8 and x.shape[1:] == (3, 16, 16) for x, _ in batches)
     assert sum(len(x) for x, _ in batches) == len(val)
     assert torch.equal(torch.cat([x for x, _ in batches]), torch.cat([x for x, _ in DataLoader(val, batch_size=4)]))
+
+
+def test_decode_crop_writes_into_channels_last_or_contiguous_rows(db_session):
+    record = LmdbImageNet(db_session, "train").read_record(0)
+    for box, size in (((0, 0, 48, 64), 32), ((4, 4, 10, 12), 24)):  # shrink (torch) and enlarge (OpenCV)
+        alone = decode_crop(record.image, box, size, True, "t")
+        assert alone.shape == (3, size, size) and alone.permute(1, 2, 0).is_contiguous()  # HxWx3 underneath
+        rows = torch.zeros((2, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        assert decode_crop(record.image, box, size, True, "t", dest=rows[1]).data_ptr() == rows[1].data_ptr()
+        plain = torch.zeros((2, 3, size, size), dtype=torch.uint8)
+        decode_crop(record.image, box, size, True, "t", dest=plain[1])
+        assert torch.equal(rows[1], alone) and torch.equal(plain[1], alone) and not plain[0].any()

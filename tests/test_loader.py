@@ -73,6 +73,7 @@ def test_batch_ring_batches_equal_in_process_ones_and_survive_being_kept(db_sess
         assert len(kept) == len(expected) == 8
         for (x, y), (ex, ey) in zip(kept, expected):
             assert x.dtype == torch.uint8 and x.shape == (3, 3, 16, 16)
+            assert x.is_contiguous(memory_format=torch.channels_last)  # as the decoders write, as the GPU wants
             assert torch.equal(x, ex) and torch.equal(y, ey)
     # eval keeps the last partial batch: 24 samples in batches of 5
     val = build_loader(ds, 5, train=False, workers=2)
@@ -99,6 +100,9 @@ def test_normalize_matches_torchvision():
     half = normalize(images, dtype=torch.bfloat16, channels_last=True)
     assert half.dtype == torch.bfloat16 and half.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(half.float(), ref, atol=0.03)
+    # the loader's channels-last uint8 batches: NCHW-contiguous out unless channels_last is asked for
+    plain = normalize(images.contiguous(memory_format=torch.channels_last))
+    assert plain.is_contiguous() and torch.allclose(plain, ref, atol=1e-5)
 
 
 def test_prefetcher_on_cpu_yields_normalised_batches():
