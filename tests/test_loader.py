@@ -80,6 +80,21 @@ def test_batch_ring_batches_equal_in_process_ones_and_survive_being_kept(db_sess
     assert [len(y) for _, y in val] == [5, 5, 5, 5, 4]
 
 
+def test_batch_ring_reuses_an_output_buffer_only_once_nothing_shares_it():
+    ring = BatchRing([], 2, 4, (3, 8, 8))
+    ring.buffers[0].fill_(1)
+    ring.buffers[1].fill_(2)
+    first, _ = ring.take(0, [0, 1, 2, 3], pin=False)
+    address = first.data_ptr()
+    row = first[1]  # a view keeps the buffer in use after the batch itself is dropped
+    del first
+    second, _ = ring.take(1, [0, 1, 2, 3], pin=False)
+    assert second.data_ptr() != address and bool((row == 1).all()) and bool((second == 2).all())
+    del row
+    third, _ = ring.take(1, [0, 1, 2, 3], pin=False)
+    assert third.data_ptr() == address and bool((third == 2).all())
+
+
 def test_fused_getitems_decodes_in_place_and_collates_without_copy(db_session):
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     batch = ds.__getitems__([(i, 0) for i in range(4)])
