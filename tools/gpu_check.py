@@ -31,7 +31,9 @@ from imagenet_pack.sample import make_sample_tree
 
 
 def run(model, optimizer, batches, steps: int, device: torch.device) -> tuple[float, float]:
-    """images/s and data-wait fraction over ``steps`` steps after 3 warm-up steps."""
+    """images/s and data-wait fraction over ``steps`` steps after 3 warm-up steps. Data wait: the time the loop
+    is blocked on ``next(batches)``; kernels queued before keep the GPU busy meanwhile, so a loader that keeps
+    up shows a wait near 0 and a starved GPU a wait near 1 - (images/s / compute bound)."""
     amp = device.type == "cuda"
     seen, waited, start = 0, 0.0, None
     for step in range(steps + 3):
@@ -41,8 +43,6 @@ def run(model, optimizer, batches, steps: int, device: torch.device) -> tuple[fl
             seen, waited, start = 0, 0.0, time.perf_counter()
         t0 = time.perf_counter()
         images, targets = next(batches)
-        if amp:
-            torch.cuda.synchronize()  # count the data's own GPU work (decode, normalise) as waiting
         waited += time.perf_counter() - t0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = F.cross_entropy(model(images), targets)
