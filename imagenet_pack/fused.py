@@ -62,12 +62,15 @@ def dct_scale(box: Box, out: int) -> int:
     return 1
 
 
-BACKENDS = ("opencv", "roi")
+BACKENDS = ("opencv", "roi", "auto")
 
 
 def check_backend(backend: str) -> str:
+    """The backend to use: ``"auto"`` is ``"roi"`` where the region decoder was built, else ``"opencv"``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "roi" if ROI_AVAILABLE else "opencv"
     if backend == "roi" and not ROI_AVAILABLE:
         raise RuntimeError(f"backend='roi': {ROI_MISSING}")
     return backend

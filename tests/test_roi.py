@@ -94,6 +94,8 @@ def test_roi_backend_decoders_equal_opencv_backend(db_session):
 def test_backend_choice_is_checked(monkeypatch):
     with pytest.raises(ValueError, match="unknown decode backend 'pillow'"):
         RandomResizedCropDecoder(224, backend="pillow")
+    assert RandomResizedCropDecoder(224, backend="auto").backend == "roi"
     monkeypatch.setattr(fused, "ROI_AVAILABLE", False)
     with pytest.raises(RuntimeError, match="backend='roi': .*libjpeg-turbo's headers"):
         CenterCropDecoder(224, backend="roi")
+    assert CenterCropDecoder(224, backend="auto").backend == "opencv"

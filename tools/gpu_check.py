@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader
 
 from imagenet_pack import ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.gpu import CudaPrefetcher, normalize
-from imagenet_pack.decode import ROI_AVAILABLE
 from imagenet_pack.gpu_decode import CropBoxDecoder, GpuBatchDecoder, collate_jpeg
 from imagenet_pack.loader import build_loader, worker_init
 from imagenet_pack.sample import make_sample_tree
@@ -89,12 +88,12 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name(device) if cuda else 'cpu'}, {args.workers} loader workers, {args.arch}, "
           f"batch {args.batch_size}, {args.image_size}px, {'bf16 channels_last' if cuda else 'fp32'}")
 
-    backend = "roi" if ROI_AVAILABLE else "opencv"
-    cpu_set = LmdbImageNet(db, "train", decoder=RandomResizedCropDecoder(args.image_size, backend=backend))
+    cpu_decoder = RandomResizedCropDecoder(args.image_size, backend="auto")
+    cpu_set = LmdbImageNet(db, "train", decoder=cpu_decoder)
     cpu_loader = build_loader(cpu_set, args.batch_size, workers=args.workers)
     a = run(model, optimizer, forever(lambda: CudaPrefetcher(cpu_loader, device, channels_last=cuda)),
             args.steps, device)
-    print(f"(a) CPU fused decode     {a[0]:8.0f} images/s   data wait {a[1]:.0%}   ({backend} backend)")
+    print(f"(a) CPU fused decode     {a[0]:8.0f} images/s   data wait {a[1]:.0%}   ({cpu_decoder.backend} backend)")
 
     gpu_set = LmdbImageNet(db, "train", decoder=CropBoxDecoder())
     gpu_loader = DataLoader(gpu_set, batch_size=args.batch_size, shuffle=True, drop_last=True,

@@ -28,7 +28,6 @@ import torchvision
 
 from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
 from imagenet_pack.gpu import CudaPrefetcher
-from imagenet_pack.decode import ROI_AVAILABLE
 from imagenet_pack.fused import BACKENDS
 from imagenet_pack.loader import build_loader
 
@@ -50,9 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="after warm-up: cosine to 0, or /10 every 30 epochs (default: cosine)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default: 0.1)")
     p.add_argument("--image-size", type=int, default=224, help="train crop and val crop size (default: 224)")
-    p.add_argument("--decode-backend", choices=BACKENDS, default="roi" if ROI_AVAILABLE else "opencv",
-                   help="fused decoders' JPEG decoding: roi (libjpeg-turbo, only the crop's region; same pixels) "
-                        f"or opencv (full decode); default here: {'roi' if ROI_AVAILABLE else 'opencv (roi not built)'}")
+    p.add_argument("--decode-backend", choices=BACKENDS, default="auto",
+                   help="fused decoders' JPEG decoding: roi (libjpeg-turbo, only the crop's region; same pixels), "
+                        "opencv (full decode), or auto (default: roi where it was built, else opencv)")
     p.add_argument("--output", type=Path, required=True, help="directory for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help=f"continue from OUTPUT/{CHECKPOINT} if it exists")
     p.add_argument("--seed", type=int, default=0, help="sample order, crops and initial weights (default: 0)")
