@@ -83,8 +83,8 @@ class LmdbImageNet(Dataset):
         """A batch of ``(sample, target)`` pairs (called by DataLoader's automatic batching).
 
         With a fixed-size decoder (the fused ones: ``output_shape``) and no transform, every sample is
-        decoded straight into its row of one (N, C, H, W) channels-last tensor, in shared memory in a worker, and
-        :func:`imagenet_pack.collate_uint8` hands that tensor on without stacking a copy."""
+        decoded straight into its row of one (N, C, H, W) channels-last tensor (in shared memory in a
+        worker), which :func:`imagenet_pack.loader.collate_uint8` hands on without stacking a copy."""
         shape = getattr(self.decoder, "output_shape", None)
         if shape is None or self.transform is not None:
             return [self._sample(index) for index in indices]
@@ -92,8 +92,8 @@ class LmdbImageNet(Dataset):
         return StackedSamples(images, self.decode_batch(indices, images))
 
     def decode_batch(self, indices: list[int | tuple[int, int]], images: Any) -> list[Any]:
-        """Decode the samples at ``indices`` into the rows of ``images`` (fixed-size decoders only); the
-        targets."""
+        """Decode the samples at ``indices`` into the rows of ``images`` (fixed-size decoders only) and
+        return their targets."""
         return [self._sample(index, out)[1] for index, out in zip(indices, images)]
 
     def _sample(self, index: int | tuple[int, int], out: Any = None) -> tuple[Any, Any]:
