@@ -80,7 +80,7 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
                 LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224, backend="roi")), workers=workers)
         base_rate = rates["ImageFolder + PIL (baseline)"]
         echo(f"\nthroughput, RandomResizedCrop(224) + flip, {workers} workers, {len(train)} images "
-             "(the fused entry leaves normalisation to the GPU):")
+             "(the fused entries leave normalisation to the GPU):")
         for name, rate in rates.items():
             echo(f"  {name:<40} {rate:8.0f} images/s  {rate / base_rate:5.2f}x")
     return rates
