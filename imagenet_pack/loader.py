@@ -135,7 +135,7 @@ class BatchRing(Dataset):
         if pin:
             return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
         for buffer, free in self._spares:
-            if buffer.shape == shape and _use_count(buffer) == free:
+            if buffer.shape == shape and free >= 0 and _use_count(buffer) == free:
                 return buffer
         buffer = torch.empty(shape, dtype=torch.uint8)
         if len(self._spares) < 4:
@@ -143,9 +143,14 @@ class BatchRing(Dataset):
         return buffer
 
 
+_STORAGE_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # private; without it, never reuse
+
+
 def _use_count(tensor: torch.Tensor) -> int:
-    """How many tensors (views included) share ``tensor``'s storage, plus a constant."""
-    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+    """How many tensors (views included) share ``tensor``'s storage, plus a constant (-1: unknown)."""
+    if _STORAGE_USE_COUNT is None:
+        return -1
+    return _STORAGE_USE_COUNT(tensor.untyped_storage()._cdata)
 
 
 def as_is(batch: Any) -> Any:
