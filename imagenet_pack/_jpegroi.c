@@ -184,7 +184,7 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "box (top=%d, left=%d, height=%d, width=%d) outside the %ux%u image at 1/%d",
                      top, left, height, width, job.image_height, job.image_width, denom);
     else
-        PyErr_Format(RoiError, "libjpeg: %s", job.message);
+        PyErr_Format(RoiError, "%s", job.message);
     return NULL;
 }
 

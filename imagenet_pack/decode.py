@@ -54,9 +54,8 @@ def decode_box(data: bytes, box: tuple[int, int, int, int], scale: int, where: s
             return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
         except _jpegroi.Unsupported:  # CMYK/YCCK: the converter re-encodes those, but OpenCV handles them
             pass
-        except _jpegroi.Error as e:
-            raise DecodeError(f"{where}: stored image cannot be decoded ({e}); "
-                              "run `imagenet-pack verify --decode`") from None
+        except _jpegroi.Error as e:  # OpenCV, the reference (with its own, newer libjpeg-turbo), may still read it
+            where = f"{where} (libjpeg-turbo: {e})"
     crop = decode_rgb(data, where, scale)[top:top + h, left:left + w]
     return cv2.flip(crop, 1) if flip else crop
 

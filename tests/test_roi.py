@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
-from imagenet_pack import fused
+from imagenet_pack import decode, fused
 from imagenet_pack.decode import ROI_AVAILABLE, decode_box, decode_rgb
 from imagenet_pack.errors import DecodeError
 from imagenet_pack.sample import natural_image
@@ -73,14 +73,25 @@ def test_cmyk_falls_back_to_opencv():
 
 def test_damaged_bytes_and_bad_boxes_raise_clear_errors():
     data = jpeg(photo(64, 80), [])
-    with pytest.raises(DecodeError, match=r"rec 7: stored image cannot be decoded \(libjpeg: .*\)"):
+    # what libjpeg-turbo refuses goes to OpenCV, the reference; when it refuses too, both reasons are given
+    with pytest.raises(DecodeError, match=r"rec 7 \(libjpeg-turbo: .+\): stored image cannot be decoded"):
         decode_box(b"\xff\xd8" + bytes(500), (0, 0, 8, 8), 1, "rec 7", roi=True)
-    with pytest.raises(DecodeError, match="rec 8: .*libjpeg"):
+    with pytest.raises(DecodeError, match=r"rec 8 \(libjpeg-turbo: .*\): stored image cannot be decoded"):
         decode_box(data[: len(data) // 3], (0, 0, 64, 80), 1, "rec 8", roi=True)
     with pytest.raises(ValueError, match=r"outside the 64x80 image at 1/1"):
         decode_box(data, (10, 10, 60, 10), 1, "t", roi=True)
     with pytest.raises(ValueError, match="bad box"):
         decode_box(data, (0, 0, 0, 10), 1, "t", roi=True)
+
+
+def test_what_libjpeg_turbo_refuses_goes_to_opencv(monkeypatch):
+    data = jpeg(photo(64, 80), [])
+
+    def refuse(*args):
+        raise decode._jpegroi.Error("Unsupported JPEG data precision 12")
+
+    monkeypatch.setattr(decode._jpegroi, "decode_region", refuse)
+    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, "t", roi=True), decode_rgb(data, "t")[3:43, 5:55])
 
 
 def test_roi_backend_decoders_equal_opencv_backend(db_session):
