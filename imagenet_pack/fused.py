@@ -104,8 +104,8 @@ def decode_crop(data: bytes, box: Box, out: int, flip: bool, where: str, backend
 
 
 class _Seeded:
-    """Python's Mersenne Twister, seeded per sample: ~10x cheaper per call than a numpy Generator, which
-    matters at a few microseconds of a ~2 ms sample."""
+    """Python's Mersenne Twister, seeded per sample (string seeds hash the same in every process): 7 us to
+    seed and ~0.2 us a draw, against ~19 us and ~1.7 us for a numpy Generator, per ~2 ms sample."""
 
     def __init__(self, seed: int):
         if seed < 0:
