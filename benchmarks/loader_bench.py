@@ -184,7 +184,7 @@ def main(argv=None) -> int:
             r["ratio_to_baseline"] = r["images_per_s"] / base
             r["ratio_to_limit"] = r["images_per_s"] / limit
         print(f"{len(folder)} images, {args.workers} workers, {os.cpu_count()} cores, batch 32, "
-              f"median of {args.epochs} epochs")
+              f"median of {args.epochs} interleaved rounds")
         print(f"{'entry':<32} {'images/s':>9} {'x baseline':>11} {'x limit':>8} {'worker MB private/shared':>25}")
         for r in results:
             print(f"{r['name']:<32} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f} "
