@@ -20,14 +20,19 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 from .sampler import EpochSampler
 
 
+def shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """An uninitialised tensor allocated in shared memory (``share_memory_()`` would first fill private memory
+    and then copy it there)."""
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
 def empty_batch(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """An uninitialised batch tensor; in a DataLoader worker it lives in shared memory (as ``default_collate``
     does), so sending it to the main process passes a handle instead of copying the batch once more."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
-    numel = math.prod(shape)
-    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+    return shared_empty(shape, dtype)
 
 
 def empty_images(count: int, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -106,7 +111,7 @@ class BatchRing(Dataset):
         self.dataset = dataset
         channels, height, width = shape
         # (slot, N, H, W, C): every batch channels-last, as the decoders write it
-        self.buffers = torch.empty((slots, batch_size, height, width, channels), dtype=torch.uint8).share_memory_()
+        self.buffers = shared_empty((slots, batch_size, height, width, channels))
         self._spares: list[tuple[torch.Tensor, int]] = []  # (buffer handed out before, its use count when free)
 
     def __getstate__(self) -> dict:
