@@ -26,9 +26,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Iterable
 
 import cv2
 import numpy as np
@@ -39,8 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.convert import default_workers
 from imagenet_pack.decode import ROI_AVAILABLE
-from imagenet_pack.loader import build_loader
-from imagenet_pack.demo import standard_train_transform
+from imagenet_pack.demo import epoch_rate, standard_train_transform, timing_loader
 from imagenet_pack.sample import make_sample_tree
 
 
@@ -93,29 +90,11 @@ def worker_memory(loader: DataLoader) -> tuple[float, float]:
     return statistics.mean(private), statistics.mean(shared)
 
 
-def open_loader(dataset: Dataset, workers: int) -> tuple[Iterable, DataLoader]:
-    """Entries with a fixed-size (fused) decoder run through the package's ``build_loader`` (uint8 batches
-    decoded in place in a shared-memory ring), as users run them; the others through a plain shuffling
-    DataLoader, as torchvision's reference training script does. Batch 32 and ``workers`` workers for all."""
-    if getattr(getattr(dataset, "decoder", None), "output_shape", None) is not None:
-        epochs = build_loader(dataset, 32, workers=workers)
-        return epochs, epochs.loader
-    loader = DataLoader(dataset, batch_size=32, num_workers=workers, persistent_workers=True, shuffle=True)
-    return loader, loader
-
-
-def epoch_rate(batches: Iterable) -> float:
-    start, n = time.perf_counter(), 0
-    for images, _ in batches:
-        n += len(images)
-    return n / (time.perf_counter() - start)
-
-
 def measure(entries: dict[str, tuple[Dataset, list[Path] | None]], workers: int, epochs: int) -> list[dict]:
     """Median images/s of every entry over ``epochs`` rounds after one untimed warm-up round, and the
     memory of its workers. Each round runs one epoch of every entry in turn, so a slow spell of a shared
     machine slows all entries alike instead of one of them; ``cold`` files are evicted before each epoch."""
-    loaders = {name: open_loader(dataset, workers) for name, (dataset, _) in entries.items()}
+    loaders = {name: timing_loader(dataset, workers=workers) for name, (dataset, _) in entries.items()}
     rates: dict[str, list[float]] = {name: [] for name in entries}
     for round_ in range(epochs + 1):
         for name, (batches, _) in loaders.items():

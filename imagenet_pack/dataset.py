@@ -79,14 +79,20 @@ class LmdbImageNet(Dataset):
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
         return self._sample(index)
 
+    @property
+    def batch_shape(self) -> tuple[int, int, int] | None:
+        """Every sample's (C, H, W) when samples can be decoded straight into a batch tensor: a fixed-size
+        decoder (the fused ones: ``output_shape``) and no transform. None otherwise."""
+        return None if self.transform is not None else getattr(self.decoder, "output_shape", None)
+
     def __getitems__(self, indices: list[int | tuple[int, int]]) -> list[tuple[Any, Any]]:
         """A batch of ``(sample, target)`` pairs (called by DataLoader's automatic batching).
 
-        With a fixed-size decoder (the fused ones: ``output_shape``) and no transform, every sample is
-        decoded straight into its row of one (N, C, H, W) channels-last tensor (in shared memory in a
-        worker), which :func:`imagenet_pack.loader.collate_uint8` hands on without stacking a copy."""
-        shape = getattr(self.decoder, "output_shape", None)
-        if shape is None or self.transform is not None:
+        With a :attr:`batch_shape`, every sample is decoded straight into its row of one (N, C, H, W)
+        channels-last tensor (in shared memory in a worker), which
+        :func:`imagenet_pack.loader.collate_uint8` hands on without stacking a copy."""
+        shape = self.batch_shape
+        if shape is None:
             return [self._sample(index) for index in indices]
         images = empty_images(len(indices), shape)
         return StackedSamples(images, self.decode_batch(indices, images))

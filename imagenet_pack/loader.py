@@ -49,7 +49,7 @@ class StackedSamples(list):
 
     def __init__(self, images: torch.Tensor, targets: list[int]):
         super().__init__(zip(images, targets))
-        self.images, self.targets = images, targets
+        self.images = images
 
 
 def collate_uint8(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +207,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
 
     ``train`` shuffles every epoch, pads ranks to equal length and drops the last partial batch; eval keeps
     the order and gives every sample to exactly one rank. Memory is pinned when CUDA is available. With
-    workers and a fixed-size decoder (``decoder.output_shape``, no ``transform``) the batches go through a
+    workers and a dataset that decodes batches in place (``LmdbImageNet.batch_shape``) the batches go through a
     :class:`BatchRing` of ``prefetch_factor * workers + 1`` batch buffers in shared memory.
     """
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
@@ -217,9 +217,8 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
     common = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
                   persistent_workers=persistent_workers and workers > 0,
                   prefetch_factor=prefetch_factor if workers else None)
-    shape = getattr(getattr(dataset, "decoder", None), "output_shape", None)
-    if workers and shape is not None and getattr(dataset, "transform", None) is None \
-            and hasattr(dataset, "decode_batch"):
+    shape = getattr(dataset, "batch_shape", None)
+    if workers and shape is not None:
         ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape)
         loader = DataLoader(ring, batch_sampler=NumberedBatches(sampler, batch_size, drop_last=train),
                             collate_fn=as_is, **common)

@@ -20,11 +20,10 @@ from PIL import Image
 
 from imagenet_pack import ConvertOptions, FormatError, LmdbImageNet, convert
 from imagenet_pack.writer import ShardWriter
-from imagenet_pack.format import LENGTH_KEY, META_DB, RECORDS_DB, decode_record, encode_key, encode_record, Record
+from imagenet_pack.format import LENGTH_KEY, RECORDS_DB, decode_record, encode_key, encode_record, Record
 from imagenet_pack.sample import make_sample_tree
 from imagenet_pack.verify import verify
 
-from conftest import small_tree
 from test_core import _put_meta, flip_payload_byte
 
 

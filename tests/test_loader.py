@@ -103,9 +103,13 @@ def test_fused_getitems_decodes_in_place_and_collates_without_copy(db_session):
     assert images is batch.images and images.shape == (4, 3, 16, 16)
     assert all(torch.equal(images[i], ds[(i, 0)][0]) for i in range(4))
     assert targets.tolist() == [int(t) for t in ds.targets[:4]]
-    # a transform or a variable-size decoder: the ordinary list of pairs
+    assert ds.batch_shape == (3, 16, 16)
+    # a transform or a variable-size decoder: the ordinary list of pairs, no ring
     plain = LmdbImageNet(db_session, "train", decoder="tensor").__getitems__([0, 1])
     assert type(plain) is list and len(plain) == 2
+    transformed = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16), transform=lambda x: x)
+    assert transformed.batch_shape is None
+    assert not isinstance(build_loader(transformed, 4, workers=1).loader.dataset, BatchRing)
 
 
 def test_normalize_matches_torchvision():
