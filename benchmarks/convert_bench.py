@@ -23,21 +23,8 @@ import cv2
 
 from imagenet_pack import ConvertOptions, convert
 from imagenet_pack.convert import default_workers
-from imagenet_pack.sample import make_sample_tree
 
-
-def tree_from_flat(images: Path, out: Path, copies: int) -> Path:
-    """``<wnid>_*.JPEG`` -> ``out/train/<wnid>/``: the original plus ``copies - 1`` re-encodes at q95, q94, ...
-    (distinct files of real-photo content, like acceptance check 03)."""
-    for f in sorted(images.glob("*.JPEG")):
-        wnid = f.name.split("_")[0]
-        folder = out / "train" / wnid
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, folder / f"{wnid}_0.JPEG")
-        image = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        for k in range(1, copies):
-            cv2.imwrite(str(folder / f"{wnid}_{k}.JPEG"), image, [cv2.IMWRITE_JPEG_QUALITY, 96 - k])
-    return out
+from bench_sources import source_tree
 
 
 def timed_convert(src: Path, dst: Path, options: ConvertOptions, repeats: int) -> tuple[float, object]:
@@ -61,10 +48,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="convert-bench-"))
     try:
-        if args.images:
-            src = tree_from_flat(args.images, tmp / "src", args.copies)
-        else:
-            src = make_sample_tree(tmp / "src", classes=20, train_per_class=60, val_per_class=1)
+        src = source_tree(args.images, tmp / "src", args.copies, reencode=True, sample_per_class=60)
         src_bytes = sum(p.stat().st_size for p in (src / "train").rglob("*") if p.is_file())
         count = sum(1 for p in (src / "train").rglob("*") if p.is_file())
         base = dict(splits=("train",), progress=False, overwrite=True)

@@ -38,18 +38,8 @@ from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, Rando
 from imagenet_pack.convert import default_workers
 from imagenet_pack.decode import ROI_AVAILABLE
 from imagenet_pack.demo import epoch_rate, standard_train_transform, timing_loader
-from imagenet_pack.sample import make_sample_tree
 
-
-def tree_from_flat(images: Path, out: Path, copies: int) -> Path:
-    """``<wnid>_*.JPEG`` files -> ``out/train/<wnid>/`` (each file ``copies`` times, to make epochs longer)."""
-    for f in sorted(images.glob("*.JPEG")):
-        wnid = f.name.split("_")[0]
-        folder = out / "train" / wnid
-        folder.mkdir(parents=True, exist_ok=True)
-        for k in range(copies):
-            shutil.copyfile(f, folder / f"{k}_{f.name}")
-    return out
+from bench_sources import source_tree
 
 
 class BareDecode(Dataset):
@@ -125,10 +115,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="loader-bench-"))
     try:
-        if args.images:
-            src = tree_from_flat(args.images, tmp / "src", args.copies)
-        else:
-            src = make_sample_tree(tmp / "src", classes=20, train_per_class=20, val_per_class=1)
+        src = source_tree(args.images, tmp / "src", args.copies, reencode=False, sample_per_class=20)
         convert(src, tmp / "db", ConvertOptions(splits=("train",), progress=False))
         folder = torchvision.datasets.ImageFolder(str(src / "train"), transform=standard_train_transform())
         backends = ("opencv", "roi") if ROI_AVAILABLE else ("opencv",)
