@@ -1,7 +1,7 @@
 """Converter throughput for 1, 2, ... workers, lossless vs --max-side, and the storage ratio, in one run.
 
     python benchmarks/convert_bench.py                                  # generated ImageNet-like sample
-    python benchmarks/convert_bench.py --images ../shared/imagenet-sample --copies 8 --json out.json
+    python benchmarks/convert_bench.py --images /data/imagenet-sample --copies 8 --json out.json
 
 Each figure is the median of ``--repeats`` conversions into a fresh directory (source files warm in the page
 cache after an untimed warm-up conversion). Ratios are against 1 worker, lossless, from the same run.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -19,12 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-
 from imagenet_pack import ConvertOptions, convert
-from imagenet_pack.convert import default_workers
+from imagenet_pack.machine import default_workers
 
-from bench_sources import source_tree
+from common import machine, source_tree
 
 
 def timed_convert(src: Path, dst: Path, options: ConvertOptions, repeats: int) -> tuple[float, object]:
@@ -74,8 +71,7 @@ def main(argv=None) -> int:
                   f"{r['speedup_vs_1_worker']:>11.2f} {r['storage_ratio']:>7.3f}")
         if args.json:
             args.json.write_text(json.dumps({
-                "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
-                "versions": {"python": platform.python_version(), "opencv": cv2.__version__},
+                **machine(),
                 "arguments": {k: str(v) for k, v in vars(args).items()},
                 "images": count, "source_bytes": src_bytes, "results": results}, indent=2))
     finally:

@@ -9,7 +9,7 @@ files from the page cache (``posix_fadvise(DONTNEED)``) before every epoch. Each
 memory of its workers (private and shared resident MB, from /proc/PID/smaps_rollup).
 
     python benchmarks/loader_bench.py                       # generated ImageNet-like sample
-    python benchmarks/loader_bench.py --images ../shared/imagenet-sample --json out.json
+    python benchmarks/loader_bench.py --images /data/imagenet-sample --json out.json
 
 Each figure: median images/s of ``--epochs`` timed rounds after one warm-up round (worker start-up untimed);
 a round runs one epoch of every entry in turn (interleaved, so that a slow spell on a shared machine hits
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -35,11 +34,10 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
-from imagenet_pack.convert import default_workers
-from imagenet_pack.decode import ROI_AVAILABLE
-from imagenet_pack.demo import epoch_rate, standard_train_transform, timing_loader
+from imagenet_pack.machine import default_workers
+from imagenet_pack.read.pixels import DECODE_FLAGS, ROI_AVAILABLE
 
-from bench_sources import source_tree
+from common import epoch_rate, machine, source_tree, standard_train_transform, timing_loader
 
 
 class BareDecode(Dataset):
@@ -52,7 +50,7 @@ class BareDecode(Dataset):
         return len(self.records)
 
     def __getitem__(self, i):
-        cv2.imdecode(np.frombuffer(self.records[i], np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+        cv2.imdecode(np.frombuffer(self.records[i], np.uint8), DECODE_FLAGS)
         return 0, 0
 
 
@@ -157,9 +155,7 @@ def main(argv=None) -> int:
                   f"{r['worker_private_mb']:>15.0f} / {r['worker_shared_mb']:<6.0f}")
         if args.json:
             args.json.write_text(json.dumps({
-                "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "cpu": platform.processor()},
-                "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                             "torchvision": torchvision.__version__, "opencv": cv2.__version__},
+                **machine(torch=torch.__version__, torchvision=torchvision.__version__),
                 "arguments": {k: str(v) for k, v in vars(args).items()},
                 "images": len(folder),
                 "results": results,

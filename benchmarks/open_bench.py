@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from imagenet_pack import ConvertOptions, convert
-from imagenet_pack.synsets import builtin_names
+from imagenet_pack.sources.synsets import builtin_names
 
 TIMER = """
 import sys, time

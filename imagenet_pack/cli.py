@@ -41,7 +41,7 @@ def _quality(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .detect import LAYOUTS
+    from .sources.detect import LAYOUTS
     parser = argparse.ArgumentParser(prog="imagenet-pack", description="Pack ILSVRC2012 into LMDB for PyTorch.")
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -126,7 +126,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 @_verb("info")
 def _info(args: argparse.Namespace) -> int:
-    from .store import list_splits, load_split
+    from .format import FORMAT_NAME, FORMAT_VERSION
+    from .read.reader import list_splits, load_split
     splits = list_splits(args.root)
     if not splits:
         raise ImagenetPackError(f"{args.root}: no database found")
@@ -134,12 +135,11 @@ def _info(args: argparse.Namespace) -> int:
         info = load_split(args.root, split)
         meta = info.metas[0]
         size = sum((s.path / "data.mdb").stat().st_size for s in info.shards)
-        enc = meta["encoding"]
         print(f"{split}: {len(info)} records, {len(info.wnids)} classes, {len(info.shards)} shard(s), "
-              f"{size / 1e6:.1f} MB, format {meta['format']} v{meta['version']}, created {meta['created']}")
-        print(f"  source: {meta['source']}; images: "
-              + (f"longer side <= {enc['max_side']}, quality {enc['quality']}" if enc["max_side"] else "original bytes")
-              + f"; fixed on conversion: {sum(len(m['fixed']) for m in info.metas)}")
+              f"{size / 1e6:.1f} MB, format {FORMAT_NAME} v{FORMAT_VERSION}, created {meta.created}")
+        print(f"  source: {meta.source}; images: "
+              + (f"longer side <= {meta.max_side}, quality {meta.quality}" if meta.max_side else "original bytes")
+              + f"; fixed on conversion: {sum(len(m.fixed) for m in info.metas)}")
         print(f"  classes: {info.wnids[0]} ({info.classes[0][0]}) ... {info.wnids[-1]} ({info.classes[-1][0]})")
     return 0
 

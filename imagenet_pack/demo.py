@@ -4,51 +4,17 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .convert import ConvertOptions, convert, default_workers
-from .dataset import LmdbImageNet
-from .decode import ROI_AVAILABLE
-from .fused import RandomResizedCropDecoder
-from .loader import build_loader
-from .sample import make_sample_tree
-
-
-def standard_train_transform():
-    from torchvision import transforms
-    return transforms.Compose([
-        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    ])
-
-
-def timing_loader(dataset: Dataset, *, workers: int, batch_size: int = 32) -> tuple[Iterable, DataLoader]:
-    """The batches to time and the DataLoader under them: datasets that decode batches in place (fused
-    decoders) through :func:`build_loader`, as users run them; the rest through a plain shuffling DataLoader,
-    as torchvision's reference training script does."""
-    if getattr(dataset, "batch_shape", None) is not None:
-        epochs = build_loader(dataset, batch_size, workers=workers)
-        return epochs, epochs.loader
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
-                        shuffle=True)
-    return loader, loader
-
-
-def epoch_rate(batches: Iterable) -> float:
-    """images/s of one pass over ``batches``."""
-    start, n = time.perf_counter(), 0
-    for images, _ in batches:
-        n += len(images)
-    return n / (time.perf_counter() - start)
-
-
-def images_per_second(dataset: Dataset, *, workers: int, batch_size: int = 32, epochs: int = 2) -> float:
-    """Median images/s over ``epochs`` passes after one warm-up pass (worker start-up is not timed)."""
-    batches, _ = timing_loader(dataset, workers=workers, batch_size=batch_size)
-    rates = [epoch_rate(batches) for _ in range(epochs + 1)][1:]
-    return sorted(rates)[len(rates) // 2]
+from .convert import ConvertOptions, convert
+from .machine import default_workers
+from .read.dataset import LmdbImageNet
+from .read.decoders import RandomResizedCropDecoder
+from .read.pixels import ROI_AVAILABLE
+from .synthetic import make_sample_tree
+from .timing import images_per_second, standard_train_transform
 
 
 def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int = 30, workers: int | None = None,

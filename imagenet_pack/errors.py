@@ -28,3 +28,7 @@ class DecodeError(ImagenetPackError):
 
 class OutputExistsError(ImagenetPackError):
     """The output already holds a complete database (or different work) and --overwrite was not given."""
+
+
+class DecoderUnavailableError(ImagenetPackError):
+    """A decoder that was asked for is not installed or was not built here."""

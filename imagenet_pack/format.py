@@ -1,6 +1,6 @@
 """The on-disk format, in one place: keys, records and metadata (specified in docs/FORMAT.md).
 
-A split is one or more LMDB environments (shards). Each holds two named databases:
+A split is one or more LMDB environments (shards). Each holds three named databases:
 
 * ``records``: key = the record's position in the shard as an 8-byte big-endian unsigned integer (so byte
   order is index order, unlike decimal strings); value = a msgpack map ``{image, size, target, height,
@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import msgpack
 import numpy as np
@@ -124,41 +124,144 @@ def decode_record(value: bytes | memoryview, where: str, tail: Callable[[], byte
     return record
 
 
-def pack_array(values: Any, dtype: str) -> bytes:
-    """Pack a 1-D sequence as raw little-endian bytes of ``dtype`` (e.g. '<u2')."""
-    return np.asarray(values, dtype=dtype).tobytes()
-
-
-def unpack_array(data: bytes, dtype: str, count: int, where: str) -> np.ndarray:
+def _array(data: Any, dtype: str, count: int, where: str, name: str) -> np.ndarray:
+    if not isinstance(data, bytes):
+        raise FormatError(f"{where}: metadata field {name!r} is not a byte string; reconvert the database")
     array = np.frombuffer(data, dtype=dtype)
     if array.size != count:
-        raise FormatError(f"{where}: metadata array holds {array.size} values, expected {count}")
+        raise FormatError(f"{where}: metadata array {name!r} holds {array.size} values, expected {count}")
     return array
 
 
 def target_dtype(num_classes: int) -> str:
+    """The narrowest little-endian unsigned type that holds every class index."""
     return "<u2" if num_classes <= 0xFFFF else "<u4"
 
 
-def encode_meta(meta: dict[str, Any]) -> bytes:
-    return msgpack.packb(meta, use_bin_type=True)
+@dataclass(frozen=True)
+class ShardMeta:
+    """The ``meta`` value of one shard: its place in the split, the split's classes, and per-record arrays.
+
+    The one owner of the metadata: the converter builds it, :meth:`to_msgpack` writes it, :meth:`from_msgpack`
+    reads and checks it; everyone else uses the attributes.
+    """
+
+    split: str
+    shard: int
+    num_shards: int
+    start: int  # global index of the shard's first record
+    count: int  # records in this shard
+    total: int  # records in the whole split
+    wnids: tuple[str, ...]
+    classes: tuple[tuple[str, ...], ...]
+    targets: np.ndarray  # (count,) class index per record
+    sizes: np.ndarray  # (count, 2) original height, width per record
+    fixed: tuple[tuple[str, str], ...] = ()  # (source path, what was done) for re-encoded inputs
+    max_side: int | None = None  # write-time downscaling, if any
+    quality: int | None = None  # its JPEG quality
+    source: str = ""
+    fingerprint: str = ""  # identifies input and options: resuming over other input is refused
+    resumed: bool = False  # finished by a resumed run (rerunning the same command is then a no-op)
+    created: str = ""
+
+    def to_msgpack(self) -> bytes:
+        dtype = target_dtype(len(self.wnids))
+        return msgpack.packb({
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "split": self.split, "shard": self.shard,
+            "num_shards": self.num_shards, "start": self.start, "count": self.count, "total": self.total,
+            "wnids": list(self.wnids), "classes": [list(c) for c in self.classes],
+            "targets_dtype": dtype, "targets": np.asarray(self.targets, dtype).tobytes(),
+            "sizes": np.asarray(self.sizes, "<u4").tobytes(), "fixed": [list(f) for f in self.fixed],
+            "encoding": {"max_side": self.max_side, "quality": self.quality}, "source": self.source,
+            "fingerprint": self.fingerprint, "resumed": self.resumed, "created": self.created,
+        }, use_bin_type=True)
+
+    @classmethod
+    def from_msgpack(cls, value: bytes, where: str) -> ShardMeta:
+        """Decode and check one shard's metadata; FormatError naming ``where`` for anything malformed."""
+        try:
+            meta = msgpack.unpackb(value, raw=False)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise FormatError(f"{where}: metadata is not valid msgpack ({exc}); reconvert the database") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise FormatError(f"{where}: not an {FORMAT_NAME} database (format field is {found!r})")
+        version = meta.get("version")
+        if version != FORMAT_VERSION:
+            raise FormatError(
+                f"{where}: format version {version!r} is not supported by this imagenet_pack "
+                f"(it reads version {FORMAT_VERSION}); upgrade imagenet_pack or reconvert the database")
+        try:
+            count, encoding = int(meta["count"]), meta["encoding"]
+            return cls(
+                split=str(meta["split"]), shard=int(meta["shard"]), num_shards=int(meta["num_shards"]),
+                start=int(meta["start"]), count=count, total=int(meta["total"]),
+                wnids=tuple(meta["wnids"]), classes=tuple(tuple(c) for c in meta["classes"]),
+                targets=_array(meta["targets"], meta["targets_dtype"], count, where, "targets"),
+                sizes=_array(meta["sizes"], "<u4", 2 * count, where, "sizes").reshape(-1, 2),
+                fixed=tuple((str(p), str(r)) for p, r in meta["fixed"]),
+                max_side=encoding["max_side"], quality=encoding["quality"], source=str(meta["source"]),
+                fingerprint=str(meta["fingerprint"]), resumed=bool(meta.get("resumed", False)),
+                created=str(meta["created"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{where}: metadata field missing or malformed ({exc!r}); reconvert the database") from exc
 
 
-def decode_meta(value: bytes, where: str) -> dict[str, Any]:
-    """Decode a shard's metadata and check its format name and version."""
+class Row(NamedTuple):
+    """What the writer keeps per stored record until the final commit: its source position within the
+    shard, the source image's size, and what was fixed (None when stored as it was)."""
+
+    position: int
+    height: int
+    width: int
+    fixed: str | None
+
+
+class Problem(NamedTuple):
+    """A source position that was not stored, and why."""
+
+    position: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A shard's resumable state (the ``progress`` key while a conversion runs)."""
+
+    fingerprint: str
+    position: int = 0  # next source position to convert
+    count: int = 0  # records stored
+    batches: int = 0  # committed ``rows/`` batches
+    problems: tuple[Problem, ...] = ()
+
+    def to_msgpack(self) -> bytes:
+        return msgpack.packb({"fingerprint": self.fingerprint, "position": self.position, "count": self.count,
+                              "batches": self.batches, "problems": [list(p) for p in self.problems]},
+                             use_bin_type=True)
+
+    @classmethod
+    def from_msgpack(cls, value: bytes, where: str) -> Progress:
+        try:
+            state = msgpack.unpackb(value, raw=False)
+            return cls(str(state["fingerprint"]), int(state["position"]), int(state["count"]),
+                       int(state["batches"]), tuple(Problem(int(p), str(r)) for p, r in state["problems"]))
+        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+            raise FormatError(f"{where}: conversion progress is damaged ({exc!r}); rerun with --overwrite") from exc
+
+
+def encode_rows(rows: list[Row]) -> bytes:
+    return msgpack.packb([list(r) for r in rows], use_bin_type=True)
+
+
+def decode_rows(value: bytes, where: str) -> list[Row]:
     try:
-        meta = msgpack.unpackb(value, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise FormatError(f"{where}: metadata is not valid msgpack ({exc}); reconvert the database") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise FormatError(f"{where}: not an {FORMAT_NAME} database (format field is {meta.get('format')!r})")
-    version = meta.get("version")
-    if version != FORMAT_VERSION:
-        raise FormatError(
-            f"{where}: format version {version!r} is not supported by this imagenet_pack "
-            f"(it reads version {FORMAT_VERSION}); upgrade imagenet_pack or reconvert the database"
-        )
-    return meta
+        return [Row(int(p), int(h), int(w), f) for p, h, w, f in msgpack.unpackb(value, raw=False)]
+    except (TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise FormatError(f"{where}: conversion progress is damaged ({exc!r}); rerun with --overwrite") from exc
+
+
+def rows_key(batch: int) -> bytes:
+    return ROWS_PREFIX + b"%08d" % batch
 
 
 def encode_paths(paths: list[str]) -> bytes:

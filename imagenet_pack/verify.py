@@ -12,17 +12,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .decode import DECODE_FLAGS
-from .detect import discover
+from .convert.prepare import PrepareOptions, prepare
 from .errors import FormatError, ImagenetPackError
 from .format import decode_key
-from .prepare import PrepareOptions, prepare
-from .sources import read_item
-from .store import close_handle, list_splits, load_split, open_handle, read_paths
+from .read.pixels import DECODE_FLAGS
+from .read.reader import close_handle, list_splits, load_split, open_handle, read_paths
+from .sources.detect import discover
+from .sources.items import read_item
 
 
 @dataclass
 class VerifyReport:
+    """Records checked and every problem found, each naming its shard and key."""
+
     checked: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -63,7 +65,7 @@ def _sources(src: Path, splits: tuple[str, ...]):
 
 def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
     paths = read_paths(shard.path) if by_path else []
-    fixed = {p for p, _ in meta["fixed"]}
+    fixed = {p for p, _ in meta.fixed}
     expected = 0
     handle = open_handle(shard.path)
     try:
@@ -77,13 +79,12 @@ def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
                     expected = local
                 expected += 1
                 report.checked += 1
-                index = shard.start + local
                 try:
                     record = handle.decode(txn, key, value, where)
                 except ImagenetPackError as exc:
                     report.problems.append(str(exc))
                     continue
-                if index >= len(info.targets) or record.target != info.targets[index]:
+                if local >= meta.count or record.target != meta.targets[local]:
                     report.problems.append(f"{where}: target {record.target} differs from the metadata")
                 if not 0 <= record.target < len(info.wnids):
                     report.problems.append(f"{where}: target {record.target} outside 0..{len(info.wnids) - 1}")
@@ -98,11 +99,10 @@ def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
                         report.problems.append(f"{where}: source {paths[local]} not found in the source")
                         continue
                     data = read_item(item)
-                    if paths[local] in fixed or meta["encoding"]["max_side"]:
-                        prepared = prepare(data, PrepareOptions(meta["encoding"]["max_side"],
-                                                                meta["encoding"]["quality"] or 90))
+                    if paths[local] in fixed or meta.max_side:
+                        prepared = prepare(data, PrepareOptions(meta.max_side, meta.quality or 90))
                         same = prepared.image is not None and (prepared.orig_height, prepared.orig_width) == \
-                            tuple(int(v) for v in info.sizes[index])
+                            tuple(int(v) for v in meta.sizes[local])
                     else:
                         same = data == record.image
                     if not same or item.target != record.target:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imagenet_pack import ConvertOptions, convert
-from imagenet_pack.sample import make_sample_tree
+from imagenet_pack.synthetic import make_sample_tree
 
 
 def small_tree(root: Path, *, classes: int = 4, per_class: int = 6, seed: int = 0) -> Path:

@@ -1,4 +1,4 @@
-"""Issue 3: parallel, sharded, resumable, audited and verifiable conversion."""
+"""Parallel, sharded, resumable, audited and verifiable conversion."""
 from __future__ import annotations
 
 import json
@@ -19,12 +19,12 @@ import torchvision.io as tio
 from PIL import Image
 
 from imagenet_pack import ConvertOptions, FormatError, LmdbImageNet, convert
-from imagenet_pack.writer import ShardWriter
+from imagenet_pack.convert.writer import ShardWriter
 from imagenet_pack.format import LENGTH_KEY, RECORDS_DB, decode_record, encode_key, encode_record, Record
-from imagenet_pack.sample import make_sample_tree
+from imagenet_pack.synthetic import make_sample_tree
 from imagenet_pack.verify import verify
 
-from test_core import _put_meta, flip_payload_byte
+from test_dataset import _put_meta, flip_payload_byte
 
 
 def records(root: Path, split: str = "train"):
@@ -46,7 +46,7 @@ def test_same_database_for_any_worker_and_shard_count(tree, tmp_path):
     assert records(tmp_path / "s3") == base
     shards = sorted(p.name for p in (tmp_path / "s3" / "train").iterdir())
     assert shards == ["shard-000-of-003", "shard-001-of-003", "shard-002-of-003"]
-    assert len(LmdbImageNet(tmp_path / "s3", "train")._paths) == 3
+    assert len(LmdbImageNet(tmp_path / "s3", "train")._shard_paths) == 3
 
 
 def test_map_grows_from_a_tiny_initial_map(tree, tmp_path):
@@ -209,9 +209,10 @@ def test_audit_warns_for_a_full_class_list_with_other_counts(tmp_path):
 
 
 def test_a_file_changed_between_worker_and_writer_is_an_error(tree):
-    from imagenet_pack.convert import Result, _encode_result
+    from imagenet_pack.convert.converter import _encode_result
+    from imagenet_pack.convert.tasks import Result
     from imagenet_pack.errors import ImagenetPackError
-    from imagenet_pack.sources import Item, read_item_stamped
+    from imagenet_pack.sources.items import Item, read_item_stamped
 
     path = sorted((tree / "train").rglob("*.JPEG"))[0]
     item = Item("train/x.JPEG", 0, str(path))

@@ -1,4 +1,4 @@
-"""Issue 4: flat val + devkit, the official tars read in place, Kaggle's layout; torchvision as the oracle."""
+"""Flat val + devkit, the official tars read in place, Kaggle's layout; torchvision as the oracle."""
 from __future__ import annotations
 
 import io
@@ -14,8 +14,8 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets import imagenet as tvi
 
 from imagenet_pack import ConvertOptions, LayoutError, LmdbImageNet, convert
-from imagenet_pack.detect import detect
-from imagenet_pack.synsets import builtin_names
+from imagenet_pack.sources.detect import detect
+from imagenet_pack.sources.synsets import builtin_names
 
 from conftest import small_tree
 

@@ -1,4 +1,4 @@
-"""Issue 5/6 loader parts: deterministic resumable sampler, uint8 loader, GPU normalisation (on CPU)."""
+"""The loader: deterministic resumable sampler, shared-memory batches, GPU normalisation (on CPU)."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,8 @@ from torchvision import transforms
 
 from imagenet_pack import LmdbImageNet, RandomResizedCropDecoder
 from imagenet_pack.gpu import IMAGENET_MEAN, IMAGENET_STD, CudaPrefetcher, normalize
-from imagenet_pack.loader import BatchRing, StackedSamples, build_loader, collate_uint8
-from imagenet_pack.sampler import EpochSampler
+from imagenet_pack.loader import BatchRing, build_loader, collate_uint8
+from imagenet_pack.loader.sampler import EpochSampler
 
 
 def test_sampler_shards_disjointly_and_depends_only_on_seed_epoch_world():
@@ -95,18 +95,17 @@ def test_batch_ring_reuses_an_output_buffer_only_once_nothing_shares_it():
     assert third.data_ptr() == address and bool((third == 2).all())
 
 
-def test_fused_getitems_decodes_in_place_and_collates_without_copy(db_session):
+def test_fused_decode_batch_decodes_in_place(db_session):
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
-    batch = ds.__getitems__([(i, 0) for i in range(4)])
-    assert isinstance(batch, StackedSamples)
-    images, targets = collate_uint8(batch)
-    assert images is batch.images and images.shape == (4, 3, 16, 16)
-    assert all(torch.equal(images[i], ds[(i, 0)][0]) for i in range(4))
-    assert targets.tolist() == [int(t) for t in ds.targets[:4]]
     assert ds.batch_shape == (3, 16, 16)
-    # a transform or a variable-size decoder: the ordinary list of pairs, no ring
-    plain = LmdbImageNet(db_session, "train", decoder="tensor").__getitems__([0, 1])
-    assert type(plain) is list and len(plain) == 2
+    images = torch.zeros((4, 16, 16, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # channels-last, as the ring's
+    targets = ds.decode_batch([(i, 0) for i in range(4)], images)
+    assert all(torch.equal(images[i], ds[(i, 0)][0]) for i in range(4))
+    assert targets == [int(t) for t in ds.targets[:4]]
+    # in-process (no workers), the same samples are stacked by collate_uint8
+    stacked, stacked_targets = collate_uint8([ds[(i, 0)] for i in range(4)])
+    assert torch.equal(stacked, images) and stacked_targets.tolist() == targets
+    # a transform: no fixed batch shape, so no ring
     transformed = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16), transform=lambda x: x)
     assert transformed.batch_shape is None
     assert not isinstance(build_loader(transformed, 4, workers=1).loader.dataset, BatchRing)
@@ -141,7 +140,7 @@ def test_prefetcher_on_cuda_matches_cpu():
 
 def test_gpu_decode_mode_on_cpu_matches_torchvision_crops(db_session):
     from torchvision.transforms import functional as F
-    from imagenet_pack.gpu_decode import CropBoxDecoder, GpuBatchDecoder, collate_jpeg
+    from imagenet_pack.gpu.decode import CropBoxDecoder, GpuBatchDecoder, collate_jpeg
 
     boxes_ds = LmdbImageNet(db_session, "train", decoder=CropBoxDecoder(seed=2))
     pil_ds = LmdbImageNet(db_session, "train")
@@ -159,7 +158,7 @@ def test_gpu_decode_mode_on_cpu_matches_torchvision_crops(db_session):
 def test_gpu_decode_falls_back_to_opencv_for_undecodable_records(db_session, monkeypatch):
     """A record the device decoder refuses (as nvJPEG refuses some) is decoded on the CPU instead."""
     import torchvision.io as tio
-    from imagenet_pack import gpu_decode
+    from imagenet_pack.gpu import decode as gpu_decode
 
     records = [LmdbImageNet(db_session, "train").read_record(i).image for i in range(3)]
     data = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in records]

@@ -1,4 +1,4 @@
-"""Issue 6: tools/train.py under torchrun, 2 CPU processes with gloo, on a generated database."""
+"""tools/train.py under torchrun, 2 CPU processes with gloo, on a generated database."""
 from __future__ import annotations
 
 import json

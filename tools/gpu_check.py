@@ -11,7 +11,6 @@ model runs the same code paths without a GPU (the tests do).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -24,9 +23,10 @@ from torch.utils.data import DataLoader
 
 from imagenet_pack import ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.gpu import CudaPrefetcher, normalize
-from imagenet_pack.gpu_decode import CropBoxDecoder, GpuBatchDecoder, collate_jpeg
-from imagenet_pack.loader import build_loader, worker_init
-from imagenet_pack.sample import make_sample_tree
+from imagenet_pack.gpu.decode import CropBoxDecoder, GpuBatchDecoder, collate_jpeg
+from imagenet_pack.loader import default_workers
+from imagenet_pack.loader.loader import build_loader, worker_init
+from imagenet_pack.synthetic import make_sample_tree
 
 
 def run(model, optimizer, batches, steps: int, device: torch.device) -> tuple[float, float]:
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256, help="default: 256")
     p.add_argument("--image-size", type=int, default=224, help="default: 224")
     p.add_argument("--steps", type=int, default=20, help="timed steps per mode, after 3 warm-up steps (default: 20)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="loader workers (default: all cores)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="loader workers (default: all cores)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu, to exercise the code without a GPU")
     args = p.parse_args(argv)
     device = torch.device(args.device)

@@ -26,10 +26,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
 
-from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
-from imagenet_pack.gpu import CudaPrefetcher
-from imagenet_pack.fused import BACKENDS
-from imagenet_pack.loader import build_loader
+from imagenet_pack import CenterCropDecoder, CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader
+from imagenet_pack.loader import EpochLoader, default_workers
+from imagenet_pack.read.decoders import BACKENDS
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -113,97 +112,131 @@ def evaluate(model, loader, device, amp) -> tuple[float, float, int]:
     return float(counts[0] / counts[2]), float(counts[1] / counts[2]), int(counts[2])
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    rank, world, device = setup(args.device)
-    cuda = device.type == "cuda"
-    torch.manual_seed(args.seed)
-    args.output.mkdir(parents=True, exist_ok=True)
-    workers = args.workers if args.workers is not None else max(1, len(os.sched_getaffinity(0)) // max(1, world))
+class Run:
+    """One training process: its data, model and optimiser, and where it is (epoch, global step)."""
 
-    train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(
-        args.image_size, seed=args.seed, backend=args.decode_backend))
-    val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size, backend=args.decode_backend))
-    train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed)
-    val_loader = build_loader(val_set, args.batch_size, train=False, workers=workers, persistent_workers=False)
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.rank, self.world, self.device = setup(args.device)
+        self.cuda = self.device.type == "cuda"
+        torch.manual_seed(args.seed)
+        args.output.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = args.output / CHECKPOINT
+        self.train_loader, self.val_loader, classes = build_loaders(args, self.world)
+        self.model = torchvision.models.get_model(args.arch, num_classes=classes).to(self.device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
+                                         weight_decay=args.weight_decay)
+        self.step, self.run_steps = 0, 0
+        self.samples_log = open(args.output / f"samples-rank{self.rank}.jsonl", "a") if args.log_samples else None
 
-    model = torchvision.models.get_model(args.arch, num_classes=len(train_set.wnids)).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    start_epoch, step = 0, 0
-    checkpoint = args.output / CHECKPOINT
-    if args.resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        train_loader.load_state_dict(state["loader"])
-        start_epoch, step = state["loader"]["epoch"], state["step"]
-        if rank == 0:
-            print(f"resumed from {checkpoint}: epoch {start_epoch}, {state['loader']['position']} samples in")
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
-        if world > 1 else model
-    steps_per_epoch = len(train_loader)
-    log = open(args.output / f"samples-rank{rank}.jsonl", "a") if args.log_samples else None
-    run_steps = 0
+    def resume(self) -> None:
+        """Load model, optimiser, step and loader position from the checkpoint, if asked and present."""
+        if not (self.args.resume and self.checkpoint.is_file()):
+            return
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.step = state["step"]
+        if self.rank == 0:
+            print(f"resumed from {self.checkpoint}: epoch {state['loader']['epoch']}, "
+                  f"{state['loader']['position']} samples in")
 
-    def state_now() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "loader": train_loader.state_dict(), "scaler": None, "args": vars(args) | {"root": str(args.root),
-                                                                                            "output": str(args.output)}}
+    def save(self) -> None:
+        """Rank 0 writes the checkpoint (every rank's loader position is the same count of samples)."""
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "loader": self.train_loader.state_dict(),
+                "args": vars(self.args) | {"root": str(self.args.root), "output": str(self.args.output)}})
 
-    for epoch in range(start_epoch, args.epochs):
-        epoch_order = train_loader.sampler.indices(epoch)
-        seen, waited, started = 0, 0.0, time.perf_counter()
-        batches = iter(CudaPrefetcher(train_loader, device, dtype=torch.float32, channels_last=cuda))
-        epoch_steps = 0
+    def train_epoch(self, epoch: int, ddp: torch.nn.Module) -> dict | None:
+        """Train until the epoch ends (or --max-steps); None when --exit-after-steps stopped the run."""
+        args, loader = self.args, self.train_loader
+        epoch_order = loader.sampler.indices(epoch)
+        seen, waited, epoch_steps, loss = 0, 0.0, 0, None
+        started = time.perf_counter()
+        batches = iter(CudaPrefetcher(loader, self.device, dtype=torch.float32, channels_last=self.cuda))
         while args.max_steps is None or epoch_steps < args.max_steps:
             t0 = time.perf_counter()
-            position = train_loader.sampler.position
+            position = loader.sampler.position
             batch = next(batches, None)
             waited += time.perf_counter() - t0
             if batch is None:
                 break
             images, targets = batch
-            if log is not None:
-                log.write(json.dumps({"epoch": epoch, "step": step,
-                                      "indices": epoch_order[position:position + len(targets)]}) + "\n")
-                log.flush()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(args, step, steps_per_epoch)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = F.cross_entropy(ddp(images), targets, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step, epoch_steps, run_steps, seen = step + 1, epoch_steps + 1, run_steps + 1, seen + len(targets)
-            if rank == 0 and args.checkpoint_every and step % args.checkpoint_every == 0:
-                save_checkpoint(checkpoint, state_now())
-            if args.exit_after_steps is not None and run_steps >= args.exit_after_steps:
-                if rank == 0:
-                    save_checkpoint(checkpoint, state_now())
-                    print(f"exiting after {run_steps} steps (epoch {epoch}, step {step}), checkpoint saved")
-                if dist.is_initialized():
-                    dist.barrier()
-                    dist.destroy_process_group()
-                return 0
-        if train_loader.epoch == epoch:  # left early (--max-steps): the next epoch starts fresh
-            train_loader.finish_epoch()
-        if cuda:
+            if self.samples_log is not None:
+                self.samples_log.write(json.dumps({"epoch": epoch, "step": self.step, "indices":
+                                                   epoch_order[position:position + len(targets)]}) + "\n")
+                self.samples_log.flush()
+            loss = self.train_step(ddp, images, targets, len(loader))
+            seen, epoch_steps, self.run_steps = seen + len(targets), epoch_steps + 1, self.run_steps + 1
+            if args.checkpoint_every and self.step % args.checkpoint_every == 0:
+                self.save()
+            if args.exit_after_steps is not None and self.run_steps >= args.exit_after_steps:
+                self.save()
+                if self.rank == 0:
+                    print(f"exiting after {self.run_steps} steps (epoch {epoch}, step {self.step}), checkpoint saved")
+                return None
+        if loader.epoch == epoch:  # left early (--max-steps): the next epoch starts fresh
+            loader.finish_epoch()
+        if self.cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
-        top1, top5, counted = evaluate(model, CudaPrefetcher(val_loader, device, channels_last=cuda), device, cuda)
-        if rank == 0:
-            save_checkpoint(checkpoint, state_now())
-            print(f"epoch {epoch}: loss {loss.item():.3f}, {seen * world / elapsed:.0f} images/s, data wait "
-                  f"{waited / elapsed:.0%} of step time, val top-1 {top1:.2%} top-5 {top5:.2%} on {counted} images",
+        return {"images_per_s": seen * self.world / elapsed, "data_wait": waited / elapsed,
+                "loss": float(loss) if loss is not None else float("nan")}
+
+    def train_step(self, ddp: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                   steps_per_epoch: int) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.args, self.step, steps_per_epoch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            loss = F.cross_entropy(ddp(images), targets, label_smoothing=self.args.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+    def report(self, epoch: int, stats: dict) -> None:
+        """Evaluate on the whole val split, checkpoint, and log the epoch (rank 0 prints and writes)."""
+        val = CudaPrefetcher(self.val_loader, self.device, channels_last=self.cuda)
+        top1, top5, counted = evaluate(self.model, val, self.device, self.cuda)
+        self.save()
+        if self.rank == 0:
+            print(f"epoch {epoch}: loss {stats['loss']:.3f}, {stats['images_per_s']:.0f} images/s, data wait "
+                  f"{stats['data_wait']:.0%} of step time, val top-1 {top1:.2%} top-5 {top5:.2%} on {counted} images",
                   flush=True)
-            with open(args.output / "log.jsonl", "a") as out:
-                out.write(json.dumps({"epoch": epoch, "images_per_s": seen * world / elapsed,
-                                      "data_wait": waited / elapsed, "top1": top1, "top5": top5,
-                                      "val_images": counted, "loss": loss.item()}) + "\n")
+            with open(self.args.output / "log.jsonl", "a") as out:
+                out.write(json.dumps({"epoch": epoch, **stats, "top1": top1, "top5": top5,
+                                      "val_images": counted}) + "\n")
+
+
+def build_loaders(args: argparse.Namespace, world: int) -> tuple[EpochLoader, EpochLoader, int]:
+    """Train and val loaders with the fused decoders, and the number of classes."""
+    workers = args.workers if args.workers is not None else max(1, default_workers() // max(1, world))
+    train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(
+        args.image_size, seed=args.seed, backend=args.decode_backend))
+    val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size, backend=args.decode_backend))
+    train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed)
+    val_loader = build_loader(val_set, args.batch_size, train=False, workers=workers, persistent_workers=False)
+    return train_loader, val_loader, len(train_set.wnids)
+
+
+def main(argv=None) -> int:
+    run = Run(parse_args(argv))
+    run.resume()
+    ddp = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[run.device.index] if run.cuda else None) \
+        if run.world > 1 else run.model
+    for epoch in range(run.train_loader.epoch, run.args.epochs):
+        stats = run.train_epoch(epoch, ddp)
+        if stats is None:
+            break
+        run.report(epoch, stats)
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 

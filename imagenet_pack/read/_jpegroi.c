@@ -201,8 +201,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpegroi",
 PyMODINIT_FUNC PyInit__jpegroi(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    RoiError = PyErr_NewException("imagenet_pack._jpegroi.Error", NULL, NULL);
-    Unsupported = PyErr_NewException("imagenet_pack._jpegroi.Unsupported", NULL, NULL);
+    RoiError = PyErr_NewException("imagenet_pack.read._jpegroi.Error", NULL, NULL);
+    Unsupported = PyErr_NewException("imagenet_pack.read._jpegroi.Unsupported", NULL, NULL);
     if (RoiError == NULL || Unsupported == NULL || PyModule_AddObjectRef(m, "Error", RoiError) < 0 ||
         PyModule_AddObjectRef(m, "Unsupported", Unsupported) < 0) {
         Py_DECREF(m);

@@ -8,11 +8,10 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from .decode import Decoder, resolve_decoder
-from .errors import CorruptRecordError
-from .format import encode_key
-from .loader import StackedSamples, empty_images
-from .store import load_split, open_handle, read_paths
+from ..errors import CorruptRecordError
+from ..format import Record, encode_key
+from .decoders import Decoder, resolve_decoder
+from .reader import load_split, open_handle, read_paths
 
 
 class LmdbImageNet(Dataset):
@@ -64,16 +63,22 @@ class LmdbImageNet(Dataset):
         self.class_to_idx = {name: i for i, names in enumerate(self.classes) for name in names}
         self.targets = info.targets
         self.sizes = info.sizes
-        self._paths = [str(s.path) for s in info.shards]
+        self._shard_paths = [str(s.path) for s in info.shards]
         self._starts = [s.start for s in info.shards]
+        self._paths: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
     @property
     def paths(self) -> list[str]:
-        """Source path (relative to the converted input) of every sample."""
-        return read_paths(self.root / self.split)
+        """Source path (relative to the converted input) of every sample; read on first access, then kept."""
+        if self._paths is None:
+            self._paths = read_paths(self.root / self.split)
+        return self._paths
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_paths": None}  # a worker reads them again if it needs them
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any]:
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
@@ -85,21 +90,9 @@ class LmdbImageNet(Dataset):
         decoder (the fused ones: ``output_shape``) and no transform. None otherwise."""
         return None if self.transform is not None else getattr(self.decoder, "output_shape", None)
 
-    def __getitems__(self, indices: list[int | tuple[int, int]]) -> list[tuple[Any, Any]]:
-        """A batch of ``(sample, target)`` pairs (called by DataLoader's automatic batching).
-
-        With a :attr:`batch_shape`, every sample is decoded straight into its row of one (N, C, H, W)
-        channels-last tensor (in shared memory in a worker), which
-        :func:`imagenet_pack.loader.collate_uint8` hands on without stacking a copy."""
-        shape = self.batch_shape
-        if shape is None:
-            return [self._sample(index) for index in indices]
-        images = empty_images(len(indices), shape)
-        return StackedSamples(images, self.decode_batch(indices, images))
-
     def decode_batch(self, indices: list[int | tuple[int, int]], images: Any) -> list[Any]:
-        """Decode the samples at ``indices`` into the rows of ``images`` (fixed-size decoders only) and
-        return their targets."""
+        """Decode the samples at ``indices`` into the rows of ``images``, an (N, C, H, W) tensor (for a
+        :attr:`batch_shape` only: the loader's shared-memory batches), and return their targets."""
         return [self._sample(index, out)[1] for index, out in zip(indices, images)]
 
     def _sample(self, index: int | tuple[int, int], out: Any = None) -> tuple[Any, Any]:
@@ -123,13 +116,13 @@ class LmdbImageNet(Dataset):
             target = self.target_transform(target)
         return sample, target
 
-    def read_record(self, index: int):
+    def read_record(self, index: int) -> Record:
         """The checked record at ``index`` (encoded image bytes, target, stored size), without decoding."""
         return self._read(index)[0]
 
-    def _read(self, index: int):
+    def _read(self, index: int) -> tuple[Record, str]:
         shard = bisect.bisect_right(self._starts, index) - 1
-        path, local = self._paths[shard], index - self._starts[shard]
+        path, local = self._shard_paths[shard], index - self._starts[shard]
         where = f"{path} record {local}"
         record = open_handle(path).read(encode_key(local), where)
         if record is None:
@@ -141,4 +134,4 @@ class LmdbImageNet(Dataset):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={len(self)}, "
-                f"classes={len(self.wnids)}, shards={len(self._paths)})")
+                f"classes={len(self.wnids)}, shards={len(self._shard_paths)})")

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..read.pixels import DECODE_FLAGS
 from .probe import ProbeError, needs_reencode, probe
 
 FIX_QUALITY = 95
 DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: far above any real photo, far below a decompression bomb
-DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION  # what PIL does: no EXIF rotation
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,13 @@ class Prepared:
     reason: str | None = None  # what was fixed or why it was skipped
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int, *, full_chroma: bool = False) -> bytes:
+def encode_jpeg(rgb: np.ndarray, quality: int, *, full_chroma: bool = False) -> bytes | None:
+    """JPEG bytes of an HxWx3 RGB array, or None when OpenCV cannot encode it."""
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     if full_chroma:
         params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), params)
-    if not ok:
-        raise ValueError("OpenCV could not encode the image as JPEG")
-    return buf.tobytes()
+    return buf.tobytes() if ok else None
 
 
 def prepare(data: bytes, options: PrepareOptions) -> Prepared:
@@ -70,10 +69,13 @@ def prepare(data: bytes, options: PrepareOptions) -> Prepared:
         return Prepared(None, reason=f"{header.kind.upper()} data that OpenCV cannot decode")
     height, width = rgb.shape[:2]
     fix = needs_reencode(header)
-    image = encode_jpeg(rgb, FIX_QUALITY, full_chroma=True) if fix else data
     if options.max_side and max(height, width) > options.max_side:
         scale = options.max_side / max(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        return Prepared(encode_jpeg(small, options.quality), size[1], size[0], height, width, fix)
-    return Prepared(image, height, width, height, width, fix)
+        rgb, quality = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), options.quality
+        image = encode_jpeg(rgb, quality)
+    else:
+        image = encode_jpeg(rgb, FIX_QUALITY, full_chroma=True) if fix else data
+    if image is None:
+        return Prepared(None, reason="OpenCV could not re-encode the decoded image as JPEG")
+    return Prepared(image, rgb.shape[0], rgb.shape[1], height, width, fix)

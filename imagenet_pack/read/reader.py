@@ -1,7 +1,7 @@
 """Opening databases for reading: shard discovery, per-process environments, split metadata.
 
-LMDB forbids using an environment after fork and opening one twice in a process (FACTS.md §B5). So
-environments live in a per-process cache keyed by path: every dataset instance in a process shares one
+LMDB forbids using an environment after fork and opening one twice in a process (py-lmdb's docs, "Forking
+& multiprocessing"). So environments live in a per-process cache keyed by the resolved path: every dataset instance in a process shares one
 handle, a forked child that finds its parent's handle closes it (py-lmdb skips the LMDB cleanup in a child)
 and opens its own, and nothing LMDB-related is ever pickled. Readers open with ``readonly=True, lock=False``
 (an immutable database needs no reader table, so no MDB_READERS_FULL) and ``readahead=False`` (random
@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import lmdb
 import numpy as np
 
-from .errors import FormatError
-from .format import (LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, RECORDS_DB, TAILS_DB, Record, decode_length, decode_meta,
-                     decode_paths, decode_record, unpack_array)
+from ..errors import FormatError
+from ..format import (LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, RECORDS_DB, TAILS_DB, Record, ShardMeta, decode_length,
+                      decode_paths, decode_record)
 
 SHARD_GLOB = "shard-*-of-*"
 
@@ -60,7 +60,7 @@ _HANDLES: dict[str, tuple[int, Handle]] = {}
 
 def open_handle(path: Path | str) -> Handle:
     """This process's read-only handle on the shard at ``path``, opened on first use (fork- and spawn-safe)."""
-    key = os.fspath(path)
+    key = os.path.realpath(path)  # "db" and "/abs/db" are one environment, which LMDB opens once per process
     cached = _HANDLES.get(key)
     if cached is not None:
         if cached[0] == os.getpid():
@@ -82,7 +82,7 @@ def open_handle(path: Path | str) -> Handle:
 
 
 def close_handle(path: Path | str) -> None:
-    cached = _HANDLES.pop(os.fspath(path), None)
+    cached = _HANDLES.pop(os.path.realpath(path), None)
     if cached is not None and cached[0] == os.getpid():
         cached[1].env.close()
 
@@ -101,18 +101,28 @@ class SplitInfo:
     root: Path
     split: str
     shards: list[Shard]
-    wnids: list[str]
-    classes: list[tuple[str, ...]]
-    targets: np.ndarray
-    sizes: np.ndarray  # (N, 2) original height, width
-    metas: list[dict[str, Any]]
+    metas: list[ShardMeta]
+
+    @property
+    def wnids(self) -> list[str]:
+        return list(self.metas[0].wnids)
+
+    @property
+    def classes(self) -> list[tuple[str, ...]]:
+        return list(self.metas[0].classes)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Class index of every record, int64."""
+        return np.concatenate([m.targets for m in self.metas]).astype(np.int64)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """(N, 2) original height and width of every record."""
+        return np.concatenate([m.sizes for m in self.metas])
 
     def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-    def paths(self) -> list[str]:
-        """Relative source paths of all records (read on demand: 1.28 M strings are not free)."""
-        return read_paths(self.root / self.split)
+        return sum(m.count for m in self.metas)
 
 
 def read_paths(split_dir: Path) -> list[str]:
@@ -131,7 +141,7 @@ def read_paths(split_dir: Path) -> list[str]:
     return out
 
 
-def read_shard_meta(path: Path) -> dict[str, Any]:
+def read_shard_meta(path: Path) -> ShardMeta:
     """The metadata of one complete shard; FormatError if it is missing, incomplete or of another version."""
     if not (path / "data.mdb").is_file():
         raise FormatError(f"{path}: no database here (no data.mdb); convert a dataset first")
@@ -143,9 +153,9 @@ def read_shard_meta(path: Path) -> dict[str, Any]:
             f"{path}: incomplete database (no length key): its conversion did not finish; "
             "rerun the same `imagenet-pack convert` command to resume it"
         )
-    meta = decode_meta(value, str(path))
-    if decode_length(length) != meta["count"]:
-        raise FormatError(f"{path}: length key says {decode_length(length)} records, metadata {meta['count']}")
+    meta = ShardMeta.from_msgpack(value, str(path))
+    if decode_length(length) != meta.count:
+        raise FormatError(f"{path}: length key says {decode_length(length)} records, metadata {meta.count}")
     return meta
 
 
@@ -166,26 +176,20 @@ def load_split(root: Path | str, split: str) -> SplitInfo:
     finally:
         for p in paths:
             close_handle(p)
-    num_shards = metas[0]["num_shards"]
-    if [m["shard"] for m in metas] != list(range(num_shards)) or any(m["num_shards"] != num_shards for m in metas):
-        raise FormatError(f"{split_dir}: found shards {[m['shard'] for m in metas]} of {num_shards}; "
+    num_shards = metas[0].num_shards
+    if [m.shard for m in metas] != list(range(num_shards)) or any(m.num_shards != num_shards for m in metas):
+        raise FormatError(f"{split_dir}: found shards {[m.shard for m in metas]} of {num_shards}; "
                           "some are missing or mixed from different conversions, reconvert")
     shards, start = [], 0
     for path, meta in zip(paths, metas):
-        if meta["start"] != start or meta["split"] != split:
-            raise FormatError(f"{path}: shard starts at {meta['start']} (expected {start}) or holds split "
-                              f"{meta['split']!r}; the shards are from different conversions")
-        shards.append(Shard(path, start, meta["count"]))
-        start += meta["count"]
-    first = metas[0]
-    targets = np.concatenate([unpack_array(m["targets"], m["targets_dtype"], m["count"], str(p))
-                              for p, m in zip(paths, metas)]).astype(np.int64)
-    sizes = np.concatenate([unpack_array(m["sizes"], "<u4", 2 * m["count"], str(p)).reshape(-1, 2)
-                            for p, m in zip(paths, metas)])
-    if targets.size and (targets.min() < 0 or targets.max() >= len(first["wnids"])):
-        raise FormatError(f"{split_dir}: metadata targets fall outside 0..{len(first['wnids']) - 1}")
-    return SplitInfo(root, split, shards, list(first["wnids"]), [tuple(c) for c in first["classes"]],
-                     targets, sizes, metas)
+        if meta.start != start or meta.split != split or meta.wnids != metas[0].wnids:
+            raise FormatError(f"{path}: shard starts at {meta.start} (expected {start}), holds split "
+                              f"{meta.split!r} or other classes; the shards are from different conversions")
+        if meta.count and int(meta.targets.max()) >= len(meta.wnids):
+            raise FormatError(f"{path}: metadata targets fall outside 0..{len(meta.wnids) - 1}")
+        shards.append(Shard(path, start, meta.count))
+        start += meta.count
+    return SplitInfo(root, split, shards, metas)
 
 
 def list_splits(root: Path | str) -> list[str]:

@@ -15,18 +15,16 @@ when only some classes have images; a plain class-folder tree uses its own sorte
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from .archives import TRAIN_TAR, VAL_TAR, train_from_tar, val_from_tar
+from ..errors import LayoutError
 from .devkit import find_devkit, load_devkit
-from .errors import LayoutError
-from .layouts import discover_folders, flat_val, folder_entries, is_flat, scan_class_folders, val_number
-from .sources import SplitSource
-from .synsets import builtin_names, parse_synset_mapping
+from .folders import discover_folders, flat_val, folder_entries, is_flat, scan_class_folders, val_number
+from .items import SplitSource
+from .kaggle import KAGGLE_DATA, kaggle_splits
 
 LAYOUTS = ("auto", "folders", "devkit", "archives", "kaggle")
-KAGGLE_DATA = Path("ILSVRC/Data/CLS-LOC")
 
 
 def detect(src: Path) -> str:
@@ -59,7 +57,7 @@ def discover(src: Path, splits: tuple[str, ...], layout: str = "auto") -> tuple[
     if layout == "folders":
         found, notes = discover_folders(src, splits)
     else:
-        builders = {"devkit": _devkit_splits, "archives": _archive_splits, "kaggle": _kaggle_splits}
+        builders = {"devkit": _devkit_splits, "archives": _archive_splits, "kaggle": kaggle_splits}
         found, notes = {}, []
         for split, build in builders[layout](src).items():
             if split not in splits:
@@ -102,48 +100,6 @@ def _archive_splits(src: Path) -> dict:
         "val": (lambda: val_from_tar(val, lambda n: devkit.val_wnid(val_number(n, str(val)), n), wnids,
                                      devkit.names)) if val.is_file() else None,
     }
-
-
-def _kaggle_splits(src: Path) -> dict:
-    mapping = src / "LOC_synset_mapping.txt"
-    names = parse_synset_mapping(mapping.read_text("utf-8")) if mapping.is_file() else builtin_names()
-    wnids = sorted(names)
-    data = src / KAGGLE_DATA
-    solution = src / "LOC_val_solution.csv"
-
-    def val() -> SplitSource:
-        if not solution.is_file():
-            raise LayoutError(f"{src}: Kaggle layout without LOC_val_solution.csv: cannot label {data / 'val'}")
-        labels = _kaggle_labels(solution)
-
-        def label(name: str) -> str:
-            stem = name.rsplit(".", 1)[0]
-            if stem not in labels:
-                raise LayoutError(f"{solution}: no row for {stem} ({data / 'val' / name})")
-            return labels[stem]
-
-        return flat_val("val", folder_entries(data / "val"), label, wnids, names,
-                        f"Kaggle validation folder {data / 'val'}/ labelled by {solution}")
-
-    return {
-        "train": (lambda: scan_class_folders(data / "train", "train", wnids, names)) if (data / "train").is_dir() else None,
-        "val": val if (data / "val").is_dir() else None,
-    }
-
-
-def _kaggle_labels(path: Path) -> dict[str, str]:
-    """ImageId -> wnid: the first token of PredictionString (``wnid xmin ymin xmax ymax ...``)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = csv.DictReader(handle)
-        if rows.fieldnames is None or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
-            raise LayoutError(f"{path}: expected the columns ImageId,PredictionString")
-        labels = {}
-        for row in rows:
-            tokens = (row["PredictionString"] or "").split()
-            if not tokens:
-                raise LayoutError(f"{path}: row {row['ImageId']} has an empty PredictionString")
-            labels[row["ImageId"]] = tokens[0]
-    return labels
 
 
 def _with_counts(source: SplitSource, counts: dict[str, int]) -> SplitSource:

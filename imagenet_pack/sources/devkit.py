@@ -1,4 +1,4 @@
-"""The ILSVRC2012 devkit: class list, names and validation ground truth (FACTS.md §A2-A3).
+"""The ILSVRC2012 devkit: class list, names and validation ground truth.
 
 ``data/meta.mat`` lists 1860 synsets in ILSVRC2012_ID order; the 1000 with ``num_children == 0`` are the
 classes. ``data/ILSVRC2012_validation_ground_truth.txt`` gives one ILSVRC2012_ID per validation image in file
@@ -12,7 +12,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LayoutError
+from ..errors import LayoutError
 
 DEVKIT_ARCHIVE = "ILSVRC2012_devkit_t12.tar.gz"
 META_MAT = "data/meta.mat"

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import lmdb
-import msgpack
 
-from .errors import FormatError, OutputExistsError
-from .format import (LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, ROWS_PREFIX, TAILS_DB,
-                     encode_key, encode_length, encode_meta)
+from ..errors import FormatError, OutputExistsError
+from ..format import (LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, TAILS_DB, Problem,
+                      Progress, Row, ShardMeta, decode_rows, encode_key, encode_length, encode_rows, rows_key)
 
 DEFAULT_BATCH_BYTES = 64 << 20
-
-
-def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
 
 
 class ShardWriter:
@@ -41,12 +35,12 @@ class ShardWriter:
             state = txn.get(PROGRESS_KEY)
         self.resumed = state is not None
         if state is None:
-            state = {"fingerprint": fingerprint, "position": 0, "count": 0, "batches": 0, "problems": []}
+            state = Progress(fingerprint)
             with self.env.begin(write=True, db=self.meta) as txn:  # from now on a rerun is a resume
-                txn.put(PROGRESS_KEY, _pack(state))
+                txn.put(PROGRESS_KEY, state.to_msgpack())
         else:
-            state = msgpack.unpackb(state, raw=False)
-            if state["fingerprint"] != fingerprint and not self.complete:
+            state = Progress.from_msgpack(state, str(path))
+            if state.fingerprint != fingerprint and not self.complete:
                 self.env.close()
                 raise OutputExistsError(
                     f"{path}: holds an interrupted conversion of different input or options; "
@@ -54,18 +48,18 @@ class ShardWriter:
                 )
         self.state = state
         self.batch_bytes = batch_bytes
-        self._pending: list[tuple[int, bytes | None, bytes | None, list]] = []  # position, value, tail, row
+        self._pending: list[tuple[int, bytes | None, bytes | None, Row | Problem]] = []  # position, value, tail
         self._pending_bytes = 0
 
     @property
     def position(self) -> int:
         """The next source position this shard needs (everything before it is committed)."""
-        return self.state["position"]
+        return self.state.position
 
-    def add(self, position: int, value: bytes | None, tail: bytes | None, row: list) -> None:
-        """Queue source ``position``: an encoded record (see ``format.encode_record``) and its row, or
-        ``value=None`` and a problem entry ``[position, reason]``."""
-        if position != self.state["position"] + len(self._pending):
+    def add(self, position: int, value: bytes | None, tail: bytes | None, row: Row | Problem) -> None:
+        """Queue source ``position``: an encoded record (see ``format.encode_record``) and its :class:`Row`,
+        or ``value=None`` and a :class:`Problem`."""
+        if position != self.state.position + len(self._pending):
             raise ValueError(f"{self.path}: position {position} out of order")
         self._pending.append((position, value, tail, row))
         self._pending_bytes += len(value) if value else 0
@@ -87,13 +81,12 @@ class ShardWriter:
             except lmdb.MapFullError:  # the transaction was aborted: nothing of it is on disk
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
-    def _commit_pending(self, txn) -> dict:
-        state = dict(self.state)
-        state["problems"] = list(state["problems"])
-        rows, count = [], state["count"]
+    def _commit_pending(self, txn) -> Progress:
+        state = self.state
+        rows, problems, count = [], list(state.problems), state.count
         for position, value, tail, row in self._pending:
             if value is None:
-                state["problems"].append(row)
+                problems.append(row)
                 continue
             key = encode_key(count)
             if not txn.put(key, value, db=self.records, append=True) or (
@@ -101,32 +94,30 @@ class ShardWriter:
                 raise FormatError(f"{self.path}: record key {count} already present; reconvert with --overwrite")
             rows.append(row)
             count += 1
-        txn.put(ROWS_PREFIX + b"%08d" % state["batches"], _pack(rows), db=self.meta)
-        state["batches"] += 1
-        state["count"] = count
-        state["position"] = self._pending[-1][0] + 1
-        txn.put(PROGRESS_KEY, _pack(state), db=self.meta)
+        txn.put(rows_key(state.batches), encode_rows(rows), db=self.meta)
+        state = Progress(state.fingerprint, self._pending[-1][0] + 1, count, state.batches + 1, tuple(problems))
+        txn.put(PROGRESS_KEY, state.to_msgpack(), db=self.meta)
         return state
 
-    def rows(self) -> list[list]:
-        """Per-record rows of every committed batch, in record order."""
-        out: list[list] = []
+    def rows(self) -> list[Row]:
+        """The rows of every committed batch, in record order."""
+        out: list[Row] = []
         with self.env.begin(db=self.meta) as txn:
-            for b in range(self.state["batches"]):
-                out.extend(msgpack.unpackb(txn.get(ROWS_PREFIX + b"%08d" % b), raw=False))
+            for b in range(self.state.batches):
+                out.extend(decode_rows(txn.get(rows_key(b)), f"{self.path} batch {b}"))
         return out
 
-    def finish(self, meta: dict[str, Any], paths: bytes) -> None:
+    def finish(self, meta: ShardMeta, paths: bytes) -> None:
         """Write metadata, source paths and the length key in one final commit, drop the progress state, sync."""
         self.flush()
 
         def body(txn) -> None:
-            for b in range(self.state["batches"]):
-                txn.delete(ROWS_PREFIX + b"%08d" % b, db=self.meta)
+            for b in range(self.state.batches):
+                txn.delete(rows_key(b), db=self.meta)
             txn.delete(PROGRESS_KEY, db=self.meta)
-            txn.put(META_KEY, encode_meta(meta), db=self.meta)
+            txn.put(META_KEY, meta.to_msgpack(), db=self.meta)
             txn.put(PATHS_KEY, paths, db=self.meta)
-            txn.put(LENGTH_KEY, encode_length(meta["count"]), db=self.meta)
+            txn.put(LENGTH_KEY, encode_length(meta.count), db=self.meta)
 
         self._write(body)
         self.complete = True

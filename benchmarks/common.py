@@ -1,19 +1,33 @@
-"""The benchmarks' input: a class-folder tree made from a flat folder of real ``<wnid>_*.JPEG`` files
-(``--images``, e.g. ../shared/imagenet-sample), or a generated ImageNet-like sample."""
+"""What the benchmarks share: their input tree (real ``<wnid>_*.JPEG`` files given with ``--images``, or a
+generated ImageNet-like sample), the machine and versions they ran on, and the timing helpers."""
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 from pathlib import Path
 
 import cv2
 
-from imagenet_pack.sample import make_sample_tree
+from imagenet_pack.machine import default_workers
+from imagenet_pack.synthetic import make_sample_tree
+from imagenet_pack.timing import epoch_rate, images_per_second, standard_train_transform, timing_loader
+
+__all__ = ["source_tree", "machine", "epoch_rate", "images_per_second", "standard_train_transform",
+           "timing_loader"]
+
+
+def machine(**versions: str) -> dict:
+    """The machine and versions a benchmark ran on, for its JSON (pass module versions by name)."""
+    return {"machine": {"cores": os.cpu_count(), "usable_cores": default_workers(),
+                        "platform": platform.platform(), "cpu": platform.processor()},
+            "versions": {"python": platform.python_version(), "opencv": cv2.__version__, **versions}}
 
 
 def source_tree(images: Path | None, out: Path, copies: int, *, reencode: bool, sample_per_class: int) -> Path:
     """``out/train/<wnid>/`` from ``images``: each file ``copies`` times, as byte copies (a longer epoch of
     the same photos) or, with ``reencode``, as the original plus ``copies - 1`` re-encodes at q95, q94, ...
-    (distinct files of real-photo content, like acceptance check 03). Without ``images``: a generated sample
+    (distinct files of real-photo content). Without ``images``: a generated sample
     of 20 classes x ``sample_per_class``."""
     if images is None:
         return make_sample_tree(out, classes=20, train_per_class=sample_per_class, val_per_class=1)

@@ -15,28 +15,24 @@ import torch
 import torch.nn.functional as F
 import torchvision.io as tio
 
-from .decode import decode_rgb
-from .format import Record
-from .fused import _Seeded, center_crop_box, random_resized_crop_box
+from ..format import Record
+from ..read.crops import CenterCropBoxes, RandomResizedCropBoxes
+from ..read.pixels import decode_rgb
 
 
-class CropBoxDecoder(_Seeded):
-    """Yields ``(bytes tensor, int64 box [top, left, height, width, flip])``: train (random) or val (centre)."""
+class CropBoxDecoder:
+    """Yields ``(bytes tensor, int64 box [top, left, height, width, flip])``: train (random) or val (centre),
+    drawn by the same law and seeds as the fused CPU decoders."""
 
     def __init__(self, *, train: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_ratio: float = 224 / 256,
                  flip: bool = True, seed: int = 0):
-        super().__init__(seed)
-        self.train, self.scale, self.ratio, self.crop_ratio, self.flip = train, scale, ratio, crop_ratio, flip
+        self.boxes = (RandomResizedCropBoxes(scale=scale, ratio=ratio, flip=flip, seed=seed) if train
+                      else CenterCropBoxes(crop_ratio=crop_ratio))
 
     def __call__(self, record: Record, index: int, epoch: int | None, where: str):
-        if self.train:
-            rng = self.rng(index, epoch)
-            box = random_resized_crop_box(record.height, record.width, rng, self.scale, self.ratio)
-            flip = int(self.flip and rng.random() < 0.5)
-        else:
-            box, flip = center_crop_box(record.height, record.width, self.crop_ratio), 0
+        box, flip = self.boxes.draw(record.height, record.width, index, epoch)
         data = torch.frombuffer(bytearray(record.image), dtype=torch.uint8)
-        return data, torch.tensor([*box, flip], dtype=torch.int64)
+        return data, torch.tensor([*box, int(flip)], dtype=torch.int64)
 
 
 def collate_jpeg(batch):

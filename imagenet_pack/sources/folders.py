@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import LayoutError
-from .sources import Item, SplitSource, is_image_name
+from ..errors import LayoutError
+from .items import Item, SplitSource, is_image_name
 from .synsets import class_names
 
 SPLITS = ("train", "val")

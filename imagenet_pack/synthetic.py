@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .synsets import builtin_names
+from .sources.synsets import builtin_names
 
 
 def natural_image(rng: np.random.Generator, height: int, width: int, tint: np.ndarray,

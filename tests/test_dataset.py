@@ -1,4 +1,4 @@
-"""Issue 2: convert a class-folder tree, read it back as LmdbImageNet, exactly as ImageFolder would."""
+"""Convert a class-folder tree, read it back as LmdbImageNet, exactly as ImageFolder would."""
 from __future__ import annotations
 
 import pickle

@@ -11,9 +11,9 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from .errors import LayoutError
-from .layouts import flat_val
-from .sources import Item, SplitSource, is_image_name
+from ..errors import LayoutError
+from .folders import flat_val
+from .items import Item, SplitSource, is_image_name
 from .synsets import class_names
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"

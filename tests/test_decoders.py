@@ -1,4 +1,4 @@
-"""Issue 5: fused decode + crop decoders (torchvision semantics, uint8 output)."""
+"""Fused decode + crop decoders (torchvision semantics, uint8 output)."""
 from __future__ import annotations
 
 import random
@@ -11,7 +11,8 @@ from torchvision.transforms import functional as F
 from PIL import Image
 
 from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
-from imagenet_pack.fused import center_crop_box, decode_crop, random_resized_crop_box
+from imagenet_pack.read.crops import center_crop_box, random_resized_crop_box
+from imagenet_pack.read.decoders import decode_crop
 
 
 def test_crop_sampler_matches_torchvision_distribution():
@@ -60,7 +61,7 @@ def test_decoders_give_uint8_batches_and_are_reproducible(db_session):
 
 def test_decode_crop_writes_into_channels_last_or_contiguous_rows(db_session):
     record = LmdbImageNet(db_session, "train").read_record(0)
-    for box, size in (((0, 0, 48, 64), 32), ((4, 4, 10, 12), 24)):  # shrink (torch) and enlarge (OpenCV)
+    for box, size in (((0, 0, record.height, record.width), 32), ((4, 4, 10, 12), 24)):  # shrink (torch), enlarge (OpenCV)
         alone = decode_crop(record.image, box, size, True, "t")
         assert alone.shape == (3, size, size) and alone.permute(1, 2, 0).is_contiguous()  # HxWx3 underneath
         rows = torch.zeros((2, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)

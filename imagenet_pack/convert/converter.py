@@ -8,34 +8,28 @@ order for any shard count.
 from __future__ import annotations
 
 import gc
-import json
-import logging
 import mmap
 import multiprocessing
 import os
 import time
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
+import numpy as np
 from tqdm import tqdm
 
-from .errors import FormatError, ImagenetPackError, OutputExistsError
-from .format import (FORMAT_NAME, FORMAT_VERSION, Record, encode_paths, encode_record, pack_array,
-                     target_dtype)
-from .detect import discover
-from .layouts import SPLITS
-from .prepare import PrepareOptions, prepare
-from .sources import Item, SplitSource, read_item_stamped
-from .store import close_handle, find_shards, read_paths, read_shard_meta, shard_dir
+from ..errors import FormatError, ImagenetPackError, OutputExistsError
+from ..format import Record, Row, ShardMeta, encode_paths, encode_record
+from ..machine import default_workers
+from ..read.reader import close_handle, find_shards, read_paths, read_shard_meta, shard_dir
+from ..sources.detect import discover
+from ..sources.folders import SPLITS
+from ..sources.items import Item, SplitSource, read_item_stamped
+from .prepare import PrepareOptions
+from .report import REPORT_NAME, ConvertReport, SplitReport, audit, write_report
+from .tasks import Result, init_worker, prepare_task
 from .writer import ShardWriter, remove_database
-
-log = logging.getLogger(__name__)
-
-CANONICAL_COUNTS = {"train": 1_281_167, "val": 50_000}
-CANONICAL_VAL_PER_CLASS = 50
-REPORT_NAME = "convert-report.jsonl"
 
 
 @dataclass(frozen=True)
@@ -53,42 +47,6 @@ class ConvertOptions:
     progress: bool = True
     initial_map_size: int | None = None  # None: estimated from the source size; the map grows when full
     batch_bytes: int = 64 << 20
-
-
-@dataclass
-class SplitReport:
-    split: str
-    description: str = ""
-    found: int = 0
-    stored: int = 0
-    fixed: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    ignored: list[tuple[str, str]] = field(default_factory=list)
-    source_bytes: int = 0
-    db_bytes: int = 0
-    seconds: float = 0.0
-    complete: bool = False
-    already_complete: bool = False
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def storage_ratio(self) -> float:
-        return self.db_bytes / self.source_bytes if self.source_bytes else 0.0
-
-
-@dataclass
-class ConvertReport:
-    splits: list[SplitReport]
-    report_path: Path
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(s.complete for s in self.splits)
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertOptions()) -> ConvertReport:
@@ -124,7 +82,7 @@ def _convert(src: Path, dst: Path, options: ConvertOptions, sources: dict[str, S
     dst.mkdir(parents=True, exist_ok=True)
     workers = options.workers or default_workers()
     prep = PrepareOptions(options.max_side, options.quality)
-    pool = multiprocessing.Pool(workers, _init_worker, (prep,)) if workers > 1 else None
+    pool = multiprocessing.Pool(workers, init_worker, (prep,)) if workers > 1 else None
     reports = []
     try:
         for split, source in sources.items():
@@ -140,7 +98,7 @@ def _convert(src: Path, dst: Path, options: ConvertOptions, sources: dict[str, S
             pool.terminate()
             pool.join()
     report_path = dst / REPORT_NAME
-    _write_report(report_path, reports)
+    write_report(report_path, reports)
     return ConvertReport(reports, report_path, notes)
 
 
@@ -165,61 +123,14 @@ def _complete(split_dir: Path, fingerprint: str) -> bool | None:
     finally:
         for path in paths:
             close_handle(path)
-    if len(metas) != metas[0]["num_shards"]:
+    if len(metas) != metas[0].num_shards:
         return None
-    if metas[0].get("fingerprint") != fingerprint:
+    if metas[0].fingerprint != fingerprint:
         raise OutputExistsError(
             f"{split_dir}: holds a complete database made from other input or options; "
             "pass --overwrite to replace it"
         )
-    return any(m.get("resumed") for m in metas)
-
-
-_OPTIONS: PrepareOptions | None = None
-_IN_PARENT = False
-
-
-def _init_worker(options: PrepareOptions, in_parent: bool = False) -> None:
-    global _OPTIONS, _IN_PARENT
-    _OPTIONS, _IN_PARENT = options, in_parent
-    # No cv2.setNumThreads() here: in a child forked from a parent whose OpenCV thread pool is running it
-    # deadlocks (it waits for the parent's pool threads, which a fork does not copy). Decoding is serial anyway.
-
-
-class Result(NamedTuple):
-    """A worker's verdict on one source position.
-
-    ``image`` is None when the source bytes are stored unchanged: the parent then reads them again (from the
-    page cache, one copy) instead of receiving them through a pipe (four copies and the parent's CPU, which
-    on a small machine competes with the workers). Re-encoded images travel as bytes.
-    """
-
-    shard: int
-    position: int
-    stored: bool
-    image: bytes | None
-    crc: int
-    stamp: tuple  # the source file's (inode, size, mtime) when the worker read it
-    height: int  # of the stored image
-    width: int
-    row: list  # stored: [position, orig_height, orig_width, fix reason]; skipped: [position, reason]
-    nbytes: int
-
-
-def _prepare_task(task: tuple[int, int, Item]) -> Result:
-    """Read and validate one item (full decode), re-encode it if the policy says so, checksum it."""
-    shard, position, item = task
-    assert _OPTIONS is not None
-    try:
-        data, stamp = read_item_stamped(item)
-    except OSError as exc:
-        return Result(shard, position, False, None, 0, (), 0, 0, [position, f"cannot read: {exc.strerror or exc}"], 0)
-    p = prepare(data, _OPTIONS)
-    if p.image is None:
-        return Result(shard, position, False, None, 0, (), 0, 0, [position, p.reason], len(data))
-    image = None if p.image is data and not _IN_PARENT else p.image
-    return Result(shard, position, True, image, zlib.crc32(p.image), stamp, p.height, p.width,
-                  [position, p.orig_height, p.orig_width, p.reason], len(data))
+    return any(m.resumed for m in metas)
 
 
 def _encode_result(result: Result, item: Item) -> tuple[bytes, bytes | None]:
@@ -278,7 +189,7 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
                 rows = w.rows()
                 w.finish(_shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored,
                                      resumed=any(x.resumed for x in writers)),
-                         encode_paths([source.items[rng[row[0]]].path for row in rows]))
+                         encode_paths([source.items[rng[row.position]].path for row in rows]))
                 start += len(rows)
     finally:
         for w in writers:
@@ -286,54 +197,41 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
     report.source_bytes = _source_bytes(source)
     report.db_bytes = sum((p / "data.mdb").stat().st_blocks * 512 for p in wanted if (p / "data.mdb").exists())
     report.seconds = time.perf_counter() - started
-    report.warnings = _audit(source, report)
+    report.warnings = audit(source)
     return report
 
 
 def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[Result]:
     if pool is None:
-        _init_worker(prep, in_parent=True)
-        return map(_prepare_task, todo)
-    return pool.imap(_prepare_task, todo, chunksize=8)
+        init_worker(prep, in_parent=True)
+        return map(prepare_task, todo)
+    return pool.imap(prepare_task, todo, chunksize=8)
 
 
 def _account(source: SplitSource, writers: list[ShardWriter], ranges: list[range]) -> SplitReport:
     report = SplitReport(source.split, source.description, ignored=list(source.ignored))
     for w, rng in zip(writers, ranges):
-        report.stored += w.state["count"]
-        for position, reason in w.state["problems"]:
+        report.stored += w.state.count
+        for position, reason in w.state.problems:
             report.skipped.append((source.items[rng[position]].path, reason))
         for row in w.rows():
-            if row[3]:
-                report.fixed.append((source.items[rng[row[0]]].path, row[3]))
+            if row.fixed:
+                report.fixed.append((source.items[rng[row.position]].path, row.fixed))
     report.found = len(source.items) + len(source.ignored)
     return report
 
 
 def _shard_meta(source: SplitSource, fingerprint: str, options: ConvertOptions, shard: int, start: int,
-                rows: list[list], rng: range, total: int, *, resumed: bool) -> dict:
-    items = [source.items[rng[row[0]]] for row in rows]
-    return {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "split": source.split,
-        "shard": shard,
-        "num_shards": options.shards,
-        "start": start,
-        "count": len(rows),
-        "total": total,
-        "wnids": source.wnids,
-        "classes": [list(c) for c in source.classes],
-        "targets_dtype": target_dtype(len(source.wnids)),
-        "targets": pack_array([i.target for i in items], target_dtype(len(source.wnids))),
-        "sizes": pack_array([v for row in rows for v in row[1:3]], "<u4"),
-        "fixed": [[i.path, row[3]] for i, row in zip(items, rows) if row[3]],
-        "encoding": {"max_side": options.max_side, "quality": options.quality if options.max_side else None},
-        "source": source.description,
-        "fingerprint": fingerprint,
-        "resumed": resumed,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+                rows: list[Row], rng: range, total: int, *, resumed: bool) -> ShardMeta:
+    items = [source.items[rng[row.position]] for row in rows]
+    return ShardMeta(
+        split=source.split, shard=shard, num_shards=options.shards, start=start, count=len(rows), total=total,
+        wnids=tuple(source.wnids), classes=tuple(source.classes), targets=np.array([i.target for i in items]),
+        sizes=np.array([(row.height, row.width) for row in rows]).reshape(-1, 2),
+        fixed=tuple((i.path, row.fixed) for i, row in zip(items, rows) if row.fixed),
+        max_side=options.max_side, quality=options.quality if options.max_side else None,
+        source=source.description, fingerprint=fingerprint, resumed=resumed,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def _summarise_complete(split_dir: Path, source: SplitSource) -> SplitReport:
@@ -342,8 +240,8 @@ def _summarise_complete(split_dir: Path, source: SplitSource) -> SplitReport:
         close_handle(p)
     report = SplitReport(source.split, source.description, complete=True, already_complete=True,
                          ignored=list(source.ignored))
-    report.stored = sum(m["count"] for m in metas)
-    report.fixed = [tuple(f) for m in metas for f in m["fixed"]]
+    report.stored = sum(m.count for m in metas)
+    report.fixed = [f for m in metas for f in m.fixed]
     report.found = len(source.items) + len(source.ignored)
     stored = set(read_paths(split_dir))
     report.skipped = [(i.path, "skipped in an earlier run") for i in source.items if i.path not in stored]
@@ -366,33 +264,3 @@ def _source_bytes(source: SplitSource) -> int:
     return sum(_item_size(i) for i in source.items)
 
 
-def _audit(source: SplitSource, report: SplitReport) -> list[str]:
-    """Compare a full ILSVRC2012 split (1000 classes) with the canonical counts; warnings name the classes."""
-    if len(source.wnids) != 1000 or source.split not in CANONICAL_COUNTS:
-        return []
-    warnings = []
-    expected = CANONICAL_COUNTS[source.split]
-    if len(source.items) != expected:
-        warnings.append(f"{source.split}: {len(source.items)} images, ILSVRC2012 has {expected}")
-    counts = [0] * len(source.wnids)
-    for item in source.items:
-        counts[item.target] += 1
-    per_class = source.expected_counts or (
-        {w: CANONICAL_VAL_PER_CLASS for w in source.wnids} if source.split == "val" else None)
-    if per_class:
-        differ = [f"{w} ({c} vs {per_class[w]})" for w, c in zip(source.wnids, counts)
-                  if w in per_class and c != per_class[w]]
-        if differ:
-            warnings.append(f"{source.split}: {len(differ)} classes differ from ILSVRC2012's counts: "
-                            + ", ".join(differ[:20]) + (" ..." if len(differ) > 20 else ""))
-    for w in warnings:
-        log.warning(w)
-    return warnings
-
-
-def _write_report(path: Path, reports: list[SplitReport]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        for r in reports:
-            for action, entries in (("fixed", r.fixed), ("skipped", r.skipped), ("ignored", r.ignored)):
-                for file, reason in entries:
-                    out.write(json.dumps({"split": r.split, "path": file, "action": action, "reason": reason}) + "\n")

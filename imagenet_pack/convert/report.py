@@ -1,0 +1,87 @@
+"""What a conversion did, told honestly: per-split counts, every fixed, skipped and ignored file, audit warnings.
+
+:func:`write_report` writes ``DST/convert-report.jsonl`` (one JSON object per file that was not stored as it
+was), :func:`audit` compares a full ILSVRC2012 split with its canonical counts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..sources.items import SplitSource
+
+log = logging.getLogger(__name__)
+
+CANONICAL_COUNTS = {"train": 1_281_167, "val": 50_000}
+CANONICAL_VAL_PER_CLASS = 50
+REPORT_NAME = "convert-report.jsonl"
+
+
+@dataclass
+class SplitReport:
+    """One split's outcome."""
+
+    split: str
+    description: str = ""
+    found: int = 0
+    stored: int = 0
+    fixed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    source_bytes: int = 0
+    db_bytes: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+    already_complete: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def storage_ratio(self) -> float:
+        return self.db_bytes / self.source_bytes if self.source_bytes else 0.0
+
+
+@dataclass
+class ConvertReport:
+    """Every split's :class:`SplitReport`, where the JSONL report went, and notes on what was found."""
+
+    splits: list[SplitReport]
+    report_path: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.complete for s in self.splits)
+
+
+def audit(source: SplitSource) -> list[str]:
+    """Compare a full ILSVRC2012 split (1000 classes) with the canonical counts; warnings name the classes."""
+    if len(source.wnids) != 1000 or source.split not in CANONICAL_COUNTS:
+        return []
+    warnings = []
+    expected = CANONICAL_COUNTS[source.split]
+    if len(source.items) != expected:
+        warnings.append(f"{source.split}: {len(source.items)} images, ILSVRC2012 has {expected}")
+    counts = [0] * len(source.wnids)
+    for item in source.items:
+        counts[item.target] += 1
+    per_class = source.expected_counts or (
+        {w: CANONICAL_VAL_PER_CLASS for w in source.wnids} if source.split == "val" else None)
+    if per_class:
+        differ = [f"{w} ({c} vs {per_class[w]})" for w, c in zip(source.wnids, counts)
+                  if w in per_class and c != per_class[w]]
+        if differ:
+            warnings.append(f"{source.split}: {len(differ)} classes differ from ILSVRC2012's counts: "
+                            + ", ".join(differ[:20]) + (" ..." if len(differ) > 20 else ""))
+    for w in warnings:
+        log.warning(w)
+    return warnings
+
+
+def write_report(path: Path, reports: list[SplitReport]) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        for r in reports:
+            for action, entries in (("fixed", r.fixed), ("skipped", r.skipped), ("ignored", r.ignored)):
+                for file, reason in entries:
+                    out.write(json.dumps({"split": r.split, "path": file, "action": action, "reason": reason}) + "\n")

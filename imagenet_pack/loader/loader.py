@@ -1,0 +1,112 @@
+"""Loader helpers: a DataLoader built for uint8 batches, whose epochs and position are tracked for you.
+
+:func:`build_loader` returns an :class:`EpochLoader`: iterate it once per epoch; it advances its own epoch
+(the ``set_epoch`` step cannot be forgotten), counts the samples handed out so ``state_dict()`` saved
+mid-epoch resumes with exactly the samples not yet seen, and uses an :class:`EpochSampler` that shards by
+``torch.distributed`` rank when a process group is initialised. With a fixed-size decoder (the fused ones)
+the workers decode each batch straight into a :class:`BatchRing` slot, shared memory allocated once.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..machine import default_workers
+from .ring import BatchRing, NumberedBatches, as_is, shared_empty
+from .sampler import EpochSampler
+
+
+def empty_batch(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """An uninitialised batch tensor; in a DataLoader worker it lives in shared memory (as ``default_collate``
+    does), so sending it to the main process passes a handle instead of copying the batch once more."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    return shared_empty(shape, dtype)
+
+
+def collate_uint8(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack uint8 3xHxW samples into one (N, 3, H, W) uint8 tensor and the targets into int64."""
+    targets = torch.tensor([target for _, target in batch], dtype=torch.int64)
+    first = batch[0][0]
+    images = torch.stack([sample for sample, _ in batch], out=empty_batch((len(batch), *first.shape), first.dtype))
+    return images, targets
+
+
+def worker_init(worker_id: int) -> None:
+    """Seed numpy per worker; one OpenCV thread per worker process (the workers are the parallelism).
+
+    ``cv2.setNumThreads`` deadlocks in a child forked while the parent's OpenCV pool runs, so
+    :func:`build_loader` sets 1 in the parent before any worker forks; a spawned worker sets it here.
+    """
+    np.random.seed(torch.initial_seed() % 2**32)
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
+class EpochLoader:
+    """Iterate once per epoch; see the module docstring. ``loader`` is the underlying DataLoader."""
+
+    def __init__(self, loader: DataLoader, sampler: EpochSampler, batch_size: int, drop_last: bool,
+                 ring: BatchRing | None = None, pin: bool = False):
+        self.loader, self.sampler, self.batch_size, self.drop_last = loader, sampler, batch_size, drop_last
+        self.ring, self.pin = ring, pin
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def __len__(self) -> int:
+        """Batches in a full epoch."""
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if self.ring is not None:
+                batch = self.ring.take(*batch, pin=self.pin)
+            self.sampler.position += len(batch[1])
+            yield batch
+        self.finish_epoch()
+
+    def finish_epoch(self) -> None:
+        """Move to the next epoch after leaving this one early (e.g. a step limit)."""
+        self.sampler.set_epoch(self.sampler.epoch + 1)
+
+    def state_dict(self) -> dict:
+        """Epoch and samples consumed so far in it (save it with the model checkpoint)."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, train: bool = True, workers: int | None = None,
+                 seed: int = 0, prefetch_factor: int = 4, persistent_workers: bool = True,
+                 rank: int | None = None, world_size: int | None = None) -> EpochLoader:
+    """A uint8-batch loader over ``dataset`` (use a fused decoder or ``decoder="tensor"``).
+
+    ``train`` shuffles every epoch, pads ranks to equal length and drops the last partial batch; eval keeps
+    the order and gives every sample to exactly one rank. Memory is pinned when CUDA is available. With
+    workers and a dataset that decodes batches in place (``LmdbImageNet.batch_shape``) the batches go through a
+    :class:`BatchRing` of ``prefetch_factor * workers + 1`` batch buffers in shared memory.
+    """
+    workers = default_workers() if workers is None else workers
+    cv2.setNumThreads(1)  # in the parent, before any worker forks (see worker_init)
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    pin = torch.cuda.is_available()
+    common = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
+                  persistent_workers=persistent_workers and workers > 0,
+                  prefetch_factor=prefetch_factor if workers else None)
+    shape = getattr(dataset, "batch_shape", None)
+    if workers and shape is not None:
+        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape)
+        loader = DataLoader(ring, batch_sampler=NumberedBatches(sampler, batch_size, drop_last=train),
+                            collate_fn=as_is, **common)
+        return EpochLoader(loader, sampler, batch_size, drop_last=train, ring=ring, pin=pin)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_uint8, pin_memory=pin,
+                        drop_last=train, **common)
+    return EpochLoader(loader, sampler, batch_size, drop_last=train)
