@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default: detect it)")
     p.add_argument("--workers", type=_positive, default=None, help="reader/validator processes (default: all cores)")
     p.add_argument("--shards", type=_positive, default=1, help="LMDB environments per split (default: 1)")
-    p.add_argument("--overwrite", action="store_true", help="replace a complete or differing database in DST")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a database of other input or options in DST (only files imagenet-pack wrote "
+                        "are removed; SRC and DST must not overlap)")
     p.add_argument("--skip-bad", action="store_true",
                    help="finish the database even when some images could not be read (they are listed in the report)")
     p.add_argument("--max-side", type=_positive, default=None,
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as escapes, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="imagenet-pack: warning: %(message)s")
     try:
@@ -118,8 +123,8 @@ def _convert(args: argparse.Namespace) -> int:
     if not report.ok:
         bad = sum(len(r.skipped) for r in report.splits)
         print(f"imagenet-pack: error: {bad} image(s) could not be read (listed above); the database is not "
-              "finished. Fix or remove them and rerun, or rerun with --skip-bad to accept the loss.",
-              file=sys.stderr)
+              "finished. Fix them and rerun the same command (they are read again), or rerun with --skip-bad to "
+              "accept the loss (removing files changes the input: that needs --overwrite).", file=sys.stderr)
         return 1
     return 0
 

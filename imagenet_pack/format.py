@@ -29,13 +29,14 @@ import numpy as np
 from .errors import CorruptRecordError, FormatError
 
 FORMAT_NAME = "imagenet_pack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 RECORDS_DB = b"records"
 TAILS_DB = b"tails"
 META_DB = b"meta"
 META_KEY = b"meta"
 LENGTH_KEY = b"length"
 PATHS_KEY = b"paths"
+CHECKSUMS_KEY = b"checksums"
 PROGRESS_KEY = b"progress"
 ROWS_PREFIX = b"rows/"
 
@@ -157,6 +158,7 @@ class ShardMeta:
     targets: np.ndarray  # (count,) class index per record
     sizes: np.ndarray  # (count, 2) original height, width per record
     fixed: tuple[tuple[str, str], ...] = ()  # (source path, what was done) for re-encoded inputs
+    skipped: tuple[tuple[str, str], ...] = ()  # (source path, why) for inputs not stored (--skip-bad)
     max_side: int | None = None  # write-time downscaling, if any
     quality: int | None = None  # its JPEG quality
     source: str = ""
@@ -172,6 +174,7 @@ class ShardMeta:
             "wnids": list(self.wnids), "classes": [list(c) for c in self.classes],
             "targets_dtype": dtype, "targets": np.asarray(self.targets, dtype).tobytes(),
             "sizes": np.asarray(self.sizes, "<u4").tobytes(), "fixed": [list(f) for f in self.fixed],
+            "skipped": [list(f) for f in self.skipped],
             "encoding": {"max_side": self.max_side, "quality": self.quality}, "source": self.source,
             "fingerprint": self.fingerprint, "resumed": self.resumed, "created": self.created,
         }, use_bin_type=True)
@@ -200,6 +203,7 @@ class ShardMeta:
                 targets=_array(meta["targets"], meta["targets_dtype"], count, where, "targets"),
                 sizes=_array(meta["sizes"], "<u4", 2 * count, where, "sizes").reshape(-1, 2),
                 fixed=tuple((str(p), str(r)) for p, r in meta["fixed"]),
+                skipped=tuple((str(p), str(r)) for p, r in meta["skipped"]),
                 max_side=encoding["max_side"], quality=encoding["quality"], source=str(meta["source"]),
                 fingerprint=str(meta["fingerprint"]), resumed=bool(meta.get("resumed", False)),
                 created=str(meta["created"]))
@@ -265,12 +269,30 @@ def rows_key(batch: int) -> bytes:
 
 
 def encode_paths(paths: list[str]) -> bytes:
-    """Relative source paths as one UTF-8 blob, newline-separated (fast to load, lazy to split)."""
+    """Relative source paths as one blob, newline-separated (fast to load, lazy to split): UTF-8, with the
+    bytes of a name that is not UTF-8 kept as they were (Python's ``surrogateescape``: lossless)."""
     for path in paths:
         if "\n" in path:
             raise FormatError(f"source path {path!r} contains a newline, which the format cannot store")
-    return "\n".join(paths).encode("utf-8")
+    return "\n".join(paths).encode("utf-8", "surrogateescape")
 
 
 def decode_paths(blob: bytes) -> list[str]:
-    return blob.decode("utf-8").split("\n") if blob else []
+    return bytes(blob).decode("utf-8", "surrogateescape").split("\n") if blob else []
+
+
+def encode_checksums(meta: bytes, paths: bytes) -> bytes:
+    """The ``checksums`` value: CRC-32 of the ``meta`` and ``paths`` values, so damaged metadata is detected."""
+    return msgpack.packb({"meta": zlib.crc32(meta), "paths": zlib.crc32(paths)})
+
+
+def check_checksum(checksums: bytes | None, name: str, value: bytes, where: str) -> None:
+    """FormatError unless ``value`` (the ``name`` key) matches its CRC-32 in the ``checksums`` value."""
+    try:
+        expected = msgpack.unpackb(checksums, raw=False)[name] if checksums is not None else None
+    except (KeyError, TypeError, ValueError, msgpack.UnpackException):
+        expected = None
+    if expected is None:
+        raise FormatError(f"{where}: no checksum for its {name}; the database is damaged, reconvert it")
+    if zlib.crc32(value) != expected:
+        raise FormatError(f"{where}: its {name} fail their checksum; the metadata is damaged, reconvert it")

@@ -64,7 +64,11 @@ def _sources(src: Path, splits: tuple[str, ...]):
 
 
 def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
-    paths = read_paths(shard.path) if by_path else []
+    try:
+        paths = read_paths(shard.path)  # checks the paths' checksum
+    except FormatError as exc:
+        report.problems.append(str(exc))
+        paths = []
     fixed = {p for p, _ in meta.fixed}
     expected = 0
     handle = open_handle(shard.path)
@@ -86,6 +90,10 @@ def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
                     continue
                 if local >= meta.count or record.target != meta.targets[local]:
                     report.problems.append(f"{where}: target {record.target} differs from the metadata")
+                if local < meta.count and meta.max_side is None and \
+                        (record.height, record.width) != tuple(int(v) for v in meta.sizes[local]):
+                    report.problems.append(f"{where}: stored size {record.height}x{record.width} differs from the "
+                                           f"metadata's {tuple(int(v) for v in meta.sizes[local])}")
                 if not 0 <= record.target < len(info.wnids):
                     report.problems.append(f"{where}: target {record.target} outside 0..{len(info.wnids) - 1}")
                 if decode:
@@ -93,7 +101,7 @@ def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
                     if rgb is None or rgb.shape[:2] != (record.height, record.width):
                         report.problems.append(f"{where}: image does not decode to its stored "
                                                f"{record.height}x{record.width}")
-                if by_path:
+                if by_path and local < len(paths):
                     item = by_path.get(paths[local])
                     if item is None:
                         report.problems.append(f"{where}: source {paths[local]} not found in the source")

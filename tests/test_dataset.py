@@ -125,11 +125,15 @@ def test_non_image_files_are_ignored_and_reported(tree, tmp_path):
     assert sum('"action": "ignored"' in line for line in lines) == 2
 
 
-def test_complete_database_is_not_overwritten(tree_session, db):
-    with pytest.raises(OutputExistsError, match="already holds a complete database.*--overwrite"):
-        convert(tree_session, db, ConvertOptions(progress=False, workers=1))
-    report = convert(tree_session, db, ConvertOptions(progress=False, workers=1, overwrite=True))
-    assert report.ok
+def test_complete_database_is_kept_and_not_overwritten_by_other_options(tree_session, db):
+    before = (db / "train" / "data.mdb").stat().st_mtime_ns
+    report = convert(tree_session, db, ConvertOptions(progress=False, workers=1))  # the same command: a no-op
+    assert report.ok and all(r.already_complete for r in report.splits)
+    assert (db / "train" / "data.mdb").stat().st_mtime_ns == before
+    with pytest.raises(OutputExistsError, match="complete database made from other input or options.*--overwrite"):
+        convert(tree_session, db, ConvertOptions(progress=False, workers=1, max_side=32))
+    report = convert(tree_session, db, ConvertOptions(progress=False, workers=1, overwrite=True, max_side=32))
+    assert report.ok and LmdbImageNet(db, "train").read_record(0).width <= 32
 
 
 def _put_meta(path, key, value):

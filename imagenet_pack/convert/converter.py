@@ -29,7 +29,8 @@ from ..sources.items import Item, SplitSource, read_item_stamped
 from .prepare import PrepareOptions
 from .report import REPORT_NAME, ConvertReport, SplitReport, audit, write_report
 from .tasks import Result, init_worker, prepare_task
-from .writer import ShardWriter, remove_database
+from .lock import check_no_overlap, hold_lock
+from .writer import ShardWriter, owned_files, remove_database
 
 
 @dataclass(frozen=True)
@@ -54,32 +55,27 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
 
     Raises:
         LayoutError: ``src`` is not a readable layout.
-        OutputExistsError: every requested split is already complete in ``dst`` (pass ``overwrite``), or a
-            split holds an interrupted conversion of other input.
+        OutputExistsError: a split holds a database or an interrupted conversion of other input or options
+            (pass ``overwrite``), or files imagenet-pack did not write.
+        BusyError: another conversion is running on ``dst``.
+
+    A complete database of the same input and options is kept as it is (the rerun is a no-op).
     """
     src, dst = Path(src), Path(dst)
+    check_no_overlap(src, dst)
     sources, notes = discover(src, options.splits, options.layout)
-    gc.freeze()  # millions of long-lived items: keep the cyclic GC from rescanning them during the run
-    try:
-        return _convert(src, dst, options, sources, notes)
-    finally:
-        gc.unfreeze()
-
-
-def _convert(src: Path, dst: Path, options: ConvertOptions, sources: dict[str, SplitSource],
-             notes: list[str]) -> ConvertReport:
-    fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
-    done: dict[str, bool] = {}  # complete split -> finished by a resumed run
-    for split in sources if not options.overwrite else ():
-        resumed = _complete(dst / split, fingerprints[split])
-        if resumed is not None:
-            done[split] = resumed
-    if set(done) == set(sources) and not all(done.values()):
-        raise OutputExistsError(
-            f"{dst}: already holds a complete database for {', '.join(sorted(done))}; "
-            "pass --overwrite to replace it"
-        )
     dst.mkdir(parents=True, exist_ok=True)
+    with hold_lock(dst):
+        gc.freeze()  # millions of long-lived items: keep the cyclic GC from rescanning them during the run
+        try:
+            return _convert(dst, options, sources, notes)
+        finally:
+            gc.unfreeze()
+
+
+def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource], notes: list[str]) -> ConvertReport:
+    fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
+    done = {split for split in sources if not options.overwrite and _complete(dst / split, fingerprints[split])}
     workers = options.workers or default_workers()
     prep = PrepareOptions(options.max_side, options.quality)
     pool = multiprocessing.Pool(workers, init_worker, (prep,)) if workers > 1 else None
@@ -106,31 +102,30 @@ def _fingerprint(source: SplitSource, options: ConvertOptions) -> str:
     return f"{source.fingerprint()}|shards={options.shards}|max_side={options.max_side}|quality={options.quality}"
 
 
-def _complete(split_dir: Path, fingerprint: str) -> bool | None:
-    """None unless ``split_dir`` holds a complete database of this input; then whether it was finished by
-    resuming an interrupted run (rerunning the same command after a kill is then a no-op, not an error).
-    OutputExistsError if it was made from other input."""
+def _complete(split_dir: Path, fingerprint: str) -> bool:
+    """Whether ``split_dir`` holds a complete database of this input and these options (then the rerun is a
+    no-op); OutputExistsError if it holds a complete one of other input or options."""
     paths = find_shards(split_dir)
     if not paths:
-        return None
+        return False
     try:
         metas = []
         for path in paths:
             try:
                 metas.append(read_shard_meta(path))
             except FormatError:  # incomplete or unreadable shard: not complete, the writer decides what to do
-                return None
+                return False
     finally:
         for path in paths:
             close_handle(path)
     if len(metas) != metas[0].num_shards:
-        return None
+        return False
     if metas[0].fingerprint != fingerprint:
         raise OutputExistsError(
             f"{split_dir}: holds a complete database made from other input or options; "
             "pass --overwrite to replace it"
         )
-    return any(m.resumed for m in metas)
+    return True
 
 
 def _encode_result(result: Result, item: Item) -> tuple[bytes, bytes | None]:
@@ -156,6 +151,8 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
     if existing and set(existing) - set(wanted):
         raise OutputExistsError(f"{split_dir}: holds shards of a conversion with another --shards; "
                                 "pass --overwrite to start over")
+    if split_dir.exists():
+        owned_files(split_dir)  # never write into a folder of someone else's files
     estimate = _estimate_bytes(source)
     writers = []
     try:
@@ -163,8 +160,9 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
             share = estimate * len(rng) // max(1, len(source.items))
             map_size = options.initial_map_size or int(share * 1.25) + (64 << 20)
             writers.append(ShardWriter(wanted[s], fingerprint, map_size=map_size, batch_bytes=options.batch_bytes))
+            writers[-1].retry_problems()  # files that failed before may have been fixed since
         todo = [(s, pos, source.items[rng[pos]]) for s, (w, rng) in enumerate(zip(writers, ranges))
-                for pos in range(w.position, len(rng))]
+                if not w.complete for pos in range(w.position, len(rng))]
         results = _run(todo, prep, pool)
         bar = tqdm(total=len(source.items), initial=len(source.items) - len(todo), unit="img",
                    desc=f"{source.split}", disable=not options.progress, smoothing=0.1)
@@ -183,12 +181,15 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
             w.flush()
         report = _account(source, writers, ranges)
         report.complete = not report.skipped or options.skip_bad
-        if report.complete:
+        if report.complete:  # shard by shard: a kill between two leaves finished shards that a rerun keeps
             start = 0
             for s, (w, rng) in enumerate(zip(writers, ranges)):
+                if w.finished is not None:
+                    start += w.finished.count
+                    continue
                 rows = w.rows()
                 w.finish(_shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored,
-                                     resumed=any(x.resumed for x in writers)),
+                                     w.state.problems, resumed=any(x.resumed for x in writers)),
                          encode_paths([source.items[rng[row.position]].path for row in rows]))
                 start += len(rows)
     finally:
@@ -211,6 +212,11 @@ def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[Result]:
 def _account(source: SplitSource, writers: list[ShardWriter], ranges: list[range]) -> SplitReport:
     report = SplitReport(source.split, source.description, ignored=list(source.ignored))
     for w, rng in zip(writers, ranges):
+        if w.finished is not None:
+            report.stored += w.finished.count
+            report.skipped += w.finished.skipped
+            report.fixed += w.finished.fixed
+            continue
         report.stored += w.state.count
         for position, reason in w.state.problems:
             report.skipped.append((source.items[rng[position]].path, reason))
@@ -222,13 +228,14 @@ def _account(source: SplitSource, writers: list[ShardWriter], ranges: list[range
 
 
 def _shard_meta(source: SplitSource, fingerprint: str, options: ConvertOptions, shard: int, start: int,
-                rows: list[Row], rng: range, total: int, *, resumed: bool) -> ShardMeta:
+                rows: list[Row], rng: range, total: int, problems, *, resumed: bool) -> ShardMeta:
     items = [source.items[rng[row.position]] for row in rows]
     return ShardMeta(
         split=source.split, shard=shard, num_shards=options.shards, start=start, count=len(rows), total=total,
         wnids=tuple(source.wnids), classes=tuple(source.classes), targets=np.array([i.target for i in items]),
         sizes=np.array([(row.height, row.width) for row in rows]).reshape(-1, 2),
         fixed=tuple((i.path, row.fixed) for i, row in zip(items, rows) if row.fixed),
+        skipped=tuple((source.items[rng[p.position]].path, p.reason) for p in problems),
         max_side=options.max_side, quality=options.quality if options.max_side else None,
         source=source.description, fingerprint=fingerprint, resumed=resumed,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -242,9 +249,9 @@ def _summarise_complete(split_dir: Path, source: SplitSource) -> SplitReport:
                          ignored=list(source.ignored))
     report.stored = sum(m.count for m in metas)
     report.fixed = [f for m in metas for f in m.fixed]
+    report.skipped = [f for m in metas for f in m.skipped]
     report.found = len(source.items) + len(source.ignored)
-    stored = set(read_paths(split_dir))
-    report.skipped = [(i.path, "skipped in an earlier run") for i in source.items if i.path not in stored]
+    report.warnings = audit(source)
     return report
 
 

@@ -22,6 +22,7 @@ from .probe import ProbeError, needs_reencode, probe
 
 FIX_QUALITY = 95
 DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: far above any real photo, far below a decompression bomb
+DEFAULT_MAX_BYTES = 1 << 28  # 256 MiB: the largest ILSVRC2012 file is ~15 MB
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class PrepareOptions:
     max_side: int | None = None
     quality: int = 90
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)

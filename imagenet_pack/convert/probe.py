@@ -63,7 +63,55 @@ def probe(data: bytes) -> Header:
         return _probe_jpeg(data)
     if kind == "png":
         return _probe_png(data)
-    return Header(kind)
+    try:
+        width, height = _OTHER_SIZE[kind](data)
+    except (struct.error, IndexError, KeyError) as exc:
+        raise ProbeError(f"truncated or corrupt {kind.upper()} header ({exc})") from exc
+    if width <= 0 or height <= 0:
+        raise ProbeError(f"{kind.upper()} header gives an empty size {width}x{height}")
+    return Header(kind, width, height)
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if struct.unpack_from("<I", data, 14)[0] == 12:  # BITMAPCOREHEADER
+        return struct.unpack_from("<HH", data, 18)
+    width, height = struct.unpack_from("<ii", data, 18)
+    return width, abs(height)  # negative height: rows stored top-down
+
+
+def _gif_size(data: bytes) -> tuple[int, int]:
+    return struct.unpack_from("<HH", data, 6)
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        bits = struct.unpack_from("<I", data, 21)[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        w, h = data[24:27], data[27:30]
+        if len(h) < 3:
+            raise IndexError("VP8X header cut short")
+        return int.from_bytes(w, "little") + 1, int.from_bytes(h, "little") + 1
+    raise KeyError(f"unknown WebP chunk {chunk!r}")
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack_from(order + "I", data, 4)[0]
+    (count,) = struct.unpack_from(order + "H", data, ifd)
+    size = {}
+    for i in range(count):
+        tag, kind = struct.unpack_from(order + "HH", data, ifd + 2 + 12 * i)
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT or LONG
+            size[tag] = struct.unpack_from(order + ("H" if kind == 3 else "I"), data, ifd + 2 + 12 * i + 8)[0]
+    return size[256], size[257]
+
+
+_OTHER_SIZE = {"bmp": _bmp_size, "gif": _gif_size, "webp": _webp_size, "tiff": _tiff_size}
 
 
 def _probe_jpeg(data: bytes) -> Header:

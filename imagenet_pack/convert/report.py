@@ -80,8 +80,12 @@ def audit(source: SplitSource) -> list[str]:
 
 
 def write_report(path: Path, reports: list[SplitReport]) -> None:
+    """One JSON object per line: every fixed, skipped and ignored file (``path``, ``action``, ``reason``),
+    and the audit's warnings (``action`` "warning")."""
     with open(path, "w", encoding="utf-8") as out:
         for r in reports:
             for action, entries in (("fixed", r.fixed), ("skipped", r.skipped), ("ignored", r.ignored)):
                 for file, reason in entries:
                     out.write(json.dumps({"split": r.split, "path": file, "action": action, "reason": reason}) + "\n")
+            for warning in r.warnings:
+                out.write(json.dumps({"split": r.split, "action": "warning", "reason": warning}) + "\n")

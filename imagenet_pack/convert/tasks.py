@@ -5,6 +5,7 @@ Runs in the converter's worker processes (or in the parent with ``--workers 1``)
 """
 from __future__ import annotations
 
+import os
 import zlib
 from typing import NamedTuple
 
@@ -19,6 +20,8 @@ _IN_PARENT = False
 def init_worker(options: PrepareOptions, in_parent: bool = False) -> None:
     global _OPTIONS, _IN_PARENT
     _OPTIONS, _IN_PARENT = options, in_parent
+    # OpenCV's own pixel limit, a second fence behind the header check in prepare() (read at first decode)
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(options.max_pixels))
     # No cv2.setNumThreads() here: in a child forked from a parent whose OpenCV thread pool is running it
     # deadlocks (it waits for the parent's pool threads, which a fork does not copy). Decoding is serial anyway.
 
@@ -47,13 +50,22 @@ def prepare_task(task: tuple[int, int, Item]) -> Result:
     """Read and validate one item (full decode), re-encode it if the policy says so, checksum it."""
     shard, position, item = task
     options = _OPTIONS if _OPTIONS is not None else PrepareOptions()
+    if item.size > options.max_bytes:  # a tar member's header claims it; never read it into memory
+        return _skipped(shard, position, f"claims {item.size} bytes, over the {options.max_bytes} byte limit", 0)
     try:
-        data, stamp = read_item_stamped(item)
+        data, stamp = read_item_stamped(item, options.max_bytes)
     except OSError as exc:
-        return Result(shard, position, False, None, 0, (), 0, 0, Problem(position, f"cannot read: {exc.strerror or exc}"), 0)
-    p = prepare(data, options)
+        return _skipped(shard, position, f"cannot read: {exc.strerror or exc}", 0)
+    try:
+        p = prepare(data, options)
+    except Exception as exc:  # noqa: BLE001 - any failure on one file (OpenCV, MemoryError, ...) skips that file
+        return _skipped(shard, position, f"cannot decode: {type(exc).__name__}: {str(exc).strip()[:200]}", len(data))
     if p.image is None:
-        return Result(shard, position, False, None, 0, (), 0, 0, Problem(position, p.reason), len(data))
+        return _skipped(shard, position, p.reason, len(data))
     image = None if p.image is data and not _IN_PARENT else p.image
     return Result(shard, position, True, image, zlib.crc32(p.image), stamp, p.height, p.width,
                   Row(position, p.orig_height, p.orig_width, p.reason), len(data))
+
+
+def _skipped(shard: int, position: int, reason: str, nbytes: int) -> Result:
+    return Result(shard, position, False, None, 0, (), 0, 0, Problem(position, reason), nbytes)

@@ -6,14 +6,14 @@ prefix of the work and the state to continue from it. The metadata and the lengt
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import lmdb
 
 from ..errors import FormatError, OutputExistsError
-from ..format import (LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, TAILS_DB, Problem,
-                      Progress, Row, ShardMeta, decode_rows, encode_key, encode_length, encode_rows, rows_key)
+from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, TAILS_DB,
+                      Problem, Progress, Row, ShardMeta, decode_rows, encode_checksums, encode_key, encode_length,
+                      encode_rows, rows_key)
 
 DEFAULT_BATCH_BYTES = 64 << 20
 
@@ -31,16 +31,24 @@ class ShardWriter:
             self.tails = self.env.open_db(TAILS_DB, txn=txn)
             self.meta = self.env.open_db(META_DB, txn=txn)
         with self.env.begin(db=self.meta) as txn:
-            self.complete = txn.get(LENGTH_KEY) is not None
-            state = txn.get(PROGRESS_KEY)
-        self.resumed = state is not None
-        if state is None:
+            length, state, meta = txn.get(LENGTH_KEY), txn.get(PROGRESS_KEY), txn.get(META_KEY)
+        # a shard finished by an earlier (killed) run of a multi-shard conversion: kept as it is
+        self.finished = ShardMeta.from_msgpack(meta, str(path)) if length is not None and meta is not None else None
+        self.complete = self.finished is not None
+        if self.finished is not None and self.finished.fingerprint != fingerprint:
+            self.env.close()
+            raise OutputExistsError(f"{path}: holds a finished shard of different input or options; "
+                                    "rerun with --overwrite to start over")
+        self.resumed = state is not None or self.complete
+        if self.complete:
+            state = Progress(fingerprint)
+        elif state is None:
             state = Progress(fingerprint)
             with self.env.begin(write=True, db=self.meta) as txn:  # from now on a rerun is a resume
                 txn.put(PROGRESS_KEY, state.to_msgpack())
         else:
             state = Progress.from_msgpack(state, str(path))
-            if state.fingerprint != fingerprint and not self.complete:
+            if state.fingerprint != fingerprint:
                 self.env.close()
                 raise OutputExistsError(
                     f"{path}: holds an interrupted conversion of different input or options; "
@@ -107,6 +115,27 @@ class ShardWriter:
                 out.extend(decode_rows(txn.get(rows_key(b)), f"{self.path} batch {b}"))
         return out
 
+    def retry_problems(self) -> None:
+        """Forget everything from the first problem position on, so a rerun reads those files again (they may
+        have been fixed): records stay in source order, so the positions after it are converted again too."""
+        if not self.state.problems:
+            return
+        first = min(p.position for p in self.state.problems)
+        kept = [row for row in self.rows() if row.position < first]
+
+        def body(txn) -> Progress:
+            for key in range(len(kept), self.state.count):
+                txn.delete(encode_key(key), db=self.records)
+                txn.delete(encode_key(key), db=self.tails)
+            for b in range(self.state.batches):
+                txn.delete(rows_key(b), db=self.meta)
+            txn.put(rows_key(0), encode_rows(kept), db=self.meta)
+            state = Progress(self.state.fingerprint, first, len(kept), 1)
+            txn.put(PROGRESS_KEY, state.to_msgpack(), db=self.meta)
+            return state
+
+        self.state = self._write(body)
+
     def finish(self, meta: ShardMeta, paths: bytes) -> None:
         """Write metadata, source paths and the length key in one final commit, drop the progress state, sync."""
         self.flush()
@@ -115,8 +144,10 @@ class ShardWriter:
             for b in range(self.state.batches):
                 txn.delete(rows_key(b), db=self.meta)
             txn.delete(PROGRESS_KEY, db=self.meta)
-            txn.put(META_KEY, meta.to_msgpack(), db=self.meta)
+            value = meta.to_msgpack()
+            txn.put(META_KEY, value, db=self.meta)
             txn.put(PATHS_KEY, paths, db=self.meta)
+            txn.put(CHECKSUMS_KEY, encode_checksums(value, paths), db=self.meta)
             txn.put(LENGTH_KEY, encode_length(meta.count), db=self.meta)
 
         self._write(body)
@@ -127,7 +158,60 @@ class ShardWriter:
         self.env.close()
 
 
+LMDB_FILES = ("data.mdb", "lock.mdb")
+
+
+def owned_files(split_dir: Path) -> list[Path]:
+    """Every file of the split's database, after proving each one is ours: ``data.mdb``/``lock.mdb`` directly
+    in ``split_dir`` or in ``shard-SSS-of-KKK/`` folders, each ``data.mdb`` an LMDB environment with an
+    imagenet_pack ``meta`` table. OutputExistsError naming what is not ours (nothing is deleted then)."""
+    files, foreign = [], []
+    for entry in sorted(split_dir.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and _is_shard_name(entry.name):
+            inner = sorted(entry.iterdir())
+            foreign += [f for f in inner if f.name not in LMDB_FILES or not f.is_file() or f.is_symlink()]
+            files += [f for f in inner if f.name in LMDB_FILES and f.is_file() and not f.is_symlink()]
+        elif entry.name in LMDB_FILES and entry.is_file() and not entry.is_symlink():
+            files.append(entry)
+        else:
+            foreign.append(entry)
+    foreign += [f.parent for f in files if f.name == "data.mdb" and not _written_by_us(f.parent)]
+    if foreign:
+        names = ", ".join(str(f) for f in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise OutputExistsError(f"{split_dir}: holds files imagenet-pack did not write ({names}); --overwrite "
+                                "only removes its own databases: move them away or choose another DST")
+    return files
+
+
+def _is_shard_name(name: str) -> bool:
+    parts = name.split("-")
+    return len(parts) == 4 and parts[0] == "shard" and parts[2] == "of" and parts[1].isdigit() and parts[3].isdigit()
+
+
+def _written_by_us(path: Path) -> bool:
+    """Whether the LMDB environment at ``path`` has our ``meta`` table with metadata or conversion progress."""
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=3, subdir=True)
+    except lmdb.Error:
+        return False
+    try:
+        meta = env.open_db(META_DB, create=False)
+        with env.begin(db=meta) as txn:
+            value, progress = txn.get(META_KEY), txn.get(PROGRESS_KEY)
+        return progress is not None or (value is not None and b"imagenet_pack" in value)
+    except lmdb.Error:
+        return False
+    finally:
+        env.close()
+
+
 def remove_database(split_dir: Path) -> None:
-    """Delete a split's database files (for --overwrite)."""
-    if split_dir.exists():
-        shutil.rmtree(split_dir)
+    """Delete a split's database (for --overwrite): only files :func:`owned_files` proved ours, then the
+    folders they leave empty."""
+    if not split_dir.exists():
+        return
+    files = owned_files(split_dir)
+    for f in files:
+        f.unlink()
+    for folder in sorted({f.parent for f in files} | {split_dir}, key=lambda p: len(p.parts), reverse=True):
+        folder.rmdir()

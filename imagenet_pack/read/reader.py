@@ -10,6 +10,7 @@ access to a database larger than RAM).
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,9 +18,9 @@ from typing import Any, NamedTuple
 import lmdb
 import numpy as np
 
-from ..errors import FormatError
-from ..format import (LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, RECORDS_DB, TAILS_DB, Record, ShardMeta, decode_length,
-                      decode_paths, decode_record)
+from ..errors import CorruptRecordError, FormatError
+from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, RECORDS_DB, TAILS_DB, Record, ShardMeta,
+                      check_checksum, decode_length, decode_paths, decode_record)
 
 SHARD_GLOB = "shard-*-of-*"
 
@@ -45,9 +46,13 @@ class Handle(NamedTuple):
 
     def read(self, key: bytes, where: str) -> Record | None:
         """The checked record under ``key`` (None if absent), tail included."""
-        with self.env.begin(db=self.records, buffers=True) as txn:
-            value = txn.get(key)
-            return None if value is None else self.decode(txn, key, value, where)
+        try:
+            with self.env.begin(db=self.records, buffers=True) as txn:
+                value = txn.get(key)
+                return None if value is None else self.decode(txn, key, value, where)
+        except lmdb.Error as exc:  # a damaged page: LMDB's own check, in the package's words
+            raise CorruptRecordError(f"{where}: LMDB cannot read it ({exc}); the shard is damaged, "
+                                     "run `imagenet-pack verify` and reconvert") from exc
 
     def decode(self, txn: lmdb.Transaction, key: bytes, value: bytes, where: str) -> Record:
         """Check and decode ``value`` read under ``key`` in ``txn``, fetching its tail if it has one.
@@ -56,6 +61,39 @@ class Handle(NamedTuple):
 
 
 _HANDLES: dict[str, tuple[int, Handle]] = {}
+
+_META_PAGE = struct.Struct("<16xII16x4x4x40x48xQQ")  # magic, version, (page size at +40), last page, txn id
+_PAGE_SIZE_AT = 16 + 4 + 4 + 8 + 8  # mm_dbs[FREE_DBI].md_pad holds the page size
+_LMDB_MAGIC = 0xBEEFC0DE
+
+
+def check_file_size(path: str) -> None:
+    """FormatError unless ``path/data.mdb`` is as long as its own header says.
+
+    A truncated file would be mapped anyway and reading a page past its end kills the process with SIGBUS;
+    LMDB keeps two meta pages (pages 0 and 1), and the newer one names the last page in use."""
+    data = os.path.join(path, "data.mdb")
+    try:
+        with open(data, "rb") as handle:
+            head = handle.read(2 * 4096)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read data.mdb ({exc.strerror or exc})") from exc
+    best = None
+    for offset in (0, 4096):
+        if len(head) < offset + _META_PAGE.size:
+            continue
+        magic, _, last_page, txn_id = _META_PAGE.unpack_from(head, offset)
+        page_size = struct.unpack_from("<I", head, offset + _PAGE_SIZE_AT)[0]
+        if magic == _LMDB_MAGIC and (best is None or txn_id > best[0]):
+            best = (txn_id, last_page, page_size)
+    if best is None:
+        raise FormatError(f"{data}: not an LMDB file (no valid header); the shard is damaged, reconvert it")
+    _, last_page, page_size = best
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise FormatError(f"{data}: file is {size} bytes but its header says {needed}: the shard is truncated "
+                          "(an interrupted copy?); copy it again or reconvert")
 
 
 def open_handle(path: Path | str) -> Handle:
@@ -67,6 +105,7 @@ def open_handle(path: Path | str) -> Handle:
             return cached[1]
         cached[1].env.close()  # inherited across fork: LMDB forbids using it; py-lmdb skips the cleanup in a child
         del _HANDLES[key]
+    check_file_size(key)
     try:
         env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_dbs=3, subdir=True)
     except lmdb.Error as exc:
@@ -125,35 +164,44 @@ class SplitInfo:
         return sum(m.count for m in self.metas)
 
 
+def _meta_values(path: Path, *keys: bytes) -> list[bytes | None]:
+    """The values of ``keys`` in a shard's ``meta`` table (copied out), LMDB errors in the package's words."""
+    handle = open_handle(path)
+    try:
+        with handle.env.begin(db=handle.meta) as txn:
+            return [txn.get(key) for key in keys]
+    except lmdb.Error as exc:
+        raise FormatError(f"{path}: LMDB cannot read the metadata ({exc}); the shard is damaged, reconvert it") from exc
+
+
 def read_paths(split_dir: Path) -> list[str]:
-    """The source paths of every record of a split, in record order."""
+    """The source paths of every record of a split, in record order (checked against their checksum)."""
     out: list[str] = []
     for path in find_shards(split_dir):
-        handle = open_handle(path)
         try:
-            with handle.env.begin(db=handle.meta) as txn:
-                blob = txn.get(PATHS_KEY)
+            blob, checksums = _meta_values(path, PATHS_KEY, CHECKSUMS_KEY)
         finally:
             close_handle(path)
         if blob is None:
             raise FormatError(f"{path}: no paths key; the database is incomplete or damaged, reconvert it")
+        check_checksum(checksums, "paths", blob, str(path))
         out.extend(decode_paths(blob))
     return out
 
 
 def read_shard_meta(path: Path) -> ShardMeta:
-    """The metadata of one complete shard; FormatError if it is missing, incomplete or of another version."""
+    """The metadata of one complete shard; FormatError if it is missing, incomplete, damaged or of another
+    version."""
     if not (path / "data.mdb").is_file():
         raise FormatError(f"{path}: no database here (no data.mdb); convert a dataset first")
-    handle = open_handle(path)
-    with handle.env.begin(db=handle.meta) as txn:
-        length, value = txn.get(LENGTH_KEY), txn.get(META_KEY)
+    length, value, checksums = _meta_values(path, LENGTH_KEY, META_KEY, CHECKSUMS_KEY)
     if length is None or value is None:
         raise FormatError(
             f"{path}: incomplete database (no length key): its conversion did not finish; "
             "rerun the same `imagenet-pack convert` command to resume it"
         )
-    meta = ShardMeta.from_msgpack(value, str(path))
+    meta = ShardMeta.from_msgpack(value, str(path))  # a version check first: older formats have no checksums
+    check_checksum(checksums, "meta", value, str(path))
     if decode_length(length) != meta.count:
         raise FormatError(f"{path}: length key says {decode_length(length)} records, metadata {meta.count}")
     return meta

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import LayoutError
-from .items import Item, SplitSource, is_image_name
+from .items import Item, SplitSource, is_image_name, unstorable
 from .synsets import class_names
 
 SPLITS = ("train", "val")
@@ -26,7 +26,10 @@ def scan_class_folders(split_dir: Path, split: str, wnids: list[str] | None = No
     """Read ``split_dir/<wnid>/...`` like ImageFolder; ``wnids`` fixes the class list (e.g. from a devkit)."""
     if not split_dir.is_dir():
         raise LayoutError(f"{split_dir}: no such directory; expected {split_dir}/<wnid>/<image files>")
-    folders = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    entries = list(os.scandir(split_dir))
+    folders = sorted(entry.name for entry in entries if entry.is_dir())
+    loose = sorted((f"{split_dir.name}/{e.name}", "a file beside the class folders, not in one")
+                   for e in entries if not e.is_dir())
     if not folders:
         raise LayoutError(f"{split_dir}: no class folders found; expected {split_dir}/<wnid>/<image files>")
     if wnids is None:
@@ -36,14 +39,16 @@ def scan_class_folders(split_dir: Path, split: str, wnids: list[str] | None = No
     if unknown:
         raise LayoutError(f"{split_dir}: class folders {unknown[:5]} are not among the {len(wnids)} known wnids")
     items: list[Item] = []
-    ignored: list[tuple[str, str]] = []
+    ignored: list[tuple[str, str]] = loose
     for folder in folders:
         found = 0
         for dirpath, _, filenames in sorted(os.walk(split_dir / folder, followlinks=True)):
             rel_dir = os.path.relpath(dirpath, split_dir.parent)  # once per folder: 1.28 M relpaths cost seconds
             for name in sorted(filenames):
                 full, rel = f"{dirpath}/{name}", f"{rel_dir}/{name}"
-                if is_image_name(name):
+                if unstorable(rel):
+                    ignored.append((rel, unstorable(rel)))
+                elif is_image_name(name):
                     items.append(Item(rel, index[folder], full))
                     found += 1
                 else:
@@ -86,6 +91,9 @@ def flat_val(split: str, entries: Iterable[tuple[str, str, int, int]], label: Ca
     items, ignored = [], []
     for name, file, offset, size in sorted(entries):
         rel = f"{split}/{name}"
+        if unstorable(rel):
+            ignored.append((rel, unstorable(rel)))
+            continue
         if not is_image_name(name):
             ignored.append((rel, "not an image file name (ImageFolder's extensions)"))
             continue

@@ -6,6 +6,7 @@ an uncompressed tar (so archives are read in place, never extracted). Layout mod
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class SplitSource:
         digest = hashlib.sha256()
         digest.update("\n".join(self.wnids).encode())
         for item in self.items:
-            digest.update(f"\n{item.path}\t{item.target}\t{item.size}".encode())
+            digest.update(f"\n{item.path}\t{item.target}\t{item.size}".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
 
@@ -51,13 +52,22 @@ def read_item(item: Item) -> bytes:
     return read_item_stamped(item)[0]
 
 
-def read_item_stamped(item: Item) -> tuple[bytes, tuple[int, int, int]]:
-    """The item's bytes and its file's (inode, size, mtime): equal stamps mean the same bytes were read."""
+def read_item_stamped(item: Item, max_bytes: int | None = None) -> tuple[bytes, tuple[int, int, int]]:
+    """The item's bytes and its file's (inode, size, mtime): equal stamps mean the same bytes were read.
+    OSError (EFBIG) for a file over ``max_bytes``, before anything is read."""
     with open(item.file, "rb") as handle:
         st = os.fstat(handle.fileno())
+        size = st.st_size if item.size < 0 else item.size
+        if max_bytes is not None and size > max_bytes:
+            raise OSError(errno.EFBIG, f"{size} bytes, over the {max_bytes} byte limit")
         data = handle.read() if item.size < 0 else os.pread(handle.fileno(), item.size, item.offset)
     return data, (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def unstorable(name: str) -> str | None:
+    """Why a file name cannot be stored in the format (a newline separates stored paths), or None."""
+    return "file name contains a newline, which the format cannot store; rename it" if "\n" in name else None

@@ -1,0 +1,198 @@
+"""Faults and operator mistakes: never delete what we did not write, resume from a kill at any commit, no crash
+on any input, damaged databases detected, one writer per output."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+
+from imagenet_pack import ConvertOptions, FormatError, ImagenetPackError, LmdbImageNet, OutputExistsError, convert
+from imagenet_pack.cli import main
+from imagenet_pack.convert.lock import BusyError, hold_lock
+from imagenet_pack.format import META_KEY
+from imagenet_pack.read.reader import close_handle
+
+from test_convert import records
+from test_dataset import _put_meta
+
+
+def opts(**kw) -> ConvertOptions:
+    return ConvertOptions(**{"workers": 1, "progress": False, **kw})
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refuses_overlapping_src_and_dst_and_keeps_every_source_file(tree, capsys):
+    before = files_of(tree)
+    for dst in (tree, tree / "train", tree.parent):
+        assert main(["convert", str(tree), str(dst), "--overwrite", "--no-progress", "--workers", "1"]) == 1
+        err = capsys.readouterr().err
+        assert "overlap" in err and err.count("\n") == 1
+    os.symlink(tree, tree.parent / "link")  # the same folder under another name
+    with pytest.raises(ImagenetPackError, match="overlap"):
+        convert(tree, tree.parent / "link", opts(overwrite=True))
+    assert files_of(tree) == before
+
+
+def test_overwrite_removes_only_what_imagenet_pack_wrote(tree, tmp_path):
+    dst = tmp_path / "db"
+    mine = dst / "train" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("someone's work")
+    for overwrite in (True, False):  # neither replaced nor written into
+        with pytest.raises(OutputExistsError, match=r"did not write \(.*mine\).*move them away"):
+            convert(tree, dst, opts(overwrite=overwrite))
+    assert (mine / "notes.txt").read_text() == "someone's work"
+    (mine / "notes.txt").unlink()
+    mine.rmdir()
+    convert(tree, dst, opts(shards=2))
+    (dst / "train" / "shard-000-of-002" / "extra.bin").write_bytes(b"x")  # a stray file inside one of our shards
+    with pytest.raises(OutputExistsError, match="extra.bin"):
+        convert(tree, dst, opts(overwrite=True))
+    (dst / "train" / "shard-000-of-002" / "extra.bin").unlink()
+    convert(tree, dst, opts(overwrite=True))  # now every file is ours: replaced by a one-shard database
+    assert sorted(p.name for p in (dst / "train").iterdir()) == ["data.mdb", "lock.mdb"]
+
+
+_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from imagenet_pack import ConvertOptions, convert
+    from imagenet_pack.convert import converter, writer
+    limit, seen = int(sys.argv[3]), [0]
+    def killing(original):
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            seen[0] += 1
+            if seen[0] == limit:
+                os.kill(os.getpid(), signal.SIGKILL)  # right after the commit (or the report) is on disk
+            return result
+        return wrapped
+    writer.ShardWriter._write = killing(writer.ShardWriter._write)
+    converter.write_report = killing(converter.write_report)
+    convert(sys.argv[1], sys.argv[2], ConvertOptions(workers=1, shards=3, progress=False, batch_bytes=4000))
+""")
+
+
+def test_a_kill_after_every_commit_resumes_to_the_uninterrupted_database(tree, tmp_path):
+    reference = tmp_path / "reference"
+    convert(tree, reference, opts(shards=3, batch_bytes=4000))
+    dst = tmp_path / "killed"
+    kills = 0
+    for _ in range(200):  # each run is killed right after its first commit, so every commit is a kill point
+        run = subprocess.run([sys.executable, "-c", _KILLER, str(tree), str(dst), "1"],
+                             capture_output=True, text=True, timeout=120)
+        if run.returncode == 0:
+            break
+        assert run.returncode == -9, run.stderr[-2000:]
+        kills += 1
+    assert kills > 12  # every record batch, every shard's final commit, the report: all were kill points
+    for split in ("train", "val"):
+        assert records(dst, split) == records(reference, split)
+    again = convert(tree, dst, opts(shards=3, batch_bytes=4000))  # and the same command once more: a no-op
+    assert all(r.already_complete for r in again.splits)
+
+
+def _bmp_claiming(width: int, height: int) -> bytes:
+    header = bytearray(cv2.imencode(".bmp", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    header[18:26] = np.array([width, height], "<i4").tobytes()
+    return bytes(header)
+
+
+def test_hostile_and_odd_files_are_skipped_with_reasons_never_a_crash(tree, tmp_path):
+    folder = next((tree / "train").iterdir())
+    (folder / "bomb.JPEG").write_bytes(_bmp_claiming(60000, 60000))  # a BMP named .JPEG, 3.6 Gpx claimed
+    (folder / "short.JPEG").write_bytes(_bmp_claiming(64, 64))  # header fine, pixel data missing
+    (folder / "noise.JPEG").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 " + os.urandom(40))
+    report = convert(tree, tmp_path / "db", opts(workers=2, skip_bad=True))
+    skipped = dict(report.splits[0].skipped)
+    assert "over the 134217728 pixel limit" in skipped[f"train/{folder.name}/bomb.JPEG"]
+    assert f"train/{folder.name}/short.JPEG" in skipped and f"train/{folder.name}/noise.JPEG" in skipped
+    assert len(LmdbImageNet(tmp_path / "db", "train")) == 24  # every good image stored
+
+
+def test_skipped_files_are_retried_after_a_fix_and_reasons_survive_a_no_op_rerun(tree, tmp_path):
+    folder = next((tree / "train").iterdir())
+    bad = folder / "a_bad.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    first = convert(tree, tmp_path / "db", opts())
+    assert not first.ok and [p for p, _ in first.splits[0].skipped] == [f"train/{folder.name}/a_bad.JPEG"]
+    bad.write_bytes(cv2.imencode(".jpg", np.full((20, 30, 3), 90, np.uint8))[1].tobytes())  # fixed in place
+    fixed = convert(tree, tmp_path / "db", opts())
+    assert fixed.ok and not fixed.splits[0].skipped and len(LmdbImageNet(tmp_path / "db", "train")) == 25
+    bad.write_bytes(b"broken again")
+    convert(tree, tmp_path / "db2", opts(skip_bad=True))
+    again = convert(tree, tmp_path / "db2", opts(skip_bad=True))  # no-op: the real reason, from the metadata
+    assert again.splits[0].already_complete
+    assert "not an image" in dict(again.splits[0].skipped)[f"train/{folder.name}/a_bad.JPEG"]
+
+
+def test_names_that_are_not_utf8_are_stored_losslessly_and_newlines_are_reported(tree, tmp_path):
+    folder = next((tree / "train").iterdir())
+    raw = os.fsencode(folder) + b"/caf\xe9.JPEG"  # Latin-1 bytes: not UTF-8
+    os.rename(next(folder.glob("*.JPEG")), raw)
+    (folder / "two\nlines.JPEG").write_bytes(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    result = subprocess.run([sys.executable, "-m", "imagenet_pack.cli", "convert", str(tree), str(tmp_path / "db"),
+                             "--no-progress", "--workers", "1"], capture_output=True, text=True)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    paths = LmdbImageNet(tmp_path / "db", "train").paths
+    stored = [p for p in paths if p.endswith(".JPEG") and "caf" in p]
+    assert len(stored) == 1 and os.fsencode(stored[0]).endswith(b"caf\xe9.JPEG")
+    assert open(os.path.join(os.fsencode(tree), os.fsencode(stored[0])), "rb").read()  # names the real file
+    report = (tmp_path / "db" / "convert-report.jsonl").read_text()
+    assert "newline" in report and "ignored" in report
+
+
+def test_truncated_database_is_a_package_error_not_a_signal(db):
+    data = db / "train" / "data.mdb"
+    os.truncate(data, data.stat().st_size // 2)
+    close_handle(db / "train")
+    with pytest.raises(FormatError, match="truncated"):
+        LmdbImageNet(db, "train")
+    script = f"from imagenet_pack.cli import main; raise SystemExit(main(['verify', {str(db)!r}]))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "truncated" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_damaged_metadata_fails_its_checksum(db):
+    env_dir = db / "val"
+    ds = LmdbImageNet(db, "val")
+    import lmdb
+    env = lmdb.open(str(env_dir), max_dbs=3)
+    with env.begin(db=env.open_db(b"meta")) as txn:
+        meta = msgpack.unpackb(txn.get(META_KEY), raw=False)
+    env.close()
+    meta["wnids"][0] = meta["wnids"][0][:-1] + "X"  # a well-formed but wrong class list
+    _put_meta(env_dir, META_KEY, msgpack.packb(meta, use_bin_type=True))
+    close_handle(env_dir)
+    with pytest.raises(FormatError, match="fail their checksum"):
+        LmdbImageNet(db, "val")
+    assert len(ds) == 12  # opened before the damage: its metadata was checked then
+
+
+def test_a_second_writer_is_refused_at_once_naming_the_holder(tree, tmp_path):
+    dst = tmp_path / "db"
+    dst.mkdir()
+    with hold_lock(dst):
+        with pytest.raises(BusyError, match=rf"another imagenet-pack convert \(pid {os.getpid()}\) is running"):
+            convert(tree, dst, opts())
+        result = subprocess.run([sys.executable, "-m", "imagenet_pack.cli", "convert", str(tree), str(dst)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and "another imagenet-pack convert" in result.stderr
+        assert "--overwrite" not in result.stderr and "Traceback" not in result.stderr
+    assert convert(tree, dst, opts()).ok  # the kernel released it with the holder
+
+
+def test_one_database_opened_under_two_spellings(db, monkeypatch):
+    monkeypatch.chdir(db.parent)
+    relative, absolute = LmdbImageNet(db.name, "val"), LmdbImageNet(db.resolve(), "val")
+    assert relative.read_record(3) == absolute.read_record(3)
