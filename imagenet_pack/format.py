@@ -159,6 +159,7 @@ class ShardMeta:
     sizes: np.ndarray  # (count, 2) original height, width per record
     fixed: tuple[tuple[str, str], ...] = ()  # (source path, what was done) for re-encoded inputs
     skipped: tuple[tuple[str, str], ...] = ()  # (source path, why) for inputs not stored (--skip-bad)
+    stamps_crc32: int = 0  # CRC-32 of the (size, mtime) of every input file of the shard's range
     max_side: int | None = None  # write-time downscaling, if any
     quality: int | None = None  # its JPEG quality
     source: str = ""
@@ -174,7 +175,7 @@ class ShardMeta:
             "wnids": list(self.wnids), "classes": [list(c) for c in self.classes],
             "targets_dtype": dtype, "targets": np.asarray(self.targets, dtype).tobytes(),
             "sizes": np.asarray(self.sizes, "<u4").tobytes(), "fixed": [list(f) for f in self.fixed],
-            "skipped": [list(f) for f in self.skipped],
+            "skipped": [list(f) for f in self.skipped], "stamps_crc32": self.stamps_crc32,
             "encoding": {"max_side": self.max_side, "quality": self.quality}, "source": self.source,
             "fingerprint": self.fingerprint, "resumed": self.resumed, "created": self.created,
         }, use_bin_type=True)
@@ -203,7 +204,7 @@ class ShardMeta:
                 targets=_array(meta["targets"], meta["targets_dtype"], count, where, "targets"),
                 sizes=_array(meta["sizes"], "<u4", 2 * count, where, "sizes").reshape(-1, 2),
                 fixed=tuple((str(p), str(r)) for p, r in meta["fixed"]),
-                skipped=tuple((str(p), str(r)) for p, r in meta["skipped"]),
+                skipped=tuple((str(p), str(r)) for p, r in meta["skipped"]), stamps_crc32=int(meta["stamps_crc32"]),
                 max_side=encoding["max_side"], quality=encoding["quality"], source=str(meta["source"]),
                 fingerprint=str(meta["fingerprint"]), resumed=bool(meta.get("resumed", False)),
                 created=str(meta["created"]))
@@ -213,12 +214,15 @@ class ShardMeta:
 
 class Row(NamedTuple):
     """What the writer keeps per stored record until the final commit: its source position within the
-    shard, the source image's size, and what was fixed (None when stored as it was)."""
+    shard, the source image's size, what was fixed (None when stored as it was), and the source file's
+    size and mtime as scanned (a resumed run converts again from the first file changed since)."""
 
     position: int
     height: int
     width: int
     fixed: str | None
+    source_size: int = -1
+    source_mtime: int = -1
 
 
 class Problem(NamedTuple):
@@ -259,7 +263,7 @@ def encode_rows(rows: list[Row]) -> bytes:
 
 def decode_rows(value: bytes, where: str) -> list[Row]:
     try:
-        return [Row(int(p), int(h), int(w), f) for p, h, w, f in msgpack.unpackb(value, raw=False)]
+        return [Row(*row) for row in msgpack.unpackb(value, raw=False)]
     except (TypeError, ValueError, msgpack.UnpackException) as exc:
         raise FormatError(f"{where}: conversion progress is damaged ({exc!r}); rerun with --overwrite") from exc
 

@@ -18,9 +18,10 @@ import torch
 import torchvision.io as tio
 from PIL import Image
 
-from imagenet_pack import ConvertOptions, FormatError, LmdbImageNet, convert
+from imagenet_pack import ConvertOptions, FormatError, LmdbImageNet, OutputExistsError, convert
 from imagenet_pack.convert.writer import ShardWriter
 from imagenet_pack.format import LENGTH_KEY, RECORDS_DB, decode_record, encode_key, encode_record, Record
+from imagenet_pack.sources.items import read_item_stamped as real_read
 from imagenet_pack.synthetic import make_sample_tree
 from imagenet_pack.verify import verify
 
@@ -98,12 +99,31 @@ def test_resume_continues_from_the_last_commit(tree, tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(FormatError, match="incomplete"):
         LmdbImageNet(dst, "train")
-    first = sorted((tree / "train").rglob("*.JPEG"))[0]
-    original = first.read_bytes()
-    first.write_bytes(b"garbage that would be skipped if it were read again")
+    from imagenet_pack.convert import tasks
+    read = []
+    monkeypatch.setattr(tasks, "read_item_stamped", lambda item, limit: (read.append(item.path),
+                                                                         real_read(item, limit))[1])
     report = convert(tree, dst, opts(workers=1, splits=("train",)))
-    assert report.ok and not report.splits[0].skipped
-    assert LmdbImageNet(dst, "train").read_record(0).image == original
+    assert report.ok and not report.splits[0].skipped and read == []  # every record was committed: none read
+    assert len(LmdbImageNet(dst, "train")) == 24
+
+
+def test_resume_converts_again_from_the_first_file_changed_since(tree, tmp_path, monkeypatch):
+    dst = tmp_path / "db"
+    monkeypatch.setattr(ShardWriter, "finish", lambda self, meta, paths: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        convert(tree, dst, opts(workers=1, splits=("train",), batch_bytes=4 << 10))
+    monkeypatch.undo()
+    files = sorted((tree / "train").rglob("*.JPEG"))
+    files[5].write_bytes(files[5].read_bytes() + b"\0")  # edited after it was converted: its size changed
+    report = convert(tree, dst, opts(workers=1, splits=("train",)))
+    assert report.ok
+    changed = [w for w in report.splits[0].warnings if "changed since they were converted" in w]
+    assert len(changed) == 1 and f"train/{files[5].parent.name}/{files[5].name}" in changed[0]
+    assert LmdbImageNet(dst, "train").read_record(5).image == files[5].read_bytes()
+    os.utime(files[7], ns=(0, 0))  # and a complete database whose source changed is not silently kept
+    with pytest.raises(OutputExistsError, match=r"shard\(s\) \[0\] changed .* --overwrite"):
+        convert(tree, dst, opts(workers=1, splits=("train",)))
 
 
 def odd_inputs(folder: Path) -> dict[str, str]:

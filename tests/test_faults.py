@@ -196,3 +196,30 @@ def test_one_database_opened_under_two_spellings(db, monkeypatch):
     monkeypatch.chdir(db.parent)
     relative, absolute = LmdbImageNet(db.name, "val"), LmdbImageNet(db.resolve(), "val")
     assert relative.read_record(3) == absolute.read_record(3)
+
+
+def test_what_is_passed_over_is_listed_as_ignored(tree, tmp_path):
+    (tree / "train" / "README.txt").write_text("loose file beside the class folders")
+    report = convert(tree, tmp_path / "db", opts(splits=("train",)))
+    assert dict(report.splits[0].ignored)["train/README.txt"] == "a file beside the class folders, not in one"
+    import io
+    import tarfile
+    from imagenet_pack.sources.archives import members
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = b"\xff\xd8 jpeg bytes"
+        info = tarfile.TarInfo("a.JPEG")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name, kind in (("link.JPEG", tarfile.SYMTYPE), ("hard.JPEG", tarfile.LNKTYPE), ("dev", tarfile.CHRTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "a.JPEG"
+            tar.addfile(info)
+    buffer.seek(0)
+    ignored: list = []
+    with tarfile.open(fileobj=buffer, mode="r:") as tar:
+        found = members(tar, "test.tar", ignored=ignored)
+    assert [m[0] for m in found] == ["a.JPEG"]
+    assert dict(ignored) == {"link.JPEG": "a symbolic link in the archive, not a regular file",
+                             "hard.JPEG": "a hard link in the archive, not a regular file",
+                             "dev": "a device or special file in the archive, not a regular file"}

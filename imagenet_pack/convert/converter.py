@@ -12,6 +12,7 @@ import mmap
 import multiprocessing
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -75,7 +76,8 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
 
 def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource], notes: list[str]) -> ConvertReport:
     fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
-    done = {split for split in sources if not options.overwrite and _complete(dst / split, fingerprints[split])}
+    done = {split for split, source in sources.items()
+            if not options.overwrite and _complete(dst / split, fingerprints[split], source)}
     workers = options.workers or default_workers()
     prep = PrepareOptions(options.max_side, options.quality)
     pool = multiprocessing.Pool(workers, init_worker, (prep,)) if workers > 1 else None
@@ -102,9 +104,9 @@ def _fingerprint(source: SplitSource, options: ConvertOptions) -> str:
     return f"{source.fingerprint()}|shards={options.shards}|max_side={options.max_side}|quality={options.quality}"
 
 
-def _complete(split_dir: Path, fingerprint: str) -> bool:
+def _complete(split_dir: Path, fingerprint: str, source: SplitSource) -> bool:
     """Whether ``split_dir`` holds a complete database of this input and these options (then the rerun is a
-    no-op); OutputExistsError if it holds a complete one of other input or options."""
+    no-op); OutputExistsError if it holds a complete one of other input or options, or of files changed since."""
     paths = find_shards(split_dir)
     if not paths:
         return False
@@ -125,6 +127,11 @@ def _complete(split_dir: Path, fingerprint: str) -> bool:
             f"{split_dir}: holds a complete database made from other input or options; "
             "pass --overwrite to replace it"
         )
+    ranges = _shard_ranges(len(source.items), len(metas))
+    changed = [m.shard for m, rng in zip(metas, ranges) if m.stamps_crc32 != _stamps_crc([source.items[i] for i in rng])]
+    if changed:
+        raise OutputExistsError(f"{split_dir}: source files of shard(s) {changed} changed (size or mtime) since the "
+                                "database was made; pass --overwrite to convert them again")
     return True
 
 
@@ -154,13 +161,13 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
     if split_dir.exists():
         owned_files(split_dir)  # never write into a folder of someone else's files
     estimate = _estimate_bytes(source)
-    writers = []
+    writers, notes = [], []
     try:
         for s, rng in enumerate(ranges):
             share = estimate * len(rng) // max(1, len(source.items))
             map_size = options.initial_map_size or int(share * 1.25) + (64 << 20)
             writers.append(ShardWriter(wanted[s], fingerprint, map_size=map_size, batch_bytes=options.batch_bytes))
-            writers[-1].retry_problems()  # files that failed before may have been fixed since
+            notes += _rewind_to_changes(writers[-1], source, rng)
         todo = [(s, pos, source.items[rng[pos]]) for s, (w, rng) in enumerate(zip(writers, ranges))
                 if not w.complete for pos in range(w.position, len(rng))]
         results = _run(todo, prep, pool)
@@ -198,8 +205,29 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
     report.source_bytes = _source_bytes(source)
     report.db_bytes = sum((p / "data.mdb").stat().st_blocks * 512 for p in wanted if (p / "data.mdb").exists())
     report.seconds = time.perf_counter() - started
-    report.warnings = audit(source)
+    report.warnings = notes + audit(source)
     return report
+
+
+def _rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> list[str]:
+    """Rewind an interrupted shard to the first file that failed before (it may have been fixed) or changed
+    since it was converted (its size or mtime differ from the scan's); say which files changed."""
+    if writer.complete:
+        return []
+    changed = [row for row in writer.rows() if source.items[rng[row.position]].stamp != row[4:6]]
+    first = min([p.position for p in writer.state.problems] + [r.position for r in changed], default=None)
+    if first is None:
+        return []
+    writer.rewind(first)
+    if not changed:
+        return []
+    names = ", ".join(source.items[rng[r.position]].path for r in changed[:10]) + (" ..." if len(changed) > 10 else "")
+    return [f"{writer.path}: {len(changed)} file(s) changed since they were converted ({names}); converted "
+            f"again from {source.items[rng[first]].path}"]
+
+
+def _stamps_crc(items: list[Item]) -> int:
+    return zlib.crc32(np.array([i.stamp for i in items], "<i8").tobytes())
 
 
 def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[Result]:
@@ -237,6 +265,7 @@ def _shard_meta(source: SplitSource, fingerprint: str, options: ConvertOptions, 
         fixed=tuple((i.path, row.fixed) for i, row in zip(items, rows) if row.fixed),
         skipped=tuple((source.items[rng[p.position]].path, p.reason) for p in problems),
         max_side=options.max_side, quality=options.quality if options.max_side else None,
+        stamps_crc32=_stamps_crc([source.items[i] for i in rng]),
         source=source.description, fingerprint=fingerprint, resumed=resumed,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 

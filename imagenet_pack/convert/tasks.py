@@ -64,7 +64,7 @@ def prepare_task(task: tuple[int, int, Item]) -> Result:
         return _skipped(shard, position, p.reason, len(data))
     image = None if p.image is data and not _IN_PARENT else p.image
     return Result(shard, position, True, image, zlib.crc32(p.image), stamp, p.height, p.width,
-                  Row(position, p.orig_height, p.orig_width, p.reason), len(data))
+                  Row(position, p.orig_height, p.orig_width, p.reason, *item.stamp), len(data))
 
 
 def _skipped(shard: int, position: int, reason: str, nbytes: int) -> Result:

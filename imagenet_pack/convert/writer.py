@@ -115,12 +115,10 @@ class ShardWriter:
                 out.extend(decode_rows(txn.get(rows_key(b)), f"{self.path} batch {b}"))
         return out
 
-    def retry_problems(self) -> None:
-        """Forget everything from the first problem position on, so a rerun reads those files again (they may
-        have been fixed): records stay in source order, so the positions after it are converted again too."""
-        if not self.state.problems:
-            return
-        first = min(p.position for p in self.state.problems)
+    def rewind(self, first: int) -> None:
+        """Forget everything from source position ``first`` on, so it is converted again (a file that failed
+        may have been fixed, one converted may have changed): records stay in source order, so every
+        position after it is converted again too."""
         kept = [row for row in self.rows() if row.position < first]
 
         def body(txn) -> Progress:
@@ -130,7 +128,8 @@ class ShardWriter:
             for b in range(self.state.batches):
                 txn.delete(rows_key(b), db=self.meta)
             txn.put(rows_key(0), encode_rows(kept), db=self.meta)
-            state = Progress(self.state.fingerprint, first, len(kept), 1)
+            problems = tuple(p for p in self.state.problems if p.position < first)
+            state = Progress(self.state.fingerprint, first, len(kept), 1, problems)
             txn.put(PROGRESS_KEY, state.to_msgpack(), db=self.meta)
             return state
 

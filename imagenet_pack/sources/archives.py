@@ -27,12 +27,18 @@ def _checked_name(name: str, where: str) -> str:
     return name
 
 
-def members(tar: tarfile.TarFile, where: str, base: int = 0) -> list[tuple[str, int, int]]:
-    """(name, absolute data offset, size) of the regular files of ``tar``; ``base`` is its offset in the file."""
+def members(tar: tarfile.TarFile, where: str, base: int = 0, ignored: list | None = None
+            ) -> list[tuple[str, int, int, int]]:
+    """(name, absolute data offset, size, mtime in ns) of the regular files of ``tar`` (``base``: its offset in
+    the file); (name, reason) of every other member (links, devices, folders) goes to ``ignored``."""
     out = []
     for m in tar:
         if m.isfile():
-            out.append((_checked_name(m.name, where), base + m.offset_data, m.size))
+            out.append((_checked_name(m.name, where), base + m.offset_data, m.size, int(m.mtime * 1e9)))
+        elif ignored is not None:
+            kind = ("a symbolic link" if m.issym() else "a hard link" if m.islnk() else "a folder" if m.isdir()
+                    else "a device or special file")
+            ignored.append((m.name, f"{kind} in the archive, not a regular file"))
     return out
 
 
@@ -47,10 +53,10 @@ def train_from_tar(path: Path, wnids: list[str], names: dict[str, tuple[str, ...
                    expected_counts: dict[str, int] | None = None) -> SplitSource:
     """The train split of ``ILSVRC2012_img_train.tar``: classes from the inner tar names, sorted."""
     index = {wnid: i for i, wnid in enumerate(wnids)}
-    by_class: dict[str, list[tuple[str, int, int]]] = {}
-    ignored = []
+    by_class: dict[str, list[tuple[str, int, int, int]]] = {}
+    ignored, others = [], []
     with _open(path) as outer:
-        for name, offset, size in members(outer, str(path)):
+        for name, offset, size, _ in members(outer, str(path), ignored=others):
             if not name.endswith(".tar"):
                 ignored.append((f"train/{name}", "not a per-class tar in the train archive"))
                 continue
@@ -60,15 +66,18 @@ def train_from_tar(path: Path, wnids: list[str], names: dict[str, tuple[str, ...
                                   f"{len(wnids)} classes of the devkit")
             try:
                 with tarfile.open(fileobj=outer.extractfile(name), mode="r:") as inner:
-                    by_class[wnid] = members(inner, f"{path}:{name}", offset)
+                    inner_others: list = []
+                    by_class[wnid] = members(inner, f"{path}:{name}", offset, inner_others)
+                    others += [(f"{wnid}/{n}", reason) for n, reason in inner_others]
             except tarfile.TarError as exc:
                 raise LayoutError(f"{path}: member {name} is not a tar archive ({exc})") from exc
+    ignored += [(f"train/{name}", reason) for name, reason in others]
     items = []
     for wnid in sorted(by_class):
-        for name, offset, size in sorted(by_class[wnid]):
+        for name, offset, size, mtime in sorted(by_class[wnid]):
             rel = f"train/{wnid}/{name}"
             if is_image_name(name):
-                items.append(Item(rel, index[wnid], str(path), offset, size))
+                items.append(Item(rel, index[wnid], str(path), offset, size, mtime))
             else:
                 ignored.append((rel, "not an image file name (ImageFolder's extensions)"))
     if not items:
@@ -79,6 +88,8 @@ def train_from_tar(path: Path, wnids: list[str], names: dict[str, tuple[str, ...
 
 def val_from_tar(path: Path, label, wnids: list[str], names: dict[str, tuple[str, ...]] | None) -> SplitSource:
     """The val split of ``ILSVRC2012_img_val.tar``; ``label`` maps a file name to its wnid."""
+    others: list = []
     with _open(path) as tar:
-        entries = [(name, str(path), offset, size) for name, offset, size in members(tar, str(path))]
-    return flat_val("val", entries, label, wnids, names, f"val archive {path} (read in place)")
+        entries = [(name, str(path), offset, size, mtime) for name, offset, size, mtime in
+                   members(tar, str(path), ignored=others)]
+    return flat_val("val", entries, label, wnids, names, f"val archive {path} (read in place)", others)

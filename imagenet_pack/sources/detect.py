@@ -83,11 +83,16 @@ def _devkit_splits(src: Path) -> dict:
     devkit = _need_devkit(src)
     wnids = devkit.wnids
     val_dir = src / "val"
+
+    def val() -> SplitSource:
+        entries, ignored = folder_entries(val_dir)
+        return flat_val("val", entries, lambda n: devkit.val_wnid(val_number(n, str(val_dir)), n), wnids,
+                        devkit.names, f"flat validation folder {val_dir}/ labelled by {devkit.where}", ignored)
+
     return {
         "train": (lambda: _with_counts(scan_class_folders(src / "train", "train", wnids, devkit.names),
                                        devkit.train_counts)) if (src / "train").is_dir() else None,
-        "val": lambda: flat_val("val", folder_entries(val_dir), lambda n: devkit.val_wnid(val_number(n, str(val_dir)), n),
-                                wnids, devkit.names, f"flat validation folder {val_dir}/ labelled by {devkit.where}"),
+        "val": val,
     }
 
 

@@ -49,7 +49,8 @@ def scan_class_folders(split_dir: Path, split: str, wnids: list[str] | None = No
                 if unstorable(rel):
                     ignored.append((rel, unstorable(rel)))
                 elif is_image_name(name):
-                    items.append(Item(rel, index[folder], full))
+                    st = os.stat(full)
+                    items.append(Item(rel, index[folder], full, 0, st.st_size, st.st_mtime_ns))
                     found += 1
                 else:
                     ignored.append((rel, "not an image file name (ImageFolder's extensions)"))
@@ -83,13 +84,17 @@ def discover_folders(root: Path, splits: tuple[str, ...]) -> tuple[dict[str, Spl
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG", re.IGNORECASE)
 
 
-def flat_val(split: str, entries: Iterable[tuple[str, str, int, int]], label: Callable[[str], str],
-             wnids: list[str], names: dict[str, tuple[str, ...]] | None, description: str) -> SplitSource:
-    """Validation images without class folders; ``entries`` are (name, file, offset, size), ``label`` maps a
-    file name to its wnid. Items are in file name order."""
+Entry = tuple[str, str, int, int, int]  # name, file, offset, size, mtime (ns)
+
+
+def flat_val(split: str, entries: Iterable[Entry], label: Callable[[str], str], wnids: list[str],
+             names: dict[str, tuple[str, ...]] | None, description: str,
+             ignored: Iterable[tuple[str, str]] = ()) -> SplitSource:
+    """Validation images without class folders; ``label`` maps a file name to its wnid; ``ignored`` lists
+    (name, reason) for what was passed over. Items are in file name order."""
     index = {wnid: i for i, wnid in enumerate(wnids)}
-    items, ignored = [], []
-    for name, file, offset, size in sorted(entries):
+    items, ignored = [], [(f"{split}/{name}", reason) for name, reason in ignored]
+    for name, file, offset, size, mtime in sorted(entries):
         rel = f"{split}/{name}"
         if unstorable(rel):
             ignored.append((rel, unstorable(rel)))
@@ -100,7 +105,7 @@ def flat_val(split: str, entries: Iterable[tuple[str, str, int, int]], label: Ca
         wnid = label(name)
         if wnid not in index:
             raise LayoutError(f"{description}: {name} is labelled {wnid}, which is not among the {len(wnids)} classes")
-        items.append(Item(rel, index[wnid], file, offset, size))
+        items.append(Item(rel, index[wnid], file, offset, size, mtime))
     if not items:
         raise LayoutError(f"{description}: no validation images found")
     return SplitSource(split, list(wnids), class_names(list(wnids), names), items, ignored, description)
@@ -114,9 +119,16 @@ def val_number(name: str, where: str) -> int:
     return int(match.group(1))
 
 
-def folder_entries(folder: Path) -> list[tuple[str, str, int, int]]:
-    """(name, file, 0, -1) for every file directly in ``folder``."""
-    return [(e.name, e.path, 0, -1) for e in os.scandir(folder) if e.is_file()]
+def folder_entries(folder: Path) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """An entry for every file directly in ``folder``, and (name, reason) for what else is there."""
+    entries, ignored = [], []
+    for e in os.scandir(folder):
+        if e.is_file():
+            st = e.stat()
+            entries.append((e.name, e.path, 0, st.st_size, st.st_mtime_ns))
+        else:
+            ignored.append((e.name, "a folder inside the flat validation folder"))
+    return entries, sorted(ignored)
 
 
 def is_flat(folder: Path) -> bool:

@@ -23,8 +23,14 @@ class Item(NamedTuple):
     path: str
     target: int
     file: str
-    offset: int = 0
-    size: int = -1  # -1: the whole file
+    offset: int = 0  # 0: the whole file; a tar member's data offset otherwise
+    size: int = -1  # bytes (a tar member's, or the file's when scanned); -1: unknown
+    mtime: int = -1  # modification time in ns when scanned (a tar member's in s * 1e9); -1: unknown
+
+    @property
+    def stamp(self) -> tuple[int, int]:
+        """(size, mtime) as scanned: a converted file whose stamp differs on resume has changed."""
+        return self.size, self.mtime
 
 
 @dataclass
@@ -40,11 +46,12 @@ class SplitSource:
     expected_counts: dict[str, int] | None = None  # per-wnid image counts from a devkit, for the audit
 
     def fingerprint(self) -> str:
-        """Identifies the input: resuming into a database made from other input is refused."""
+        """Identifies the input's structure (class list, names, labels): resuming into a database made from
+        other input is refused."""
         digest = hashlib.sha256()
         digest.update("\n".join(self.wnids).encode())
-        for item in self.items:
-            digest.update(f"\n{item.path}\t{item.target}\t{item.size}".encode("utf-8", "surrogateescape"))
+        for item in self.items:  # names and labels only: a file edited since is found by its stamp
+            digest.update(f"\n{item.path}\t{item.target}".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
 
@@ -57,10 +64,11 @@ def read_item_stamped(item: Item, max_bytes: int | None = None) -> tuple[bytes, 
     OSError (EFBIG) for a file over ``max_bytes``, before anything is read."""
     with open(item.file, "rb") as handle:
         st = os.fstat(handle.fileno())
-        size = st.st_size if item.size < 0 else item.size
+        whole = item.offset == 0  # a file of its own (a tar member's data never starts at byte 0)
+        size = st.st_size if whole else item.size
         if max_bytes is not None and size > max_bytes:
             raise OSError(errno.EFBIG, f"{size} bytes, over the {max_bytes} byte limit")
-        data = handle.read() if item.size < 0 else os.pread(handle.fileno(), item.size, item.offset)
+        data = handle.read() if whole else os.pread(handle.fileno(), item.size, item.offset)
     return data, (st.st_ino, st.st_size, st.st_mtime_ns)
 
 

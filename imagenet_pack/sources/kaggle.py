@@ -32,8 +32,9 @@ def kaggle_splits(src: Path) -> dict:
                 raise LayoutError(f"{solution}: no row for {stem} ({data / 'val' / name})")
             return labels[stem]
 
-        return flat_val("val", folder_entries(data / "val"), label, wnids, names,
-                        f"Kaggle validation folder {data / 'val'}/ labelled by {solution}")
+        entries, ignored = folder_entries(data / "val")
+        return flat_val("val", entries, label, wnids, names,
+                        f"Kaggle validation folder {data / 'val'}/ labelled by {solution}", ignored)
 
     return {
         "train": (lambda: scan_class_folders(data / "train", "train", wnids, names)) if (data / "train").is_dir() else None,
