@@ -26,6 +26,16 @@ def _splits(text: str) -> tuple[str, ...]:
     return splits
 
 
+def _shard_list(text: str) -> tuple[int, ...]:
+    try:
+        shards = tuple(int(s) for s in text.split(",") if s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected shard numbers like 0,1 or 3, got {text!r}") from None
+    if not shards or min(shards) < 0:
+        raise argparse.ArgumentTypeError(f"expected shard numbers like 0,1 or 3, got {text!r}")
+    return shards
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -54,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default: detect it)")
     p.add_argument("--workers", type=_positive, default=None, help="reader/validator processes (default: all cores)")
     p.add_argument("--shards", type=_positive, default=1, help="LMDB environments per split (default: 1)")
+    p.add_argument("--only-shards", type=_shard_list, default=None, metavar="S,S,...",
+                   help="write only these of the --shards (0-based), e.g. one set per host on shared storage; "
+                        "the database opens once every shard is written, and equals a one-host conversion")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a database of other input or options in DST (only files imagenet-pack wrote "
                         "are removed; SRC and DST must not overlap)")
@@ -86,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as escapes, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "only_shards", None) and max(args.only_shards) >= args.shards:
+        parser.error(f"--only-shards {','.join(map(str, args.only_shards))}: shards are numbered 0.."
+                     f"{args.shards - 1} with --shards {args.shards}")
     logging.basicConfig(level=logging.WARNING, format="imagenet-pack: warning: %(message)s")
     try:
         return _VERBS[args.verb](args)
@@ -104,7 +121,7 @@ def _convert(args: argparse.Namespace) -> int:
     options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards, overwrite=args.overwrite,
                              skip_bad=args.skip_bad, max_side=args.max_side, quality=args.quality,
                              layout=args.layout, progress=not args.no_progress,
-                             batch_bytes=args.commit_mb << 20)
+                             batch_bytes=args.commit_mb << 20, only_shards=args.only_shards)
     report = convert(args.src, args.dst, options)
     for note in report.notes:
         print(note)
@@ -132,12 +149,21 @@ def _convert(args: argparse.Namespace) -> int:
 @_verb("info")
 def _info(args: argparse.Namespace) -> int:
     from .format import FORMAT_NAME, FORMAT_VERSION
-    from .read.reader import list_splits, load_split
+    from .errors import FormatError
+    from .read.reader import finished_shards, list_splits, load_split
     splits = list_splits(args.root)
     if not splits:
         raise ImagenetPackError(f"{args.root}: no database found")
+    status = 0
     for split in splits:
-        info = load_split(args.root, split)
+        try:
+            info = load_split(args.root, split)
+        except FormatError as exc:  # e.g. shards not written yet: say which are finished
+            print(f"{split}: {exc}")
+            for shard, meta in finished_shards(args.root / split):
+                print(f"  {shard.path.name}: finished, {meta.count} records, created {meta.created}")
+            status = 1
+            continue
         meta = info.metas[0]
         size = sum((s.path / "data.mdb").stat().st_size for s in info.shards)
         print(f"{split}: {len(info)} records, {len(info.wnids)} classes, {len(info.shards)} shard(s), "
@@ -146,7 +172,7 @@ def _info(args: argparse.Namespace) -> int:
               + (f"longer side <= {meta.max_side}, quality {meta.quality}" if meta.max_side else "original bytes")
               + f"; fixed on conversion: {sum(len(m.fixed) for m in info.metas)}")
         print(f"  classes: {info.wnids[0]} ({info.classes[0][0]}) ... {info.wnids[-1]} ({info.classes[-1][0]})")
-    return 0
+    return status
 
 
 @_verb("verify")

@@ -9,9 +9,12 @@ A split is one or more LMDB environments (shards). Each holds three named databa
   (fewer than ``TAIL_MAX``) are stored here under the same key instead, where they pack densely into leaf
   pages; ``image`` then holds the first bytes and ``size`` the full length. This keeps the database within
   ~1% of the JPEG bytes instead of wasting half a page (2 KB) per image.
-* ``meta``: ``meta`` = a msgpack map describing the shard and the split; ``paths`` = the records' source
-  paths, newline-joined UTF-8 (its own key: opening a dataset never touches it); ``length`` = the record count
-  as an 8-byte big-endian integer, written in the very last commit, so its presence marks a complete shard.
+* ``meta``: ``meta`` = a msgpack map describing the shard and the split; ``targets`` and ``sizes`` = plain
+  little-endian arrays of every record's class index and original size (read in place from the map, so every
+  process shares the same pages); ``paths`` = the records' source paths, newline-joined UTF-8 (its own key:
+  opening a dataset never touches it); ``checksums`` = CRC-32 of those four values; ``length`` = the record
+  count as an 8-byte big-endian integer, written in the very last commit, so its presence marks a complete
+  shard.
   While a conversion runs, ``progress`` and ``rows/NNNNNNNN`` hold its resumable state (removed at the end).
 
 Nothing is pickled: msgpack maps of ints, strings, byte strings and lists only.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import msgpack
 import numpy as np
@@ -36,6 +39,8 @@ META_DB = b"meta"
 META_KEY = b"meta"
 LENGTH_KEY = b"length"
 PATHS_KEY = b"paths"
+TARGETS_KEY = b"targets"
+SIZES_KEY = b"sizes"
 CHECKSUMS_KEY = b"checksums"
 PROGRESS_KEY = b"progress"
 ROWS_PREFIX = b"rows/"
@@ -125,38 +130,50 @@ def decode_record(value: bytes | memoryview, where: str, tail: Callable[[], byte
     return record
 
 
-def _array(data: Any, dtype: str, count: int, where: str, name: str) -> np.ndarray:
-    if not isinstance(data, bytes):
-        raise FormatError(f"{where}: metadata field {name!r} is not a byte string; reconvert the database")
+def target_dtype(num_classes: int) -> str:
+    """The narrowest little-endian type that holds every class index: int16 up to 32,767 classes."""
+    return "<i2" if num_classes <= 0x7FFF else "<i4"
+
+
+def size_dtype(sizes: np.ndarray) -> str:
+    """uint16 when every height and width fits (ImageNet's do), else uint32."""
+    return "<u2" if not sizes.size or int(sizes.max()) <= 0xFFFF else "<u4"
+
+
+def encode_array(values: np.ndarray, dtype: str) -> bytes:
+    """A plain little-endian array: what ``targets`` and ``sizes`` hold, readable in place by any language."""
+    return np.ascontiguousarray(values, dtype=dtype).tobytes()
+
+
+def decode_array(data: bytes | memoryview | None, dtype: str, count: int, where: str, name: str) -> np.ndarray:
+    """``count`` values of ``dtype`` viewing ``data`` (no copy: a buffer from LMDB's map stays shared)."""
+    if data is None:
+        raise FormatError(f"{where}: no {name!r} key; the database is damaged, reconvert it")
     array = np.frombuffer(data, dtype=dtype)
     if array.size != count:
-        raise FormatError(f"{where}: metadata array {name!r} holds {array.size} values, expected {count}")
+        raise FormatError(f"{where}: {name!r} holds {array.size} values, expected {count}; reconvert the database")
     return array
-
-
-def target_dtype(num_classes: int) -> str:
-    """The narrowest little-endian unsigned type that holds every class index."""
-    return "<u2" if num_classes <= 0xFFFF else "<u4"
 
 
 @dataclass(frozen=True)
 class ShardMeta:
-    """The ``meta`` value of one shard: its place in the split, the split's classes, and per-record arrays.
+    """The ``meta`` value of one shard: its place in the split and the split's classes.
 
     The one owner of the metadata: the converter builds it, :meth:`to_msgpack` writes it, :meth:`from_msgpack`
-    reads and checks it; everyone else uses the attributes.
+    reads and checks it; everyone else uses the attributes. The per-record arrays (``targets``, ``sizes``)
+    are keys of their own, read in place from the map (see :func:`decode_array`). A shard does not store its
+    global start: shards of a split are numbered, and a reader adds up the counts of the shards before it,
+    so hosts can write different shards of one database independently.
     """
 
     split: str
     shard: int
     num_shards: int
-    start: int  # global index of the shard's first record
     count: int  # records in this shard
-    total: int  # records in the whole split
     wnids: tuple[str, ...]
     classes: tuple[tuple[str, ...], ...]
-    targets: np.ndarray  # (count,) class index per record
-    sizes: np.ndarray  # (count, 2) original height, width per record
+    targets_dtype: str = "<i2"  # of the ``targets`` key: class index per record
+    sizes_dtype: str = "<u2"  # of the ``sizes`` key: original (height, width) per record
     fixed: tuple[tuple[str, str], ...] = ()  # (source path, what was done) for re-encoded inputs
     skipped: tuple[tuple[str, str], ...] = ()  # (source path, why) for inputs not stored (--skip-bad)
     stamps_crc32: int = 0  # CRC-32 of the (size, mtime) of every input file of the shard's range
@@ -164,20 +181,18 @@ class ShardMeta:
     quality: int | None = None  # its JPEG quality
     source: str = ""
     fingerprint: str = ""  # identifies input and options: resuming over other input is refused
-    resumed: bool = False  # finished by a resumed run (rerunning the same command is then a no-op)
+    resumed: bool = False  # finished by a resumed run
     created: str = ""
 
     def to_msgpack(self) -> bytes:
-        dtype = target_dtype(len(self.wnids))
         return msgpack.packb({
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "split": self.split, "shard": self.shard,
-            "num_shards": self.num_shards, "start": self.start, "count": self.count, "total": self.total,
+            "num_shards": self.num_shards, "count": self.count,
             "wnids": list(self.wnids), "classes": [list(c) for c in self.classes],
-            "targets_dtype": dtype, "targets": np.asarray(self.targets, dtype).tobytes(),
-            "sizes": np.asarray(self.sizes, "<u4").tobytes(), "fixed": [list(f) for f in self.fixed],
-            "skipped": [list(f) for f in self.skipped], "stamps_crc32": self.stamps_crc32,
-            "encoding": {"max_side": self.max_side, "quality": self.quality}, "source": self.source,
-            "fingerprint": self.fingerprint, "resumed": self.resumed, "created": self.created,
+            "targets_dtype": self.targets_dtype, "sizes_dtype": self.sizes_dtype,
+            "fixed": [list(f) for f in self.fixed], "skipped": [list(f) for f in self.skipped],
+            "stamps_crc32": self.stamps_crc32, "encoding": {"max_side": self.max_side, "quality": self.quality},
+            "source": self.source, "fingerprint": self.fingerprint, "resumed": self.resumed, "created": self.created,
         }, use_bin_type=True)
 
     @classmethod
@@ -196,13 +211,14 @@ class ShardMeta:
                 f"{where}: format version {version!r} is not supported by this imagenet_pack "
                 f"(it reads version {FORMAT_VERSION}); upgrade imagenet_pack or reconvert the database")
         try:
-            count, encoding = int(meta["count"]), meta["encoding"]
+            encoding = meta["encoding"]
+            dtypes = (str(meta["targets_dtype"]), str(meta["sizes_dtype"]))
+            if dtypes[0] not in ("<i2", "<i4") or dtypes[1] not in ("<u2", "<u4"):
+                raise ValueError(f"array types {dtypes}")
             return cls(
                 split=str(meta["split"]), shard=int(meta["shard"]), num_shards=int(meta["num_shards"]),
-                start=int(meta["start"]), count=count, total=int(meta["total"]),
-                wnids=tuple(meta["wnids"]), classes=tuple(tuple(c) for c in meta["classes"]),
-                targets=_array(meta["targets"], meta["targets_dtype"], count, where, "targets"),
-                sizes=_array(meta["sizes"], "<u4", 2 * count, where, "sizes").reshape(-1, 2),
+                count=int(meta["count"]), wnids=tuple(meta["wnids"]),
+                classes=tuple(tuple(c) for c in meta["classes"]), targets_dtype=dtypes[0], sizes_dtype=dtypes[1],
                 fixed=tuple((str(p), str(r)) for p, r in meta["fixed"]),
                 skipped=tuple((str(p), str(r)) for p, r in meta["skipped"]), stamps_crc32=int(meta["stamps_crc32"]),
                 max_side=encoding["max_side"], quality=encoding["quality"], source=str(meta["source"]),
@@ -285,9 +301,10 @@ def decode_paths(blob: bytes) -> list[str]:
     return bytes(blob).decode("utf-8", "surrogateescape").split("\n") if blob else []
 
 
-def encode_checksums(meta: bytes, paths: bytes) -> bytes:
-    """The ``checksums`` value: CRC-32 of the ``meta`` and ``paths`` values, so damaged metadata is detected."""
-    return msgpack.packb({"meta": zlib.crc32(meta), "paths": zlib.crc32(paths)})
+def encode_checksums(**values: bytes) -> bytes:
+    """The ``checksums`` value: CRC-32 of the ``meta``, ``paths``, ``targets`` and ``sizes`` values, so damaged
+    metadata is detected."""
+    return msgpack.packb({name: zlib.crc32(value) for name, value in values.items()})
 
 
 def check_checksum(checksums: bytes | None, name: str, value: bytes, where: str) -> None:

@@ -16,7 +16,8 @@ from .convert.prepare import PrepareOptions, prepare
 from .errors import FormatError, ImagenetPackError
 from .format import decode_key
 from .read.pixels import DECODE_FLAGS
-from .read.reader import close_handle, list_splits, load_split, open_handle, read_paths
+from .read.reader import (close_handle, finished_shards, list_splits, load_split, open_handle, read_paths,
+                          shard_arrays)
 from .sources.detect import discover
 from .sources.items import read_item
 
@@ -48,14 +49,18 @@ def verify(root: Path | str, *, decode: bool = False, source: Path | str | None 
     for split in splits:
         try:
             info = load_split(root, split)
-        except FormatError as exc:
+            shards = list(zip(info.shards, info.metas))
+        except FormatError as exc:  # e.g. shards other hosts have not finished: check the finished ones
             report.problems.append(str(exc))
-            continue
+            shards = finished_shards(Path(root) / split)
         by_path = {}
         if split in sources:
             by_path = {item.path: item for item in sources[split].items}
-        for shard, meta in zip(info.shards, info.metas):
-            _verify_shard(shard, meta, info, decode, by_path, report, progress)
+        for shard, meta in shards:
+            try:
+                _verify_shard(shard, meta, decode, by_path, report, progress)
+            except FormatError as exc:
+                report.problems.append(str(exc))
     return report
 
 
@@ -63,7 +68,8 @@ def _sources(src: Path, splits: tuple[str, ...]):
     return discover(src, splits)[0]
 
 
-def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
+def _verify_shard(shard, meta, decode, by_path, report, progress) -> None:
+    targets, sizes = shard_arrays(shard)
     try:
         paths = read_paths(shard.path)  # checks the paths' checksum
     except FormatError as exc:
@@ -88,14 +94,14 @@ def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
                 except ImagenetPackError as exc:
                     report.problems.append(str(exc))
                     continue
-                if local >= meta.count or record.target != meta.targets[local]:
+                if local >= meta.count or record.target != targets[local]:
                     report.problems.append(f"{where}: target {record.target} differs from the metadata")
                 if local < meta.count and meta.max_side is None and \
-                        (record.height, record.width) != tuple(int(v) for v in meta.sizes[local]):
+                        (record.height, record.width) != tuple(int(v) for v in sizes[local]):
                     report.problems.append(f"{where}: stored size {record.height}x{record.width} differs from the "
-                                           f"metadata's {tuple(int(v) for v in meta.sizes[local])}")
-                if not 0 <= record.target < len(info.wnids):
-                    report.problems.append(f"{where}: target {record.target} outside 0..{len(info.wnids) - 1}")
+                                           f"metadata's {tuple(int(v) for v in sizes[local])}")
+                if not 0 <= record.target < len(meta.wnids):
+                    report.problems.append(f"{where}: target {record.target} outside 0..{len(meta.wnids) - 1}")
                 if decode:
                     rgb = cv2.imdecode(np.frombuffer(record.image, np.uint8), DECODE_FLAGS)
                     if rgb is None or rgb.shape[:2] != (record.height, record.width):
@@ -110,7 +116,7 @@ def _verify_shard(shard, meta, info, decode, by_path, report, progress) -> None:
                     if paths[local] in fixed or meta.max_side:
                         prepared = prepare(data, PrepareOptions(meta.max_side, meta.quality or 90))
                         same = prepared.image is not None and (prepared.orig_height, prepared.orig_width) == \
-                            tuple(int(v) for v in meta.sizes[local])
+                            tuple(int(v) for v in sizes[local])
                     else:
                         same = data == record.image
                     if not same or item.target != record.target:

@@ -90,7 +90,7 @@ def test_resume_continues_from_the_last_commit(tree, tmp_path, monkeypatch):
     """Records committed before an interruption are kept, and their files are not read again."""
     dst = tmp_path / "db"
 
-    def interrupted(self, meta, paths):
+    def interrupted(self, *args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ShardWriter, "finish", interrupted)
@@ -110,7 +110,7 @@ def test_resume_continues_from_the_last_commit(tree, tmp_path, monkeypatch):
 
 def test_resume_converts_again_from_the_first_file_changed_since(tree, tmp_path, monkeypatch):
     dst = tmp_path / "db"
-    monkeypatch.setattr(ShardWriter, "finish", lambda self, meta, paths: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(ShardWriter, "finish", lambda self, *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         convert(tree, dst, opts(workers=1, splits=("train",), batch_bytes=4 << 10))
     monkeypatch.undo()

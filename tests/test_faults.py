@@ -15,7 +15,7 @@ import pytest
 
 from imagenet_pack import ConvertOptions, FormatError, ImagenetPackError, LmdbImageNet, OutputExistsError, convert
 from imagenet_pack.cli import main
-from imagenet_pack.convert.lock import BusyError, hold_lock
+from imagenet_pack.convert.lock import BusyError
 from imagenet_pack.format import META_KEY
 from imagenet_pack.read.reader import close_handle
 
@@ -182,14 +182,26 @@ def test_damaged_metadata_fails_its_checksum(db):
 def test_a_second_writer_is_refused_at_once_naming_the_holder(tree, tmp_path):
     dst = tmp_path / "db"
     dst.mkdir()
-    with hold_lock(dst):
-        with pytest.raises(BusyError, match=rf"another imagenet-pack convert \(pid {os.getpid()}\) is running"):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from imagenet_pack.convert.lock import hold_lock
+        with hold_lock(Path({str(dst)!r})):
+            print("locked", flush=True)
+            sys.stdin.readline()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(BusyError, match=rf"another imagenet-pack convert \(pid {holder.pid}\) is running"):
             convert(tree, dst, opts())
         result = subprocess.run([sys.executable, "-m", "imagenet_pack.cli", "convert", str(tree), str(dst)],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 1 and "another imagenet-pack convert" in result.stderr
         assert "--overwrite" not in result.stderr and "Traceback" not in result.stderr
-    assert convert(tree, dst, opts()).ok  # the kernel released it with the holder
+    finally:
+        holder.kill()  # the kernel releases the lock of a killed holder: no stale lock
+        holder.wait()
+    assert convert(tree, dst, opts()).ok
 
 
 def test_one_database_opened_under_two_spellings(db, monkeypatch):

@@ -11,8 +11,8 @@ import pytest
 TRAIN = Path(__file__).resolve().parents[1] / "tools" / "train.py"
 
 
-def torchrun(db: Path, out: Path, *extra: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(TRAIN),
+def torchrun(db: Path, out: Path, *extra: str, processes: int = 2) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), str(TRAIN),
            str(db), "--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0",
            "--device", "cpu", "--lr", "0.01", "--log-samples", "--output", str(out), *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -65,6 +65,19 @@ def test_stopped_mid_epoch_and_resumed_sees_exactly_the_rest(full_run, db_sessio
     for rank in (0, 1):
         steps = [entry["step"] for entry in samples(out, rank)]
         assert steps == list(range(6))  # no step twice, none missing
+
+
+@pytest.mark.parametrize("before, after", [(2, 3), (3, 2)])
+def test_preempted_and_resumed_on_another_world_size_sees_every_sample_once(db_session, tmp_path, before, after):
+    out = tmp_path / "elastic"
+    common = ("--epochs", "1", "--batch-size", "2")
+    torchrun(db_session, out, *common, "--exit-after-steps", "2", processes=before)
+    torchrun(db_session, out, *common, "--resume", processes=after)
+    seen = [i for rank in range(max(before, after)) if (out / f"samples-rank{rank}.jsonl").exists()
+            for entry in samples(out, rank) for i in entry["indices"] if entry["epoch"] == 0]
+    consumed = before * 2 * 2
+    padding = (-(24 - consumed)) % after
+    assert set(seen) == set(range(24)) and len(seen) == 24 + padding  # each once; padding only at the end
 
 
 def test_gpu_check_runs_its_three_modes_on_cpu():

@@ -141,8 +141,8 @@ class Run:
         self.train_loader.load_state_dict(state["loader"])
         self.step = state["step"]
         if self.rank == 0:
-            print(f"resumed from {self.checkpoint}: epoch {state['loader']['epoch']}, "
-                  f"{state['loader']['position']} samples in")
+            print(f"resumed from {self.checkpoint}: epoch {state['loader']['epoch']}, {state['loader']['consumed']} "
+                  f"samples of it consumed by the job, the rest dealt to {self.world} process(es)")
 
     def save(self) -> None:
         """Rank 0 writes the checkpoint (every rank's loader position is the same count of samples)."""
@@ -169,7 +169,7 @@ class Run:
             images, targets = batch
             if self.samples_log is not None:
                 self.samples_log.write(json.dumps({"epoch": epoch, "step": self.step, "indices":
-                                                   epoch_order[position:position + len(targets)]}) + "\n")
+                                                   epoch_order[position:position + len(targets)].tolist()}) + "\n")
                 self.samples_log.flush()
             loss = self.train_step(ddp, images, targets, len(loader))
             seen, epoch_steps, self.run_steps = seen + len(targets), epoch_steps + 1, self.run_steps + 1

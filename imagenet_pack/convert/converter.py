@@ -12,7 +12,6 @@ import mmap
 import multiprocessing
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,10 +19,10 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import FormatError, ImagenetPackError, OutputExistsError
-from ..format import Record, Row, ShardMeta, encode_paths, encode_record
+from ..errors import ImagenetPackError, OutputExistsError
+from ..format import Record, ShardMeta, encode_array, encode_paths, encode_record, size_dtype, target_dtype
 from ..machine import default_workers
-from ..read.reader import close_handle, find_shards, read_paths, read_shard_meta, shard_dir
+from ..read.reader import find_shards, shard_dir
 from ..sources.detect import discover
 from ..sources.folders import SPLITS
 from ..sources.items import Item, SplitSource, read_item_stamped
@@ -31,6 +30,7 @@ from .prepare import PrepareOptions
 from .report import REPORT_NAME, ConvertReport, SplitReport, audit, write_report
 from .tasks import Result, init_worker, prepare_task
 from .lock import check_no_overlap, hold_lock
+from .resume import complete, rewind_to_changes, shard_ranges, stamps_crc, summarise_complete
 from .writer import ShardWriter, owned_files, remove_database
 
 
@@ -49,6 +49,17 @@ class ConvertOptions:
     progress: bool = True
     initial_map_size: int | None = None  # None: estimated from the source size; the map grows when full
     batch_bytes: int = 64 << 20
+    only_shards: tuple[int, ...] | None = None  # write only these of the ``shards`` (several hosts, one DST)
+
+    def __post_init__(self) -> None:
+        if self.only_shards is not None and not all(0 <= s < self.shards for s in self.only_shards):
+            raise ValueError(f"only_shards {list(self.only_shards)} must lie in 0..{self.shards - 1} (--shards "
+                             f"{self.shards})")
+
+    @property
+    def selected(self) -> tuple[int, ...]:
+        """The shards this run writes."""
+        return tuple(sorted(set(self.only_shards))) if self.only_shards is not None else tuple(range(self.shards))
 
 
 def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertOptions()) -> ConvertReport:
@@ -60,13 +71,15 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
             (pass ``overwrite``), or files imagenet-pack did not write.
         BusyError: another conversion is running on ``dst``.
 
-    A complete database of the same input and options is kept as it is (the rerun is a no-op).
+    A complete database of the same input and options is kept as it is (the rerun is a no-op). With
+    ``only_shards``, only those shards are written (and checked, and replaced with ``overwrite``): hosts
+    sharing storage can each write some shards of one database, which equals a one-host conversion.
     """
     src, dst = Path(src), Path(dst)
     check_no_overlap(src, dst)
     sources, notes = discover(src, options.splits, options.layout)
     dst.mkdir(parents=True, exist_ok=True)
-    with hold_lock(dst):
+    with hold_lock(dst, options.selected):
         gc.freeze()  # millions of long-lived items: keep the cyclic GC from rescanning them during the run
         try:
             return _convert(dst, options, sources, notes)
@@ -77,7 +90,7 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
 def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource], notes: list[str]) -> ConvertReport:
     fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
     done = {split for split, source in sources.items()
-            if not options.overwrite and _complete(dst / split, fingerprints[split], source)}
+            if not options.overwrite and complete(dst / split, fingerprints[split], source, options.selected)}
     workers = options.workers or default_workers()
     prep = PrepareOptions(options.max_side, options.quality)
     pool = multiprocessing.Pool(workers, init_worker, (prep,)) if workers > 1 else None
@@ -86,16 +99,17 @@ def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource]
         for split, source in sources.items():
             if split in done:
                 notes.append(f"{dst / split}: already complete, kept as it is")
-                reports.append(_summarise_complete(dst / split, source))
+                reports.append(summarise_complete(dst / split, source, options.selected))
                 continue
             if options.overwrite:
-                remove_database(dst / split)
+                remove_database(dst / split, _shard_dirs(dst / split, options) if options.only_shards else None)
             reports.append(_convert_split(source, dst / split, fingerprints[split], options, prep, pool))
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-    report_path = dst / REPORT_NAME
+    report_path = dst / (REPORT_NAME if options.only_shards is None else
+                         f"convert-report.shards-{'-'.join(map(str, options.selected))}.jsonl")
     write_report(report_path, reports)
     return ConvertReport(reports, report_path, notes)
 
@@ -104,35 +118,8 @@ def _fingerprint(source: SplitSource, options: ConvertOptions) -> str:
     return f"{source.fingerprint()}|shards={options.shards}|max_side={options.max_side}|quality={options.quality}"
 
 
-def _complete(split_dir: Path, fingerprint: str, source: SplitSource) -> bool:
-    """Whether ``split_dir`` holds a complete database of this input and these options (then the rerun is a
-    no-op); OutputExistsError if it holds a complete one of other input or options, or of files changed since."""
-    paths = find_shards(split_dir)
-    if not paths:
-        return False
-    try:
-        metas = []
-        for path in paths:
-            try:
-                metas.append(read_shard_meta(path))
-            except FormatError:  # incomplete or unreadable shard: not complete, the writer decides what to do
-                return False
-    finally:
-        for path in paths:
-            close_handle(path)
-    if len(metas) != metas[0].num_shards:
-        return False
-    if metas[0].fingerprint != fingerprint:
-        raise OutputExistsError(
-            f"{split_dir}: holds a complete database made from other input or options; "
-            "pass --overwrite to replace it"
-        )
-    ranges = _shard_ranges(len(source.items), len(metas))
-    changed = [m.shard for m, rng in zip(metas, ranges) if m.stamps_crc32 != _stamps_crc([source.items[i] for i in rng])]
-    if changed:
-        raise OutputExistsError(f"{split_dir}: source files of shard(s) {changed} changed (size or mtime) since the "
-                                "database was made; pass --overwrite to convert them again")
-    return True
+def _shard_dirs(split_dir: Path, options: ConvertOptions) -> list[Path]:
+    return [shard_dir(split_dir, s, options.shards) for s in options.selected]
 
 
 def _encode_result(result: Result, item: Item) -> tuple[bytes, bytes | None]:
@@ -145,33 +132,31 @@ def _encode_result(result: Result, item: Item) -> tuple[bytes, bytes | None]:
     return encode_record(Record(image, item.target, result.height, result.width), mmap.PAGESIZE, crc=result.crc)
 
 
-def _shard_ranges(count: int, shards: int) -> list[range]:
-    return [range(s * count // shards, (s + 1) * count // shards) for s in range(shards)]
-
-
 def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, options: ConvertOptions,
                    prep: PrepareOptions, pool) -> SplitReport:
     started = time.perf_counter()
-    ranges = _shard_ranges(len(source.items), options.shards)
+    ranges = shard_ranges(len(source.items), options.shards)
     existing = find_shards(split_dir)
-    wanted = [shard_dir(split_dir, s, options.shards) for s in range(options.shards)]
-    if existing and set(existing) - set(wanted):
+    if existing and set(existing) - {shard_dir(split_dir, s, options.shards) for s in range(options.shards)}:
         raise OutputExistsError(f"{split_dir}: holds shards of a conversion with another --shards; "
                                 "pass --overwrite to start over")
     if split_dir.exists():
         owned_files(split_dir)  # never write into a folder of someone else's files
     estimate = _estimate_bytes(source)
-    writers, notes = [], []
+    wanted = _shard_dirs(split_dir, options)
+    writers: dict[int, ShardWriter] = {}
+    notes = []
     try:
-        for s, rng in enumerate(ranges):
-            share = estimate * len(rng) // max(1, len(source.items))
+        for s, path in zip(options.selected, wanted):
+            share = estimate * len(ranges[s]) // max(1, len(source.items))
             map_size = options.initial_map_size or int(share * 1.25) + (64 << 20)
-            writers.append(ShardWriter(wanted[s], fingerprint, map_size=map_size, batch_bytes=options.batch_bytes))
-            notes += _rewind_to_changes(writers[-1], source, rng)
-        todo = [(s, pos, source.items[rng[pos]]) for s, (w, rng) in enumerate(zip(writers, ranges))
-                if not w.complete for pos in range(w.position, len(rng))]
+            writers[s] = ShardWriter(path, fingerprint, map_size=map_size, batch_bytes=options.batch_bytes)
+            notes += rewind_to_changes(writers[s], source, ranges[s])
+        todo = [(s, pos, source.items[ranges[s][pos]]) for s, w in writers.items()
+                if not w.complete for pos in range(w.position, len(ranges[s]))]
+        total = sum(len(ranges[s]) for s in writers)
         results = _run(todo, prep, pool)
-        bar = tqdm(total=len(source.items), initial=len(source.items) - len(todo), unit="img",
+        bar = tqdm(total=total, initial=total - len(todo), unit="img",
                    desc=f"{source.split}", disable=not options.progress, smoothing=0.1)
         read_bytes, t0 = 0, time.perf_counter()
         for result in results:
@@ -184,50 +169,23 @@ def _convert_split(source: SplitSource, split_dir: Path, fingerprint: str, optio
             if bar.n % 64 == 0:
                 bar.set_postfix_str(f"{read_bytes / 1e6 / max(time.perf_counter() - t0, 1e-9):.1f} MB/s")
         bar.close()
-        for w in writers:
+        for w in writers.values():
             w.flush()
         report = _account(source, writers, ranges)
         report.complete = not report.skipped or options.skip_bad
         if report.complete:  # shard by shard: a kill between two leaves finished shards that a rerun keeps
-            start = 0
-            for s, (w, rng) in enumerate(zip(writers, ranges)):
-                if w.finished is not None:
-                    start += w.finished.count
-                    continue
-                rows = w.rows()
-                w.finish(_shard_meta(source, fingerprint, options, s, start, rows, rng, report.stored,
-                                     w.state.problems, resumed=any(x.resumed for x in writers)),
-                         encode_paths([source.items[rng[row.position]].path for row in rows]))
-                start += len(rows)
+            resumed = any(w.resumed for w in writers.values())
+            for s, w in writers.items():
+                if w.finished is None:
+                    _finish_shard(w, source, fingerprint, options, s, ranges[s], resumed=resumed)
     finally:
-        for w in writers:
+        for w in writers.values():
             w.close()
-    report.source_bytes = _source_bytes(source)
+    report.source_bytes = sum(_item_size(source.items[i]) for s in writers for i in ranges[s])
     report.db_bytes = sum((p / "data.mdb").stat().st_blocks * 512 for p in wanted if (p / "data.mdb").exists())
     report.seconds = time.perf_counter() - started
     report.warnings = notes + audit(source)
     return report
-
-
-def _rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> list[str]:
-    """Rewind an interrupted shard to the first file that failed before (it may have been fixed) or changed
-    since it was converted (its size or mtime differ from the scan's); say which files changed."""
-    if writer.complete:
-        return []
-    changed = [row for row in writer.rows() if source.items[rng[row.position]].stamp != row[4:6]]
-    first = min([p.position for p in writer.state.problems] + [r.position for r in changed], default=None)
-    if first is None:
-        return []
-    writer.rewind(first)
-    if not changed:
-        return []
-    names = ", ".join(source.items[rng[r.position]].path for r in changed[:10]) + (" ..." if len(changed) > 10 else "")
-    return [f"{writer.path}: {len(changed)} file(s) changed since they were converted ({names}); converted "
-            f"again from {source.items[rng[first]].path}"]
-
-
-def _stamps_crc(items: list[Item]) -> int:
-    return zlib.crc32(np.array([i.stamp for i in items], "<i8").tobytes())
 
 
 def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[Result]:
@@ -237,9 +195,10 @@ def _run(todo: list, prep: PrepareOptions, pool) -> Iterator[Result]:
     return pool.imap(prepare_task, todo, chunksize=8)
 
 
-def _account(source: SplitSource, writers: list[ShardWriter], ranges: list[range]) -> SplitReport:
+def _account(source: SplitSource, writers: dict[int, ShardWriter], ranges: list[range]) -> SplitReport:
     report = SplitReport(source.split, source.description, ignored=list(source.ignored))
-    for w, rng in zip(writers, ranges):
+    for s, w in writers.items():
+        rng = ranges[s]
         if w.finished is not None:
             report.stored += w.finished.count
             report.skipped += w.finished.skipped
@@ -255,33 +214,23 @@ def _account(source: SplitSource, writers: list[ShardWriter], ranges: list[range
     return report
 
 
-def _shard_meta(source: SplitSource, fingerprint: str, options: ConvertOptions, shard: int, start: int,
-                rows: list[Row], rng: range, total: int, problems, *, resumed: bool) -> ShardMeta:
+def _finish_shard(writer: ShardWriter, source: SplitSource, fingerprint: str, options: ConvertOptions, shard: int,
+                  rng: range, *, resumed: bool) -> None:
+    """The final commit of one shard: its metadata, paths, per-record arrays."""
+    rows = writer.rows()
     items = [source.items[rng[row.position]] for row in rows]
-    return ShardMeta(
-        split=source.split, shard=shard, num_shards=options.shards, start=start, count=len(rows), total=total,
-        wnids=tuple(source.wnids), classes=tuple(source.classes), targets=np.array([i.target for i in items]),
-        sizes=np.array([(row.height, row.width) for row in rows]).reshape(-1, 2),
+    targets, sizes = np.array([i.target for i in items]), np.array([row[1:3] for row in rows]).reshape(-1, 2)
+    meta = ShardMeta(
+        split=source.split, shard=shard, num_shards=options.shards, count=len(rows), wnids=tuple(source.wnids),
+        classes=tuple(source.classes), targets_dtype=target_dtype(len(source.wnids)), sizes_dtype=size_dtype(sizes),
         fixed=tuple((i.path, row.fixed) for i, row in zip(items, rows) if row.fixed),
-        skipped=tuple((source.items[rng[p.position]].path, p.reason) for p in problems),
+        skipped=tuple((source.items[rng[p.position]].path, p.reason) for p in writer.state.problems),
+        stamps_crc32=stamps_crc([source.items[i] for i in rng]),
         max_side=options.max_side, quality=options.quality if options.max_side else None,
-        stamps_crc32=_stamps_crc([source.items[i] for i in rng]),
         source=source.description, fingerprint=fingerprint, resumed=resumed,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-
-
-def _summarise_complete(split_dir: Path, source: SplitSource) -> SplitReport:
-    metas = [read_shard_meta(p) for p in find_shards(split_dir)]
-    for p in find_shards(split_dir):
-        close_handle(p)
-    report = SplitReport(source.split, source.description, complete=True, already_complete=True,
-                         ignored=list(source.ignored))
-    report.stored = sum(m.count for m in metas)
-    report.fixed = [f for m in metas for f in m.fixed]
-    report.skipped = [f for m in metas for f in m.skipped]
-    report.found = len(source.items) + len(source.ignored)
-    report.warnings = audit(source)
-    return report
+    writer.finish(meta, encode_paths([i.path for i in items]), encode_array(targets, meta.targets_dtype),
+                  encode_array(sizes, meta.sizes_dtype))
 
 
 def _estimate_bytes(source: SplitSource) -> int:
@@ -294,9 +243,3 @@ def _estimate_bytes(source: SplitSource) -> int:
 
 def _item_size(item: Item) -> int:
     return item.size if item.size >= 0 else os.stat(item.file).st_size
-
-
-def _source_bytes(source: SplitSource) -> int:
-    return sum(_item_size(i) for i in source.items)
-
-

@@ -1,11 +1,15 @@
 """One conversion per output directory at a time, and never one that writes into its own input.
 
-The lock is ``fcntl.flock`` on ``DST/.imagenet-pack.lock``: the kernel releases it when the holder exits or
-is killed, so a crash never leaves a stale lock. The file holds the holder's pid, for the message.
+The lock is a POSIX record lock (``fcntl.lockf``) on ``DST/.imagenet-pack.shard-SSS.lock`` for each shard the
+run writes (hosts writing different shards of one database do not exclude each other): the kernel releases it when
+the holder exits or is killed, so a crash never leaves a stale lock, and unlike ``flock`` it is not inherited
+by the converter's forked workers (a killed converter's workers, still exiting, would hold it on). The file
+holds the holder's pid, for the message.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -13,7 +17,7 @@ from typing import Iterator
 
 from ..errors import ImagenetPackError
 
-LOCK_NAME = ".imagenet-pack.lock"
+LOCK_NAME = ".imagenet-pack.shard-{:03d}.lock"  # one per shard: hosts writing different shards share DST
 
 
 class BusyError(ImagenetPackError):
@@ -30,14 +34,24 @@ def check_no_overlap(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def hold_lock(dst: Path) -> Iterator[None]:
-    """Hold ``dst``'s conversion lock for the ``with`` block; BusyError at once if another run holds it."""
-    path = dst / LOCK_NAME
+def hold_lock(dst: Path, shards: tuple[int, ...] = (0,)) -> Iterator[None]:
+    """Hold the locks of ``shards`` in ``dst`` for the ``with`` block; BusyError at once if another run holds
+    one of them."""
+    with contextlib.ExitStack() as stack:
+        for shard in shards:
+            stack.enter_context(_locked(dst, dst / LOCK_NAME.format(shard)))
+        yield
+
+
+@contextlib.contextmanager
+def _locked(dst: Path, path: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise BusyError(f"{dst}: another imagenet-pack convert (pid {holder}) is running on this output; "
                             "wait for it to finish (or stop it), then rerun") from None

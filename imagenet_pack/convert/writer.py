@@ -11,9 +11,9 @@ from pathlib import Path
 import lmdb
 
 from ..errors import FormatError, OutputExistsError
-from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, TAILS_DB,
-                      Problem, Progress, Row, ShardMeta, decode_rows, encode_checksums, encode_key, encode_length,
-                      encode_rows, rows_key)
+from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, SIZES_KEY,
+                      TAILS_DB, TARGETS_KEY, Problem, Progress, Row, ShardMeta, decode_rows, encode_checksums,
+                      encode_key, encode_length, encode_rows, rows_key)
 
 DEFAULT_BATCH_BYTES = 64 << 20
 
@@ -135,8 +135,9 @@ class ShardWriter:
 
         self.state = self._write(body)
 
-    def finish(self, meta: ShardMeta, paths: bytes) -> None:
-        """Write metadata, source paths and the length key in one final commit, drop the progress state, sync."""
+    def finish(self, meta: ShardMeta, paths: bytes, targets: bytes, sizes: bytes) -> None:
+        """Write metadata, source paths, the per-record arrays (encoded, see ``format.encode_array``), their
+        checksums and the length key in one final commit, drop the progress state, sync."""
         self.flush()
 
         def body(txn) -> None:
@@ -144,9 +145,10 @@ class ShardWriter:
                 txn.delete(rows_key(b), db=self.meta)
             txn.delete(PROGRESS_KEY, db=self.meta)
             value = meta.to_msgpack()
-            txn.put(META_KEY, value, db=self.meta)
-            txn.put(PATHS_KEY, paths, db=self.meta)
-            txn.put(CHECKSUMS_KEY, encode_checksums(value, paths), db=self.meta)
+            for key, data in ((META_KEY, value), (PATHS_KEY, paths), (TARGETS_KEY, targets), (SIZES_KEY, sizes)):
+                txn.put(key, data, db=self.meta)
+            txn.put(CHECKSUMS_KEY, encode_checksums(meta=value, paths=paths, targets=targets, sizes=sizes),
+                    db=self.meta)
             txn.put(LENGTH_KEY, encode_length(meta.count), db=self.meta)
 
         self._write(body)
@@ -204,13 +206,16 @@ def _written_by_us(path: Path) -> bool:
         env.close()
 
 
-def remove_database(split_dir: Path) -> None:
-    """Delete a split's database (for --overwrite): only files :func:`owned_files` proved ours, then the
-    folders they leave empty."""
+def remove_database(split_dir: Path, shard_dirs: list[Path] | None = None) -> None:
+    """Delete a split's database (for --overwrite), or only ``shard_dirs`` of it: only files
+    :func:`owned_files` proved ours, then the folders they leave empty."""
     if not split_dir.exists():
         return
     files = owned_files(split_dir)
+    if shard_dirs is not None:
+        files = [f for f in files if f.parent in shard_dirs]
     for f in files:
         f.unlink()
     for folder in sorted({f.parent for f in files} | {split_dir}, key=lambda p: len(p.parts), reverse=True):
-        folder.rmdir()
+        if not any(folder.iterdir()):
+            folder.rmdir()

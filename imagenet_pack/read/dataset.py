@@ -6,12 +6,13 @@ import operator
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import CorruptRecordError
 from ..format import Record, encode_key
 from .decoders import Decoder, resolve_decoder
-from .reader import load_split, open_handle, read_paths
+from .reader import load_split, open_handle, read_paths, shard_arrays
 
 
 class LmdbImageNet(Dataset):
@@ -41,8 +42,10 @@ class LmdbImageNet(Dataset):
         class_to_idx (dict[str, int]): every class name to its index.
         wnids (list[str]): WordNet ids per class index (sorted, torchvision's order).
         wnid_to_idx (dict[str, int]): wnid to class index.
-        targets (numpy.ndarray): class index of every sample, int64.
-        sizes (numpy.ndarray): (N, 2) original height and width of every sample.
+        targets (numpy.ndarray): class index of every sample (int16 or int32), read in place from the
+            database: every process shares the same pages, and a pickled dataset carries none of it (a
+            multi-shard split concatenates the shards' arrays on each access: index ``targets`` once).
+        sizes (numpy.ndarray): (N, 2) original height and width of every sample, likewise.
 
     Raises:
         FormatError: the database is missing, incomplete, or of an unsupported format version.
@@ -61,14 +64,31 @@ class LmdbImageNet(Dataset):
         self.wnid_to_idx = {wnid: i for i, wnid in enumerate(self.wnids)}
         self.classes = info.classes
         self.class_to_idx = {name: i for i, names in enumerate(self.classes) for name in names}
-        self.targets = info.targets
-        self.sizes = info.sizes
+        self._shards = info.shards
         self._shard_paths = [str(s.path) for s in info.shards]
         self._starts = [s.start for s in info.shards]
+        self._length = len(info)
         self._paths: list[str] | None = None
+        self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = info.arrays
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return self._length
+
+    def _shard_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(targets, sizes) of every shard, viewing this process's maps (re-made after unpickling)."""
+        if self._arrays is None:
+            self._arrays = [shard_arrays(shard) for shard in self._shards]
+        return self._arrays
+
+    @property
+    def targets(self) -> np.ndarray:
+        arrays = [t for t, _ in self._shard_arrays()]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        arrays = [s for _, s in self._shard_arrays()]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
     @property
     def paths(self) -> list[str]:
@@ -78,7 +98,8 @@ class LmdbImageNet(Dataset):
         return self._paths
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_paths": None}  # a worker reads them again if it needs them
+        # no per-record array travels to a spawned worker: it views its own map of the database
+        return {**self.__dict__, "_paths": None, "_arrays": None}
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any]:
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
@@ -109,7 +130,7 @@ class LmdbImageNet(Dataset):
             sample = self.decoder(record, index, epoch, where)
         else:
             sample = self.decoder(record, index, epoch, where, out=out)
-        target = int(self.targets[index])
+        target = record.target  # checked against the metadata in _read
         if self.transform is not None:
             sample = self.transform(sample)
         if self.target_transform is not None:
@@ -127,9 +148,10 @@ class LmdbImageNet(Dataset):
         record = open_handle(path).read(encode_key(local), where)
         if record is None:
             raise CorruptRecordError(f"{where}: missing although the metadata lists it; reconvert the database")
-        if record.target != self.targets[index]:
+        expected = int(self._shard_arrays()[shard][0][local])
+        if record.target != expected:
             raise CorruptRecordError(f"{where}: target {record.target} differs from the metadata's "
-                                     f"{self.targets[index]}; reconvert the database")
+                                     f"{expected}; reconvert the database")
         return record, where
 
     def __repr__(self) -> str:

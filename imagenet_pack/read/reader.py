@@ -1,11 +1,15 @@
 """Opening databases for reading: shard discovery, per-process environments, split metadata.
 
-LMDB forbids using an environment after fork and opening one twice in a process (py-lmdb's docs, "Forking
-& multiprocessing"). So environments live in a per-process cache keyed by the resolved path: every dataset instance in a process shares one
-handle, a forked child that finds its parent's handle closes it (py-lmdb skips the LMDB cleanup in a child)
-and opens its own, and nothing LMDB-related is ever pickled. Readers open with ``readonly=True, lock=False``
-(an immutable database needs no reader table, so no MDB_READERS_FULL) and ``readahead=False`` (random
-access to a database larger than RAM).
+LMDB forbids using an environment after fork (py-lmdb's docs, "Forking & multiprocessing"). So environments
+live in a per-process cache keyed by the resolved path: every dataset instance in a process shares one handle,
+a forked child that finds its parent's handle closes it (py-lmdb skips the LMDB cleanup in a child) and
+opens its own, and nothing LMDB-related is ever pickled. Readers open with ``readonly=True, lock=False`` (an immutable database needs no
+reader table, so no MDB_READERS_FULL) and ``readahead=False`` (random access to a database larger than RAM).
+
+The per-record arrays (targets, sizes) are read-only memory maps of the very bytes LMDB stores them in
+(``numpy.memmap`` of data.mdb at the value's offset): every process of a node reads the same page-cache
+pages, no process holds a private copy, and the maps live on their own, whatever happens to the LMDB handle
+(closed, or inherited across fork).
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ import lmdb
 import numpy as np
 
 from ..errors import CorruptRecordError, FormatError
-from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, RECORDS_DB, TAILS_DB, Record, ShardMeta,
-                      check_checksum, decode_length, decode_paths, decode_record)
+from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, RECORDS_DB, SIZES_KEY, TAILS_DB,
+                      TARGETS_KEY, Record, ShardMeta, check_checksum, decode_array, decode_length, decode_paths,
+                      decode_record)
 
 SHARD_GLOB = "shard-*-of-*"
 
@@ -37,7 +42,7 @@ def find_shards(split_dir: Path) -> list[Path]:
 
 
 class Handle(NamedTuple):
-    """An open environment and its two named databases."""
+    """An open environment, its three named databases, and a read transaction kept for in-place arrays."""
 
     env: lmdb.Environment
     records: Any
@@ -121,16 +126,40 @@ def open_handle(path: Path | str) -> Handle:
 
 
 def close_handle(path: Path | str) -> None:
+    """Close this process's handle on ``path``; the next access opens the database afresh."""
     cached = _HANDLES.pop(os.path.realpath(path), None)
     if cached is not None and cached[0] == os.getpid():
         cached[1].env.close()
 
 
+def shard_arrays(shard: Shard) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's targets (count,) and sizes (count, 2): read-only memory maps of the bytes LMDB stores them
+    in (LMDB keeps a value contiguous in its file), so nothing is copied and every process shares the pages."""
+    handle = open_handle(shard.path)
+    data_file = os.path.realpath(os.path.join(shard.path, "data.mdb"))
+    arrays = []
+    try:
+        with handle.env.begin(db=handle.meta, buffers=True) as txn:
+            for key, dtype, count in ((TARGETS_KEY, shard.targets_dtype, shard.count),
+                                      (SIZES_KEY, shard.sizes_dtype, 2 * shard.count)):
+                view = decode_array(txn.get(key), dtype, count, str(shard.path), key.decode())  # checks length
+                offset = _file_offset(view.ctypes.data, data_file) if count else None
+                arrays.append(np.array(view) if offset is None else np.memmap(data_file, dtype, "r", offset, (count,)))
+    except lmdb.Error as exc:
+        raise FormatError(f"{shard.path}: LMDB cannot read the metadata ({exc}); the shard is damaged, "
+                          "reconvert it") from exc
+    return arrays[0], arrays[1].reshape(-1, 2)
+
+
 @dataclass(frozen=True)
 class Shard:
+    """Where one shard is and what a reader needs to view its arrays (small: it is pickled to workers)."""
+
     path: Path
     start: int  # global index of its first record
     count: int
+    targets_dtype: str
+    sizes_dtype: str
 
 
 @dataclass
@@ -141,6 +170,7 @@ class SplitInfo:
     split: str
     shards: list[Shard]
     metas: list[ShardMeta]
+    arrays: list[tuple[np.ndarray, np.ndarray]]  # (targets, sizes) per shard, mapped in place
 
     @property
     def wnids(self) -> list[str]:
@@ -149,16 +179,6 @@ class SplitInfo:
     @property
     def classes(self) -> list[tuple[str, ...]]:
         return list(self.metas[0].classes)
-
-    @property
-    def targets(self) -> np.ndarray:
-        """Class index of every record, int64."""
-        return np.concatenate([m.targets for m in self.metas]).astype(np.int64)
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """(N, 2) original height and width of every record."""
-        return np.concatenate([m.sizes for m in self.metas])
 
     def __len__(self) -> int:
         return sum(m.count for m in self.metas)
@@ -189,6 +209,22 @@ def read_paths(split_dir: Path) -> list[str]:
     return out
 
 
+def _file_offset(address: int, path: str) -> int | None:
+    """Where in ``path`` the mapped byte at ``address`` lies, from this process's memory map table (Linux's
+    /proc/self/maps); None where there is no such table (the caller then copies)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == path:
+                    start, end = (int(v, 16) for v in fields[0].split("-"))
+                    if start <= address < end:
+                        return address - start + int(fields[2], 16)
+    except OSError:
+        return None
+    return None
+
+
 def read_shard_meta(path: Path) -> ShardMeta:
     """The metadata of one complete shard; FormatError if it is missing, incomplete, damaged or of another
     version."""
@@ -208,7 +244,9 @@ def read_shard_meta(path: Path) -> ShardMeta:
 
 
 def load_split(root: Path | str, split: str) -> SplitInfo:
-    """Read and cross-check the metadata of every shard of ``root/split``; leaves no environment open."""
+    """Read and cross-check the metadata of every shard of ``root/split``, map the per-record arrays and check
+    them against their checksums (in place: nothing is copied); leaves no environment open. FormatError
+    naming what is missing or wrong."""
     root = Path(root)
     split_dir = root / split
     if not root.is_dir():
@@ -219,25 +257,69 @@ def load_split(root: Path | str, split: str) -> SplitInfo:
     paths = find_shards(split_dir)
     if not paths:
         raise FormatError(f"{split_dir}: no LMDB shard found (no data.mdb); convert the dataset first")
-    try:
-        metas = [read_shard_meta(p) for p in paths]
-    finally:
-        for p in paths:
-            close_handle(p)
-    num_shards = metas[0].num_shards
-    if [m.shard for m in metas] != list(range(num_shards)) or any(m.num_shards != num_shards for m in metas):
-        raise FormatError(f"{split_dir}: found shards {[m.shard for m in metas]} of {num_shards}; "
-                          "some are missing or mixed from different conversions, reconvert")
-    shards, start = [], 0
+    if paths == [split_dir]:
+        metas = [read_shard_meta(split_dir)]
+    else:
+        metas = _sharded_metas(split_dir, paths)
+    shards, arrays, start = [], [], 0
     for path, meta in zip(paths, metas):
-        if meta.start != start or meta.split != split or meta.wnids != metas[0].wnids:
-            raise FormatError(f"{path}: shard starts at {meta.start} (expected {start}), holds split "
-                              f"{meta.split!r} or other classes; the shards are from different conversions")
-        if meta.count and int(meta.targets.max()) >= len(meta.wnids):
+        if meta.split != split or meta.wnids != metas[0].wnids or meta.fingerprint != metas[0].fingerprint:
+            raise FormatError(f"{path}: holds split {meta.split!r}, other classes or other input than shard 0; "
+                              "the shards are from different conversions, reconvert")
+        shard = Shard(path, start, meta.count, meta.targets_dtype, meta.sizes_dtype)
+        targets, sizes = shard_arrays(shard)
+        checksums = _meta_values(path, CHECKSUMS_KEY)[0]
+        check_checksum(checksums, "targets", targets, str(path))
+        check_checksum(checksums, "sizes", sizes, str(path))
+        if meta.count and not 0 <= int(targets.min()) <= int(targets.max()) < len(meta.wnids):
             raise FormatError(f"{path}: metadata targets fall outside 0..{len(meta.wnids) - 1}")
-        shards.append(Shard(path, start, meta.count))
+        shards.append(shard)
+        arrays.append((targets, sizes))
         start += meta.count
-    return SplitInfo(root, split, shards, metas)
+    for path in paths:  # the arrays are maps of their own: no environment needs to stay open
+        close_handle(path)
+    return SplitInfo(root, split, shards, metas, arrays)
+
+
+def _sharded_metas(split_dir: Path, paths: list[Path]) -> list[ShardMeta]:
+    """The metadata of every shard ``shard-SSS-of-KKK`` of a split, once all K are there and finished; else
+    FormatError naming the missing and unfinished ones (several hosts may each write some)."""
+    counts = {int(p.name.rsplit("-", 1)[1]) for p in paths}
+    if len(counts) != 1:
+        raise FormatError(f"{split_dir}: holds shards of conversions with different --shards {sorted(counts)}; "
+                          "reconvert with --overwrite")
+    num_shards, metas, unfinished = counts.pop(), {}, []
+    for path in paths:
+        try:
+            meta = read_shard_meta(path)
+        except FormatError as exc:
+            if "incomplete" not in str(exc):
+                raise
+            unfinished.append(int(path.name.split("-")[1]))
+            continue
+        metas[meta.shard] = meta
+    missing = sorted(set(range(num_shards)) - set(metas))
+    if missing:
+        unfinished_note = f" ({', '.join(map(str, unfinished))} incomplete)" if unfinished else ""
+        raise FormatError(
+            f"{split_dir}: shard(s) {', '.join(map(str, missing))} of {num_shards} are missing or unfinished"
+            f"{unfinished_note}; finish them with `imagenet-pack convert SRC DST --shards {num_shards} "
+            f"--only-shards {','.join(map(str, missing))}` (or the same command without --only-shards)")
+    return [metas[s] for s in range(num_shards)]
+
+
+def finished_shards(split_dir: Path) -> list[tuple[Shard, ShardMeta]]:
+    """Every finished shard of a split, alone (for checking a database whose other shards are not done):
+    ``start`` counts only the finished shards before it."""
+    out, start = [], 0
+    for path in find_shards(split_dir):
+        try:
+            meta = read_shard_meta(path)
+        except FormatError:
+            continue
+        out.append((Shard(path, start, meta.count, meta.targets_dtype, meta.sizes_dtype), meta))
+        start += meta.count
+    return out
 
 
 def list_splits(root: Path | str) -> list[str]:
