@@ -25,8 +25,9 @@ def test_refusals_are_one_line_errors(tree, tmp_path, capsys):
     dst = tmp_path / "db"
     assert main(["convert", str(tree), str(dst), "--no-progress", "--workers", "1"]) == 0
     capsys.readouterr()
-    assert main(["convert", str(tree), str(dst), "--no-progress"]) == 0  # the same command again: a no-op
-    assert "already complete, kept as it is" in capsys.readouterr().out
+    assert main(["convert", str(tree), str(dst), "--no-progress"]) == 1  # the same command again: nothing to do
+    err = capsys.readouterr().err
+    assert "already holds a complete database" in err and "nothing to do" in err and err.count("\n") == 1
     assert main(["convert", str(tree), str(dst), "--no-progress", "--max-side", "32"]) == 1  # other options
     err = capsys.readouterr().err
     assert err.startswith("imagenet-pack: error:") and "--overwrite" in err and err.count("\n") == 1

@@ -125,10 +125,10 @@ def test_non_image_files_are_ignored_and_reported(tree, tmp_path):
     assert sum('"action": "ignored"' in line for line in lines) == 2
 
 
-def test_complete_database_is_kept_and_not_overwritten_by_other_options(tree_session, db):
+def test_complete_database_is_not_overwritten(tree_session, db):
     before = (db / "train" / "data.mdb").stat().st_mtime_ns
-    report = convert(tree_session, db, ConvertOptions(progress=False, workers=1))  # the same command: a no-op
-    assert report.ok and all(r.already_complete for r in report.splits)
+    with pytest.raises(OutputExistsError, match="already holds a complete database of this input.*nothing to do"):
+        convert(tree_session, db, ConvertOptions(progress=False, workers=1))
     assert (db / "train" / "data.mdb").stat().st_mtime_ns == before
     with pytest.raises(OutputExistsError, match="complete database made from other input or options.*--overwrite"):
         convert(tree_session, db, ConvertOptions(progress=False, workers=1, max_side=32))

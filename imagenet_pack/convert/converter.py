@@ -67,11 +67,13 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
 
     Raises:
         LayoutError: ``src`` is not a readable layout.
-        OutputExistsError: a split holds a database or an interrupted conversion of other input or options
-            (pass ``overwrite``), or files imagenet-pack did not write.
+        OutputExistsError: the database is complete already, or a split holds a database or an interrupted
+            conversion of other input or options (pass ``overwrite``), or files imagenet-pack did not write.
         BusyError: another conversion is running on ``dst``.
 
-    A complete database of the same input and options is kept as it is (the rerun is a no-op). With
+    A run that finished (its report written last) is not repeated: OutputExistsError says the database is
+    complete. A run killed anywhere before that is resumed by the same call; its finished splits and shards
+    are kept as they are. With
     ``only_shards``, only those shards are written (and checked, and replaced with ``overwrite``): hosts
     sharing storage can each write some shards of one database, which equals a one-host conversion.
     """
@@ -91,6 +93,13 @@ def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource]
     fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
     done = {split for split, source in sources.items()
             if not options.overwrite and complete(dst / split, fingerprints[split], source, options.selected)}
+    report_path = dst / (REPORT_NAME if options.only_shards is None else
+                         f"convert-report.shards-{'-'.join(map(str, options.selected))}.jsonl")
+    if done == set(sources) and report_path.is_file():  # the report is written last: that run finished
+        raise OutputExistsError(
+            f"{dst}: already holds a complete database of this input for {', '.join(sorted(done))} (its report: "
+            f"{report_path}); nothing to do. Pass --overwrite to convert it again")
+    report_path.unlink(missing_ok=True)  # written again at the end: its presence marks a finished run
     workers = options.workers or default_workers()
     prep = PrepareOptions(options.max_side, options.quality)
     pool = multiprocessing.Pool(workers, init_worker, (prep,)) if workers > 1 else None
@@ -108,8 +117,6 @@ def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource]
         if pool is not None:
             pool.terminate()
             pool.join()
-    report_path = dst / (REPORT_NAME if options.only_shards is None else
-                         f"convert-report.shards-{'-'.join(map(str, options.selected))}.jsonl")
     write_report(report_path, reports)
     return ConvertReport(reports, report_path, notes)
 
