@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -31,13 +30,14 @@ import cv2
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.machine import default_workers
 from imagenet_pack.read.pixels import DECODE_FLAGS, ROI_AVAILABLE
+from imagenet_pack.timing import measure
 
-from common import epoch_rate, machine, source_tree, standard_train_transform, timing_loader
+from common import machine, source_tree, standard_train_transform
 
 
 class BareDecode(Dataset):
@@ -52,54 +52,6 @@ class BareDecode(Dataset):
     def __getitem__(self, i):
         cv2.imdecode(np.frombuffer(self.records[i], np.uint8), DECODE_FLAGS)
         return 0, 0
-
-
-def evict(paths: list[Path]) -> None:
-    """Drop the files' pages from the page cache (clean pages only: the next read goes to the disk)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def worker_memory(loader: DataLoader) -> tuple[float, float]:
-    """Mean private and shared resident MB of the loader's worker processes."""
-    private, shared = [], []
-    for worker in loader._iterator._workers:  # persistent workers stay alive between epochs
-        fields = {}
-        for line in Path(f"/proc/{worker.pid}/smaps_rollup").read_text().splitlines()[1:]:
-            key, value = line.split(":")
-            fields[key] = int(value.split()[0]) / 1024
-        private.append(fields["Private_Clean"] + fields["Private_Dirty"])
-        shared.append(fields["Shared_Clean"] + fields["Shared_Dirty"])
-    return statistics.mean(private), statistics.mean(shared)
-
-
-def measure(entries: dict[str, tuple[Dataset, list[Path] | None]], workers: int, epochs: int) -> list[dict]:
-    """Median images/s of every entry over ``epochs`` rounds after one untimed warm-up round, and the
-    memory of its workers. Each round runs one epoch of every entry in turn, so a slow spell of a shared
-    machine slows all entries alike instead of one of them; ``cold`` files are evicted before each epoch."""
-    loaders = {name: timing_loader(dataset, workers=workers) for name, (dataset, _) in entries.items()}
-    rates: dict[str, list[float]] = {name: [] for name in entries}
-    for round_ in range(epochs + 1):
-        for name, (batches, _) in loaders.items():
-            cold = entries[name][1]
-            if cold and round_:
-                evict(cold)
-            rate = epoch_rate(batches)
-            if round_:
-                rates[name].append(rate)
-        print(f"  round {round_}/{epochs} done{' (warm-up)' if not round_ else ''}", file=sys.stderr)
-    results = []
-    for name, (_, loader) in loaders.items():
-        private, shared = worker_memory(loader)
-        results.append({"name": name, "images_per_s": statistics.median(rates[name]),
-                        "epochs_images_per_s": [round(r, 1) for r in rates[name]],
-                        "worker_private_mb": private, "worker_shared_mb": shared})
-    return results
 
 
 def main(argv=None) -> int:

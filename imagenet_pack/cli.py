@@ -1,4 +1,4 @@
-"""``imagenet-pack``: convert, info, verify, demo. Thin: each verb calls one library function."""
+"""``imagenet-pack``: convert, info, verify, bench, demo. Thin: each verb calls one library function."""
 from __future__ import annotations
 
 import argparse
@@ -86,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", type=Path)
     p.add_argument("--decode", action="store_true", help="also decode every image")
     p.add_argument("--source", type=Path, default=None, help="also compare every record with this source input")
+
+    p = sub.add_parser("bench", help="time the loaders on a database, side by side with torchvision's ImageFolder",
+                       description="Time ImageFolder baselines (with --images), the drop-in and the fused decoders "
+                       "on DB, interleaved on the same cores, as ratios to the baseline of the same kind (train, "
+                       "val); also the time to the first batch from process start and worker memory.")
+    p.add_argument("root", type=Path, help="a database written by `imagenet-pack convert`")
+    p.add_argument("--images", type=Path, default=None,
+                   help="the JPEG tree DB was converted from (holding train/ and val/, or one class-folder tree): "
+                        "adds the ImageFolder baselines")
+    p.add_argument("--workers", type=_positive, default=None, help="loader workers (default: all cores)")
+    p.add_argument("--epochs", type=_positive, default=3, help="timed rounds after a warm-up (default: 3)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="images per batch (default: 32)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
+    p.add_argument("--plot", type=Path, default=None, help="draw the ratios as a bar chart (PNG; needs matplotlib)")
 
     p = sub.add_parser("demo", help="generate a small ImageNet-shaped sample, convert it, read it back, time it")
     p.add_argument("--dir", type=Path, default=None, help="keep the sample and database here (default: a temp dir)")
@@ -186,6 +200,23 @@ def _verify(args: argparse.Namespace) -> int:
         return 0
     print(f"imagenet-pack: error: {len(report.problems)} problem(s) in {report.checked} records", file=sys.stderr)
     return 1
+
+
+@_verb("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, format_table, plot, run_bench, write_json
+    if args.images is not None and not args.images.is_dir():
+        raise ImagenetPackError(f"{args.images}: no such folder (--images)")
+    report = run_bench(args.root, BenchOptions(images=args.images, workers=args.workers, epochs=args.epochs,
+                                               batch_size=args.batch_size))
+    print(format_table(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"results: {args.json}")
+    if args.plot:
+        plot(report, args.plot)
+        print(f"chart: {args.plot}")
+    return 0
 
 
 @_verb("demo")

@@ -1,8 +1,11 @@
 """The command line, through main(argv) and as a real subprocess."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 from imagenet_pack import LmdbImageNet
 from imagenet_pack.cli import main
@@ -49,3 +52,23 @@ def test_subprocess_convert_and_read(tree, tmp_path):
                              "--no-progress"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(LmdbImageNet(dst, "train")) == 24
+
+
+def test_bench_measures_train_and_val_against_their_own_baselines(tree_session, db_session, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(db_session), "--images", str(tree_session), "--epochs", "1", "--workers", "1",
+                 "--batch-size", "4", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = {r["name"]: r for r in report["results"]}
+    assert {"train-baseline", "val-baseline", "train-lmdb-dropin", "train-lmdb-fused", "val-lmdb-fused"} <= set(rows)
+    for name, row in rows.items():
+        base = rows[f"{row['kind']}-baseline"]["images_per_s"]
+        assert row["images_per_s"] > 0 and row["ratio_to_baseline"] == pytest.approx(row["images_per_s"] / base)
+        assert name.split("-")[0] == row["kind"]
+    assert rows["val-lmdb-fused"]["kind"] == "val"  # val entries are divided by the val baseline
+    first = report["time_to_first_batch"]
+    assert 0 < first["lmdb_fused_train_s"] < 120 and 0 < first["imagefolder_train_s"] < 120
+    assert "val-baseline" in table and "time to first batch from process start" in table
+    assert main(["bench", str(db_session), "--images", str(tmp_path / "nope")]) == 1
+    assert "no such folder (--images)" in capsys.readouterr().err

@@ -159,6 +159,42 @@ def test_prefetcher_on_cpu_yields_normalised_batches():
     assert torch.allclose(out[2][0][0, :, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]))
 
 
+class Recording:
+    """A dataset whose samples say their own index, so the batches a loop received can be checked."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, item):
+        index, _ = item
+        return torch.full((3, 2, 2), index % 256, dtype=torch.uint8), index
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+@pytest.mark.parametrize("stop_after", [1, 4, 6])
+def test_prefetcher_look_ahead_keeps_the_saved_position_the_training_loops(depth, stop_after):
+    """A checkpoint after step k records exactly the samples the loop received, however far ahead the
+    prefetcher has pulled (the same look-ahead code runs on CPU and CUDA)."""
+    full = build_loader(Recording(30), 4, workers=0, seed=3)
+    epoch = [t.tolist() for _, t in CudaPrefetcher(full, "cpu", depth=depth)]
+    loader = build_loader(Recording(30), 4, workers=0, seed=3)
+    received = []
+    for step, (_, targets) in enumerate(CudaPrefetcher(loader, "cpu", depth=depth)):
+        received.append(targets.tolist())
+        if step + 1 == stop_after:
+            state = loader.state_dict()  # taken after training on batch k, as tools/train.py does
+            break
+    assert state["epoch"] == 0 and state["consumed"] == 4 * stop_after
+    resumed = build_loader(Recording(30), 4, workers=0, seed=3)
+    resumed.load_state_dict(state)
+    rest = [t.tolist() for _, t in CudaPrefetcher(resumed, "cpu", depth=depth)]
+    assert received + rest == epoch  # every sample of the epoch once, in the epoch's order
+    assert resumed.epoch == 1 and resumed.state_dict()["consumed"] == 0  # the epoch ended with its last batch
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_prefetcher_on_cuda_matches_cpu():

@@ -161,7 +161,7 @@ class Run:
         batches = iter(CudaPrefetcher(loader, self.device, dtype=torch.float32, channels_last=self.cuda))
         while args.max_steps is None or epoch_steps < args.max_steps:
             t0 = time.perf_counter()
-            position = loader.sampler.position
+            position = loader.position  # samples received so far (the prefetcher holds some ahead)
             batch = next(batches, None)
             waited += time.perf_counter() - t0
             if batch is None:

@@ -71,9 +71,9 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
             conversion of other input or options (pass ``overwrite``), or files imagenet-pack did not write.
         BusyError: another conversion is running on ``dst``.
 
-    A run that finished (its report written last) is not repeated: OutputExistsError says the database is
-    complete. A run killed anywhere before that is resumed by the same call; its finished splits and shards
-    are kept as they are. With
+    A run killed anywhere is resumed by the same call; its finished splits and shards are kept as they are,
+    and once it has finished, the same call again is a no-op. A database finished in one go (its report,
+    written last, is there) is not converted again: OutputExistsError says it is complete. With
     ``only_shards``, only those shards are written (and checked, and replaced with ``overwrite``): hosts
     sharing storage can each write some shards of one database, which equals a one-host conversion.
     """
@@ -91,11 +91,14 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
 
 def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource], notes: list[str]) -> ConvertReport:
     fingerprints = {s: _fingerprint(source, options) for s, source in sources.items()}
-    done = {split for split, source in sources.items()
-            if not options.overwrite and complete(dst / split, fingerprints[split], source, options.selected)}
+    done = {split: metas for split, source in sources.items() if not options.overwrite
+            and (metas := complete(dst / split, fingerprints[split], source, options.selected)) is not None}
     report_path = dst / (REPORT_NAME if options.only_shards is None else
                          f"convert-report.shards-{'-'.join(map(str, options.selected))}.jsonl")
-    if done == set(sources) and report_path.is_file():  # the report is written last: that run finished
+    resumed = any(m.resumed for metas in done.values() for m in metas)
+    if set(done) == set(sources) and report_path.is_file() and not resumed:
+        # finished in one go (the report is written last): refuse. After a kill, rerunning the same command is
+        # how a job is resumed, so there the rerun of a finished database is a no-op.
         raise OutputExistsError(
             f"{dst}: already holds a complete database of this input for {', '.join(sorted(done))} (its report: "
             f"{report_path}); nothing to do. Pass --overwrite to convert it again")

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import FormatError, OutputExistsError
 from ..read.reader import close_handle, find_shards, read_shard_meta
 from ..sources.items import Item, SplitSource
+from ..format import ShardMeta
 from .report import SplitReport, audit
 from .writer import ShardWriter
 
@@ -27,27 +28,28 @@ def stamps_crc(items: list[Item]) -> int:
     return zlib.crc32(np.array([i.stamp for i in items], "<i8").tobytes())
 
 
-def complete(split_dir: Path, fingerprint: str, source: SplitSource, selected: tuple[int, ...]) -> bool:
-    """Whether the ``selected`` shards of ``split_dir`` are complete for this input and these options (then
-    the rerun is a no-op); OutputExistsError if they hold complete ones of other input or options, or of
-    source files changed since."""
+def complete(split_dir: Path, fingerprint: str, source: SplitSource, selected: tuple[int, ...]
+             ) -> list[ShardMeta] | None:
+    """The metadata of the ``selected`` shards of ``split_dir`` when all are complete for this input and these
+    options (they are kept as they are), else None; OutputExistsError if they hold complete ones of other
+    input or options, or of source files changed since."""
     metas = []
     paths = find_shards(split_dir)
     if not paths:
-        return False
+        return None
     try:
         for path in paths:
             try:
                 metas.append(read_shard_meta(path))
             except FormatError:  # incomplete or unreadable shard: the writer decides what to do
                 if _shard_number(path) in selected:
-                    return False
+                    return None
     finally:
         for path in paths:
             close_handle(path)
     metas = [m for m in metas if m.shard in selected]
     if len(metas) != len(selected) or metas[0].num_shards < len(selected):
-        return False
+        return None
     if any(m.fingerprint != fingerprint for m in metas):
         raise OutputExistsError(
             f"{split_dir}: holds a complete database made from other input or options; "
@@ -58,7 +60,7 @@ def complete(split_dir: Path, fingerprint: str, source: SplitSource, selected: t
     if changed:
         raise OutputExistsError(f"{split_dir}: source files of shard(s) {changed} changed (size or mtime) since the "
                                 "database was made; pass --overwrite to convert them again")
-    return True
+    return metas
 
 
 def _shard_number(path: Path) -> int:

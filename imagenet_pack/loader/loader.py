@@ -54,6 +54,7 @@ class EpochLoader:
                  ring: BatchRing | None = None, pin: bool = False):
         self.loader, self.sampler, self.batch_size, self.drop_last = loader, sampler, batch_size, drop_last
         self.ring, self.pin = ring, pin
+        self.held, self._ended = 0, False  # samples a look-ahead holds; the epoch's batches all handed out
 
     @property
     def epoch(self) -> int:
@@ -70,17 +71,37 @@ class EpochLoader:
                 batch = self.ring.take(*batch, pin=self.pin)
             self.sampler.position += len(batch[1])
             yield batch
-        self.finish_epoch()
+        self._ended = True
+        if not self.held:
+            self.finish_epoch()
+
+    @property
+    def position(self) -> int:
+        """Samples of this rank's share the training loop has received this run (not those held ahead)."""
+        return self.sampler.position - self.held
+
+    def hold(self, samples: int) -> None:
+        """A look-ahead (e.g. :class:`~imagenet_pack.gpu.prefetch.CudaPrefetcher`) took ``samples`` that the
+        training loop has not received yet: they do not count as consumed."""
+        self.held += samples
+
+    def release(self, samples: int) -> None:
+        """The look-ahead handed ``samples`` on to the training loop."""
+        self.held -= samples
+        if self._ended and not self.held:
+            self.finish_epoch()
 
     def finish_epoch(self) -> None:
-        """Move to the next epoch after leaving this one early (e.g. a step limit)."""
+        """Move to the next epoch (called at the end of one, or after leaving it early, e.g. a step limit)."""
+        self.held, self._ended = 0, False
         self.sampler.set_epoch(self.sampler.epoch + 1)
 
     def state_dict(self) -> dict:
-        """Epoch and samples consumed so far in it (save it with the model checkpoint)."""
-        return self.sampler.state_dict()
+        """Epoch and samples the training loop received so far in it (save it with the model checkpoint)."""
+        return self.sampler.state_dict(position=self.position)
 
     def load_state_dict(self, state: dict) -> None:
+        self.held, self._ended = 0, False
         self.sampler.load_state_dict(state)
 
 

@@ -83,14 +83,15 @@ class EpochSampler(Sampler):
         """Start ``epoch`` from its beginning (``position`` samples of this rank's share already consumed)."""
         self.epoch, self.start, self.position = epoch, 0, position
 
-    @property
-    def consumed(self) -> int:
-        """Samples of the epoch the whole job has consumed, assuming every rank is at this rank's position
-        (the loaders of a job step together)."""
-        return min(self.length, self.start + self.position * self.world_size)
+    def consumed(self, position: int | None = None) -> int:
+        """Samples of the epoch the whole job has consumed when every rank is at ``position`` of its share
+        (default: this rank's; the loaders of a job step together)."""
+        position = self.position if position is None else position
+        return min(self.length, self.start + position * self.world_size)
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "length": self.length,
+    def state_dict(self, position: int | None = None) -> dict:
+        """The epoch and what the job consumed of it (at ``position``, default this rank's)."""
+        return {"epoch": self.epoch, "consumed": self.consumed(position), "seed": self.seed, "length": self.length,
                 "shuffle": self.shuffle, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
