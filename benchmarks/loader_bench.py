@@ -2,8 +2,9 @@
 
 Entries: ``baseline`` (ImageFolder + PIL + RandomResizedCrop/flip/ToTensor/Normalize), ``lmdb-dropin`` (the
 same transforms on LmdbImageNet), ``lmdb-fused-train`` (RandomResizedCropDecoder, uint8), ``lmdb-fused-val``
-(CenterCropDecoder, uint8), the same two with ``-roi`` and ``backend="roi"`` (libjpeg-turbo region decoding,
-when the extension is built), ``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), and
+(CenterCropDecoder, uint8), the same two per installed decode backend: ``-roi`` (the libjpeg-turbo region decoder,
+when the extension is built) and ``-nvimgcodec`` (nvImageCodec's CPU backend, when installed),
+``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), and
 with ``--max-side`` the fused decoders on a database written with ``--max-side``; ``-cold`` entries evict the
 files from the page cache (``posix_fadvise(DONTNEED)``) before every epoch. Each entry also reports the
 memory of its workers (private and shared resident MB, from /proc/PID/smaps_rollup).
@@ -34,6 +35,7 @@ from torch.utils.data import Dataset
 
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.machine import default_workers
+from imagenet_pack.read.decoders import installed_backends
 from imagenet_pack.read.pixels import DECODE_FLAGS, ROI_AVAILABLE
 from imagenet_pack.timing import measure
 
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
         src = source_tree(args.images, tmp / "src", args.copies, reencode=False, sample_per_class=20)
         convert(src, tmp / "db", ConvertOptions(splits=("train",), progress=False))
         folder = torchvision.datasets.ImageFolder(str(src / "train"), transform=standard_train_transform())
-        backends = ("opencv", "roi") if ROI_AVAILABLE else ("opencv",)
+        backends = installed_backends()
         entries = {"baseline": folder,
                    "lmdb-dropin": LmdbImageNet(tmp / "db", "train", transform=standard_train_transform())}
         for kind, make in (("train", lambda b: RandomResizedCropDecoder(224, backend=b)),

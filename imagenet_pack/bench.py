@@ -57,8 +57,7 @@ def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, obj
     from torchvision.datasets import ImageFolder
 
     from .read.dataset import LmdbImageNet
-    from .read.decoders import CenterCropDecoder, RandomResizedCropDecoder
-    from .read.pixels import ROI_AVAILABLE
+    from .read.decoders import CenterCropDecoder, RandomResizedCropDecoder, installed_backends
     from .read.reader import list_splits
     from .timing import standard_train_transform, standard_val_transform
 
@@ -75,7 +74,7 @@ def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, obj
         entries["val-baseline"] = ("val", ImageFolder(str(trees.get("val", trees.get("train"))),
                                                        transform=standard_val_transform()))
     entries["train-lmdb-dropin"] = ("train", LmdbImageNet(root, train_split, transform=standard_train_transform()))
-    for backend in ("opencv", "roi") if ROI_AVAILABLE else ("opencv",):
+    for backend in installed_backends():
         suffix = "" if backend == "opencv" else f"-{backend}"
         entries[f"train-lmdb-fused{suffix}"] = ("train", LmdbImageNet(
             root, train_split, decoder=RandomResizedCropDecoder(224, backend=backend)))

@@ -60,7 +60,7 @@ def test_region_pixels_equal_opencv_full_decode(flavour, size):
     for scale in (1, 2, 4, 8):
         full = decode_rgb(data, "t", scale)
         for top, left, h, w in boxes(*full.shape[:2], rng):
-            ours = decode_box(data, (top, left, h, w), scale, "t", roi=True)
+            ours = decode_box(data, (top, left, h, w), scale, "t", "roi")
             assert ours.shape == (h, w, 3)
             np.testing.assert_array_equal(ours, full[top:top + h, left:left + w], err_msg=f"{scale} {top, left, h, w}")
 
@@ -69,22 +69,22 @@ def test_cmyk_falls_back_to_opencv():
     buf = io.BytesIO()
     Image.fromarray(photo(64, 80)).convert("CMYK").save(buf, "JPEG", quality=90)
     data = buf.getvalue()
-    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, "t", roi=True), decode_rgb(data, "t")[3:43, 5:55])
+    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, "t", "roi"), decode_rgb(data, "t")[3:43, 5:55])
 
 
 def test_damaged_bytes_and_bad_boxes_raise_clear_errors():
     data = jpeg(photo(64, 80), [])
     # what libjpeg-turbo refuses goes to OpenCV, the reference; when it refuses too, both reasons are given
     with pytest.raises(DecodeError, match=r"rec 7 \(libjpeg-turbo: .+\): stored image cannot be decoded"):
-        decode_box(b"\xff\xd8" + bytes(500), (0, 0, 8, 8), 1, "rec 7", roi=True)
+        decode_box(b"\xff\xd8" + bytes(500), (0, 0, 8, 8), 1, "rec 7", "roi")
     with pytest.raises(DecodeError, match=r"rec 8 \(libjpeg-turbo: .*\): stored image cannot be decoded"):
-        decode_box(data[: len(data) // 3], (0, 0, 64, 80), 1, "rec 8", roi=True)
+        decode_box(data[: len(data) // 3], (0, 0, 64, 80), 1, "rec 8", "roi")
     # a box outside the image: the same package error from both backends, naming the image's size
-    for roi in (True, False):
+    for roi in ("roi", "opencv"):
         with pytest.raises(DecodeError, match=r"t: crop box \(top 10, left 10, 60x10\) is not inside the 64x80 image"):
-            decode_box(data, (10, 10, 60, 10), 1, "t", roi=roi)
+            decode_box(data, (10, 10, 60, 10), 1, "t", roi)
         with pytest.raises(DecodeError, match=r"crop box \(top 0, left 0, 0x10\) is not inside"):
-            decode_box(data, (0, 0, 0, 10), 1, "t", roi=roi)
+            decode_box(data, (0, 0, 0, 10), 1, "t", roi)
 
 
 def test_what_libjpeg_turbo_refuses_goes_to_opencv(monkeypatch):
@@ -94,7 +94,7 @@ def test_what_libjpeg_turbo_refuses_goes_to_opencv(monkeypatch):
         raise pixels._jpegroi.Error("Unsupported JPEG data precision 12")
 
     monkeypatch.setattr(pixels._jpegroi, "decode_region", refuse)
-    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, "t", roi=True), decode_rgb(data, "t")[3:43, 5:55])
+    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, "t", "roi"), decode_rgb(data, "t")[3:43, 5:55])
 
 
 def test_roi_backend_decoders_equal_opencv_backend(db_session):
@@ -110,6 +110,7 @@ def test_backend_choice_is_checked(monkeypatch):
         RandomResizedCropDecoder(224, backend="pillow")
     assert RandomResizedCropDecoder(224, backend="auto").backend == "roi"
     monkeypatch.setattr(decoders, "ROI_AVAILABLE", False)
+    monkeypatch.setattr(decoders, "NVIMGCODEC_AVAILABLE", False)
     with pytest.raises(DecoderUnavailableError, match="backend='roi': .*libjpeg-turbo's headers"):
         CenterCropDecoder(224, backend="roi")
     assert CenterCropDecoder(224, backend="auto").backend == "opencv"
