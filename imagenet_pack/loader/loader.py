@@ -8,6 +8,7 @@ the workers decode each batch straight into a :class:`BatchRing` slot, shared me
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 import cv2
@@ -51,9 +52,9 @@ class EpochLoader:
     """Iterate once per epoch; see the module docstring. ``loader`` is the underlying DataLoader."""
 
     def __init__(self, loader: DataLoader, sampler: EpochSampler, batch_size: int, drop_last: bool,
-                 ring: BatchRing | None = None, pin: bool = False):
+                 ring: BatchRing | None = None, pin: bool = False, gpu: Any = None):
         self.loader, self.sampler, self.batch_size, self.drop_last = loader, sampler, batch_size, drop_last
-        self.ring, self.pin = ring, pin
+        self.ring, self.pin, self.gpu = ring, pin, gpu
         self.held, self._ended = 0, False  # samples a look-ahead holds; the epoch's batches all handed out
 
     @property
@@ -65,15 +66,31 @@ class EpochLoader:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    @property
+    def gpu_share(self) -> float:
+        """The share of each batch decoded on the device (0: all by the CPU workers)."""
+        return self.ring.gpu_share if self.ring is not None else 0.0
+
     def __iter__(self) -> Iterator[Any]:
         for batch in self.loader:
             if self.ring is not None:
-                batch = self.ring.take(*batch, pin=self.pin)
+                slot, targets, encoded = batch
+                batch = self.ring.take(slot, targets, pin=self.pin)
+                if encoded is not None:
+                    batch = self._merge(batch, encoded)
             self.sampler.position += len(batch[1])
             yield batch
         self._ended = True
         if not self.held:
             self.finish_epoch()
+
+    def _merge(self, batch: tuple[torch.Tensor, torch.Tensor], encoded: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CPU workers' rows, then the device-decoded rest of the batch: the sampler's order, on the device."""
+        data, boxes, targets = encoded
+        decoded = self.gpu(data, torch.tensor(boxes, dtype=torch.int64))
+        images = torch.cat([batch[0].to(decoded.device, non_blocking=True), decoded])
+        targets = torch.cat([batch[1], torch.tensor(targets, dtype=torch.int64)]).to(decoded.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last), targets
 
     @property
     def position(self) -> int:
@@ -107,13 +124,20 @@ class EpochLoader:
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool = True, workers: int | None = None,
                  seed: int = 0, prefetch_factor: int = 4, persistent_workers: bool = True,
-                 rank: int | None = None, world_size: int | None = None) -> EpochLoader:
+                 rank: int | None = None, world_size: int | None = None, gpu_share: float | str = 0.0,
+                 device: torch.device | str = "cuda") -> EpochLoader:
     """A uint8-batch loader over ``dataset`` (use a fused decoder or ``decoder="tensor"``).
 
     ``train`` shuffles every epoch, pads ranks to equal length and drops the last partial batch; eval keeps
     the order and gives every sample to exactly one rank. Memory is pinned when CUDA is available. With
     workers and a dataset that decodes batches in place (``LmdbImageNet.batch_shape``) the batches go through a
     :class:`BatchRing` of ``prefetch_factor * workers + 1`` batch buffers in shared memory.
+
+    ``gpu_share`` (a hybrid feed, fused decoders only): that share of every batch (its last samples) is
+    decoded on ``device`` by :class:`~imagenet_pack.gpu.decode.GpuBatchDecoder` while the CPU workers decode
+    the rest; batches then arrive on the device, in the sampler's order, with the same crops (same law and
+    seeds) and the same exact resume. ``"auto"`` measures both rates once and splits in proportion
+    (:attr:`EpochLoader.gpu_share` tells the share chosen).
     """
     workers = default_workers() if workers is None else workers
     cv2.setNumThreads(1)  # in the parent, before any worker forks (see worker_init)
@@ -123,11 +147,44 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
                   persistent_workers=persistent_workers and workers > 0,
                   prefetch_factor=prefetch_factor if workers else None)
     shape = getattr(dataset, "batch_shape", None)
+    gpu = None
+    if gpu_share:
+        if not workers or shape is None or not hasattr(dataset, "encoded_batch"):
+            raise ValueError("gpu_share needs loader workers and an LmdbImageNet with a fused decoder")
+        from ..gpu.decode import GpuBatchDecoder
+        gpu = GpuBatchDecoder(shape[1], device)
+        gpu_share = measured_share(dataset, gpu, workers) if gpu_share == "auto" else float(gpu_share)
+        if not 0.0 <= gpu_share <= 1.0:
+            raise ValueError(f"gpu_share must be in [0, 1] or 'auto', got {gpu_share}")
     if workers and shape is not None:
-        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape)
+        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape, gpu_share=gpu_share)
         loader = DataLoader(ring, batch_sampler=NumberedBatches(sampler, batch_size, drop_last=train),
                             collate_fn=as_is, **common)
-        return EpochLoader(loader, sampler, batch_size, drop_last=train, ring=ring, pin=pin)
+        return EpochLoader(loader, sampler, batch_size, drop_last=train, ring=ring, pin=pin, gpu=gpu)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_uint8, pin_memory=pin,
                         drop_last=train, **common)
     return EpochLoader(loader, sampler, batch_size, drop_last=train)
+
+
+def measured_share(dataset: Any, gpu: Any, workers: int, samples: int = 64) -> float:
+    """The device's share of a batch that keeps both sides busy: its decode rate over the sum of both rates
+    (the CPU's: ``workers`` processes at the rate one process decodes here), each timed on ``samples``
+    samples after a warm-up."""
+    count = min(samples, len(dataset))
+    items = [(i, 0) for i in range(count)]
+    images = torch.empty((count, *dataset.batch_shape), dtype=torch.uint8)
+    dataset.decode_batch(items[:4], images[:4])
+    started = time.perf_counter()
+    dataset.decode_batch(items, images)
+    cpu_rate = workers * count / (time.perf_counter() - started)
+    data, boxes, _ = dataset.encoded_batch(items)
+    boxes = torch.tensor(boxes, dtype=torch.int64)
+    gpu(data[:4], boxes[:4])
+    if gpu.device.type == "cuda":
+        torch.cuda.synchronize(gpu.device)
+    started = time.perf_counter()
+    gpu(data, boxes)
+    if gpu.device.type == "cuda":
+        torch.cuda.synchronize(gpu.device)
+    gpu_rate = count / (time.perf_counter() - started)
+    return round(gpu_rate / (gpu_rate + cpu_rate), 3)

@@ -57,14 +57,15 @@ class BatchRing(Dataset):
     back only the slot number and the targets.
 
     ``dataset`` must decode in place: ``dataset.decode_batch(items, images)`` fills the rows of ``images``
-    and returns the targets (``LmdbImageNet`` does, for a fixed-size decoder). Reuse is safe because DataLoader keeps at most ``prefetch_factor * workers`` batches dispatched
-    and not yet returned, so with one slot more than that a new batch never lands in the slot of a batch
+    and returns the targets (``LmdbImageNet`` does, for a fixed-size decoder). Reuse is safe because
+    DataLoader keeps at most ``prefetch_factor * workers`` batches dispatched and not yet returned, so with one slot more than that a new batch never lands in the slot of a batch
     still pending or being returned; and :meth:`take` copies each batch out of its slot (into pinned memory
     for CUDA) before the user sees it, so a batch the user keeps is never overwritten.
     """
 
-    def __init__(self, dataset: Dataset, slots: int, batch_size: int, shape: tuple[int, int, int]):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, slots: int, batch_size: int, shape: tuple[int, int, int],
+                 gpu_share: float = 0.0):
+        self.dataset, self.gpu_share = dataset, gpu_share
         channels, height, width = shape
         # (slot, N, H, W, C): every batch channels-last, as the decoders write it
         self.buffers = shared_empty((slots, batch_size, height, width, channels))
@@ -76,9 +77,13 @@ class BatchRing(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, batch: NumberedBatch) -> tuple[int, list]:
+    def __getitems__(self, batch: NumberedBatch) -> tuple[int, list, tuple | None]:
+        """Decode the first samples of ``batch`` into a slot; with a ``gpu_share``, hand the last ones back
+        encoded (bytes, crop boxes, targets) for the device to decode."""
         slot = batch.number % len(self.buffers)
-        return slot, self.dataset.decode_batch(batch, self.buffers[slot, :len(batch)].permute(0, 3, 1, 2))
+        cpu = cpu_count(len(batch), self.gpu_share)
+        targets = self.dataset.decode_batch(batch[:cpu], self.buffers[slot, :cpu].permute(0, 3, 1, 2))
+        return slot, targets, self.dataset.encoded_batch(batch[cpu:]) if cpu < len(batch) else None
 
     def take(self, slot: int, targets: list, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy the batch in ``slot`` out to memory of the caller's own."""
@@ -102,6 +107,11 @@ class BatchRing(Dataset):
         if len(self._spares) < 4:
             self._spares.append((buffer, _use_count(buffer)))
         return buffer
+
+
+def cpu_count(batch: int, gpu_share: float) -> int:
+    """How many samples of a batch the CPU workers decode when ``gpu_share`` of it goes to the device."""
+    return batch - int(round(batch * gpu_share))
 
 
 _STORAGE_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # private; without it, never reuse

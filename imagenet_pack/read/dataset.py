@@ -116,6 +116,23 @@ class LmdbImageNet(Dataset):
         :attr:`batch_shape` only: the loader's shared-memory batches), and return their targets."""
         return [self._sample(index, out)[1] for index, out in zip(indices, images)]
 
+    def encoded_batch(self, indices: list[int | tuple[int, int]]) -> tuple[list[bytes], list[list[int]], list[int]]:
+        """The stored JPEG bytes of the samples at ``indices``, the crop box and flip (top, left, height,
+        width, flip) the fused decoder would draw for each (same law, same seeds), and their targets: what
+        the GPU decode mode needs for its share of a hybrid batch."""
+        boxes = getattr(self.decoder, "boxes", None)
+        if boxes is None:
+            raise TypeError("encoded_batch needs a fused decoder (RandomResizedCropDecoder or CenterCropDecoder)")
+        data, crops, targets = [], [], []
+        for item in indices:
+            index, epoch = item if isinstance(item, tuple) else (item, None)
+            record, _ = self._read(operator.index(index))
+            box, flip = boxes.draw(record.height, record.width, index, epoch)
+            data.append(record.image)
+            crops.append([*box, int(flip)])
+            targets.append(record.target)
+        return data, crops, targets
+
     def _sample(self, index: int | tuple[int, int], out: Any = None) -> tuple[Any, Any]:
         epoch = None
         if isinstance(index, tuple):
