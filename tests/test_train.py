@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from imagenet_pack.synthetic import make_sample_tree
+
 TRAIN = Path(__file__).resolve().parents[1] / "tools" / "train.py"
 
 
@@ -80,14 +82,18 @@ def test_preempted_and_resumed_on_another_world_size_sees_every_sample_once(db_s
     assert set(seen) == set(range(24)) and len(seen) == 24 + padding  # each once; padding only at the end
 
 
-def test_gpu_check_runs_its_three_modes_on_cpu():
+def test_gpu_check_runs_every_section_on_cpu(tmp_path):
+    """The prepared GPU check, on the CPU device: the decode micro-benchmark, the four feeds, exact resume."""
+    images = tmp_path / "jpegs"
+    make_sample_tree(images, classes=2, train_per_class=3, val_per_class=1, size=(48, 64))
     script = TRAIN.parent / "gpu_check.py"
     result = subprocess.run([sys.executable, str(script), "--device", "cpu", "--arch", "resnet18", "--batch-size", "4",
-                             "--image-size", "32", "--steps", "2", "--images", "32", "--workers", "1"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    for label in ("(a) CPU fused decode", "(b) GPU decode (nvJPEG)", "(c) synthetic on device"):
-        line = next(x for x in lines if x.startswith(label))
-        assert float(line.split()[len(label.split())]) > 0
-    assert "CPU fallbacks 0" in result.stdout
+                             "--image-size", "32", "--steps", "2", "--images", str(images / "train"), "--count", "24",
+                             "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = result.stdout
+    for label in ("(a) CPU fused decode", "(b) GPU decode mode", "(c) hybrid, auto share", "(d) synthetic on device"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(label))
+        assert float(line.split(label)[1].split()[0]) > 0, line
+    assert "torchvision.io.decode_jpeg" in out and "CPU fallbacks 0" in out
+    assert "24 samples: each once, in the epoch's order" in out

@@ -49,8 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default: 0.1)")
     p.add_argument("--image-size", type=int, default=224, help="train crop and val crop size (default: 224)")
     p.add_argument("--decode-backend", choices=BACKENDS, default="auto",
-                   help="fused decoders' JPEG decoding: roi (libjpeg-turbo, only the crop's region; same pixels), "
-                        "opencv (full decode), or auto (default: roi where it was built, else opencv)")
+                   help="fused decoders' JPEG decoding on the CPU: roi (libjpeg-turbo extension, only the crop's "
+                        "region), nvimgcodec (nvImageCodec's CPU backend, likewise), opencv (full decode); all give "
+                        "the same pixels; auto (default): roi where built, else nvimgcodec where installed, else opencv")
+    p.add_argument("--gpu-share", default="0",
+                   help="share of every train batch decoded on the GPU (hybrid feed: 0 to 1, or auto to measure "
+                        "both rates and split in proportion; default: 0, all on the CPU workers)")
     p.add_argument("--output", type=Path, required=True, help="directory for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help=f"continue from OUTPUT/{CHECKPOINT} if it exists")
     p.add_argument("--seed", type=int, default=0, help="sample order, crops and initial weights (default: 0)")
@@ -220,7 +224,9 @@ def build_loaders(args: argparse.Namespace, world: int) -> tuple[EpochLoader, Ep
     train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(
         args.image_size, seed=args.seed, backend=args.decode_backend))
     val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size, backend=args.decode_backend))
-    train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed)
+    share = args.gpu_share if args.gpu_share == "auto" else float(args.gpu_share)
+    train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed,
+                                gpu_share=share, device=args.device)
     val_loader = build_loader(val_set, args.batch_size, train=False, workers=workers, persistent_workers=False)
     return train_loader, val_loader, len(train_set.wnids)
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU check in one command, from the repository root on a CUDA machine (H100/H200), a few minutes:
+#   tools/gpu_session.sh [FOLDER_OF_REAL_JPEGS]     (default: .sample/, filled by tools/gpu_prepare.sh)
+# Installs the wheels in .whl/ if there are any (a bare machine lacks lmdb and nvImageCodec), runs the tests
+# that touch the GPU path (CUDA-marked ones included), then tools/gpu_check.py on the JPEGs replicated to
+# 8192 records: lossless, then --max-side 256. Logs go to $OUT (default /tmp/gpu-session).
+set -uo pipefail
+out=${OUT:-/tmp/gpu-session}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+images=${1:-.sample}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/machine.txt"
+python3 -c "import torch, os; print('torch', torch.__version__, 'CUDA', torch.version.cuda, os.cpu_count(), 'cores')" \
+  | tee -a "$out/machine.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_loader.py tests/test_nvimgcodec.py tests/test_decoders.py \
+  tests/test_fallbacks.py 2>&1 | tail -n 15 | tee "$out/tests.log"
+python3 tools/gpu_check.py --images "$images" --count 8192 --steps 30 2>&1 | tee "$out/gpu_check_lossless.log"
+python3 tools/gpu_check.py --images "$images" --count 8192 --steps 30 --max-side 256 --skip-resume 2>&1 \
+  | tee "$out/gpu_check_max_side_256.log"
