@@ -11,8 +11,7 @@ from torch.utils.data import DataLoader
 from .convert import ConvertOptions, convert
 from .machine import default_workers
 from .read.dataset import LmdbImageNet
-from .read.decoders import RandomResizedCropDecoder
-from .read.pixels import ROI_AVAILABLE
+from .read.decoders import RandomResizedCropDecoder, installed_backends
 from .synthetic import make_sample_tree
 from .timing import images_per_second, standard_train_transform
 
@@ -49,9 +48,9 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
             "LmdbImageNet, fused decode+crop (uint8)": images_per_second(
                 LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224)), workers=workers),
         }
-        if ROI_AVAILABLE:
-            rates["LmdbImageNet, fused, region decode (roi)"] = images_per_second(
-                LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224, backend="roi")), workers=workers)
+        for backend in installed_backends()[1:]:  # the region decoders installed here
+            rates[f"LmdbImageNet, fused, region decode ({backend})"] = images_per_second(
+                LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224, backend=backend)), workers=workers)
         base_rate = rates["ImageFolder + PIL (baseline)"]
         echo(f"\nthroughput, RandomResizedCrop(224) + flip, {workers} workers, {len(train)} images "
              "(the fused entries leave normalisation to the GPU):")
