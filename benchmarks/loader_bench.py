@@ -2,8 +2,8 @@
 
 Entries: ``baseline`` (ImageFolder + PIL + RandomResizedCrop/flip/ToTensor/Normalize), ``lmdb-dropin`` (the
 same transforms on LmdbImageNet), ``lmdb-fused-train`` (RandomResizedCropDecoder, uint8), ``lmdb-fused-val``
-(CenterCropDecoder, uint8), the same two per installed decode backend: ``-roi`` (the libjpeg-turbo region decoder,
-when the extension is built) and ``-nvimgcodec`` (nvImageCodec's CPU backend, when installed),
+(CenterCropDecoder, uint8), the same two with ``-nvimgcodec`` (nvImageCodec's CPU region decode, when
+installed),
 ``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), and
 with ``--max-side`` the fused decoders on a database written with ``--max-side``; ``-cold`` entries evict the
 files from the page cache (``posix_fadvise(DONTNEED)``) before every epoch. Each entry also reports the
@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.machine import default_workers
 from imagenet_pack.read.decoders import installed_backends
-from imagenet_pack.read.pixels import DECODE_FLAGS, ROI_AVAILABLE
+from imagenet_pack.read.pixels import DECODE_FLAGS, NVIMGCODEC_AVAILABLE
 from imagenet_pack.timing import measure
 
 from common import machine, source_tree, standard_train_transform
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
         db_files = sorted((tmp / "db").rglob("data.mdb"))
         cold = {"baseline-cold": (folder, source_files),
                 "lmdb-fused-train-cold": (entries["lmdb-fused-train"], db_files)}  # separate loaders
-        if ROI_AVAILABLE:
-            cold["lmdb-fused-train-roi-cold"] = (entries["lmdb-fused-train-roi"], db_files)
+        if NVIMGCODEC_AVAILABLE:
+            cold["lmdb-fused-train-nvimgcodec-cold"] = (entries["lmdb-fused-train-nvimgcodec"], db_files)
         timed = {name: (ds, None) for name, ds in entries.items()}
         timed.update(cold)
         results = measure(timed, args.workers, args.epochs)

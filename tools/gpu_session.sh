@@ -16,7 +16,7 @@ images=${1:-.sample}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/machine.txt"
 python3 -c "import torch, os; print('torch', torch.__version__, 'CUDA', torch.version.cuda, os.cpu_count(), 'cores')" \
   | tee -a "$out/machine.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_loader.py tests/test_nvimgcodec.py tests/test_decoders.py \
+python3 -m pytest -q -p no:cacheprovider tests/test_loader.py tests/test_region_decode.py tests/test_decoders.py \
   tests/test_fallbacks.py 2>&1 | tail -n 15 | tee "$out/tests.log"
 python3 tools/gpu_check.py --images "$images" --count 8192 --steps 30 2>&1 | tee "$out/gpu_check_lossless.log"
 python3 tools/gpu_check.py --images "$images" --count 8192 --steps 30 --max-side 256 --skip-resume 2>&1 \

@@ -49,9 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default: 0.1)")
     p.add_argument("--image-size", type=int, default=224, help="train crop and val crop size (default: 224)")
     p.add_argument("--decode-backend", choices=BACKENDS, default="auto",
-                   help="fused decoders' JPEG decoding on the CPU: roi (libjpeg-turbo extension, only the crop's "
-                        "region), nvimgcodec (nvImageCodec's CPU backend, likewise), opencv (full decode); all give "
-                        "the same pixels; auto (default): roi where built, else nvimgcodec where installed, else opencv")
+                   help="fused decoders' JPEG decoding on the CPU: nvimgcodec (nvImageCodec's CPU backend, only "
+                        "the crop's region), opencv (full decode); the same pixels; auto (default): nvimgcodec "
+                        "where installed, else opencv")
     p.add_argument("--gpu-share", default="0",
                    help="share of every train batch decoded on the GPU (hybrid feed: 0 to 1, or auto to measure "
                         "both rates and split in proportion; default: 0, all on the CPU workers)")

@@ -4,9 +4,9 @@
 ``TensorDecoder`` returns uint8 CHW tensors of the whole image. The fused crop decoders return uint8 CHW RGB
 tensors of the crop only, with no float work on the CPU: the box comes from :mod:`.crops`, then the JPEG is
 decoded with libjpeg's DCT scaling (1/2, 1/4, 1/8) whenever the box stays at least the output size at that
-scale, so pixels the crop throws away are never fully decoded. With ``backend="roi"`` the optional
-libjpeg-turbo region decoder also skips the IDCT of the rows and columns outside the box (same pixels; OpenCV
-stays the default and the reference). One resize gives the output: torchvision's antialiased bilinear on
+scale, so pixels the crop throws away are never fully decoded. With ``backend="nvimgcodec"`` nvImageCodec's
+CPU backend also skips the IDCT of the rows and columns outside the box (same pixels; OpenCV stays the
+default and the reference). One resize gives the output: torchvision's antialiased bilinear on
 uint8 when shrinking, OpenCV's bilinear when only enlarging (antialiasing is a no-op there).
 """
 from __future__ import annotations
@@ -21,8 +21,7 @@ from PIL import Image
 from ..errors import DecoderUnavailableError
 from ..format import Record
 from .crops import CenterCropBoxes, RandomResizedCropBoxes
-from .pixels import (NVIMGCODEC_AVAILABLE, NVIMGCODEC_MISSING, ROI_AVAILABLE, ROI_MISSING, Box, check_box, decode_box,
-                     decode_rgb)
+from .pixels import NVIMGCODEC_AVAILABLE, NVIMGCODEC_MISSING, Box, check_box, decode_box, decode_rgb
 
 
 def to_chw_tensor(rgb) -> torch.Tensor:
@@ -66,23 +65,24 @@ def dct_scale(box: Box, out: int) -> int:
     return 1
 
 
-BACKENDS = ("opencv", "roi", "nvimgcodec", "auto")
+BACKENDS = ("opencv", "nvimgcodec", "auto")
 
 
 def installed_backends() -> tuple[str, ...]:
     """The decode backends this installation can run (OpenCV always)."""
-    return ("opencv",) + (("roi",) if ROI_AVAILABLE else ()) + (("nvimgcodec",) if NVIMGCODEC_AVAILABLE else ())
+    return ("opencv",) + (("nvimgcodec",) if NVIMGCODEC_AVAILABLE else ())
 
 
 def check_backend(backend: str) -> str:
-    """The backend to use: ``"auto"`` is the fastest installed (measured: ``"roi"``, then ``"nvimgcodec"``,
-    then ``"opencv"``); a named one that is not installed is an error saying what to install."""
+    """The backend to use: ``"auto"`` is ``"nvimgcodec"`` where installed, else ``"opencv"``; a named one that
+    is not installed is an error saying what to install."""
+    if backend == "roi":
+        raise ValueError("decode backend 'roi' (the libjpeg-turbo C extension) was replaced by 'nvimgcodec' (the "
+                         "same region decode from a wheel): pass backend='nvimgcodec' or 'auto'")
     if backend not in BACKENDS:
         raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        return "roi" if ROI_AVAILABLE else "nvimgcodec" if NVIMGCODEC_AVAILABLE else "opencv"
-    if backend == "roi" and not ROI_AVAILABLE:
-        raise DecoderUnavailableError(f"backend='roi': {ROI_MISSING}")
+        return "nvimgcodec" if NVIMGCODEC_AVAILABLE else "opencv"
     if backend == "nvimgcodec" and not NVIMGCODEC_AVAILABLE:
         raise DecoderUnavailableError(f"backend='nvimgcodec': {NVIMGCODEC_MISSING}")
     return backend

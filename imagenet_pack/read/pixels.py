@@ -1,15 +1,13 @@
 """JPEG bytes to RGB pixels with OpenCV, with PIL's policy: RGB, no EXIF rotation, 3 channels for grey.
 
 Torch-free, so the converter validates images with the same flags the reader decodes them with.
-``decode_box`` decodes one box of an image with one of three backends, all giving the same pixels (tested):
+``decode_box`` decodes one box of an image with one of two backends, giving the same pixels (tested):
 
 * ``"opencv"``: OpenCV's full decode, sliced (the reference);
-* ``"roi"``: the optional libjpeg-turbo extension ``_jpegroi``, which decodes only the rows and columns the box
-  needs (built by ``pip install`` where libjpeg-turbo's headers are; ~35% less decode time for
-  RandomResizedCrop boxes on ImageNet);
-* ``"nvimgcodec"``: NVIDIA nvImageCodec's CPU backend (its libjpeg-turbo) through a region of the code stream,
-  from pip alone (``pip install 'imagenet-pack[nvimgcodec]'``); it has no reduced-size decode, so a box
-  decoded at 1/2, 1/4 or 1/8 scale goes to OpenCV.
+* ``"nvimgcodec"``: NVIDIA nvImageCodec's CPU backend (its libjpeg-turbo) on a region of the code stream: only
+  the rows and columns the box needs reach the IDCT (~35% less decode time for RandomResizedCrop boxes on
+  ImageNet), from pip alone (``pip install 'imagenet-pack[nvimgcodec]'``, Linux); it has no reduced-size
+  decode, so a box decoded at 1/2, 1/4 or 1/8 scale goes to OpenCV.
 """
 from __future__ import annotations
 
@@ -22,16 +20,6 @@ import cv2
 import numpy as np
 
 from ..errors import DecodeError
-
-try:
-    from . import _jpegroi
-except ImportError:  # built only where libjpeg-turbo's headers were found (setup.py)
-    _jpegroi = None
-
-ROI_AVAILABLE = _jpegroi is not None
-ROI_MISSING = ("the region decoder (imagenet_pack.read._jpegroi) was not built: install libjpeg-turbo's headers "
-               "(Debian/Ubuntu libjpeg62-turbo-dev or libjpeg-turbo8-dev, Fedora libjpeg-turbo-devel) and "
-               "reinstall imagenet-pack")
 
 DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION  # what PIL does: no EXIF rotation
 # libjpeg DCT scaling: decode at 1/2, 1/4, 1/8 size for the cost of a fraction of the IDCT work.
@@ -75,10 +63,14 @@ def _nvimgcodec() -> tuple[Any, Any, Any]:
 
 
 def _decode_region_nvimgcodec(data: bytes, box: Box) -> np.ndarray | None:
-    """RGB pixels of ``box`` at full scale by nvImageCodec's CPU backend, or None where it declines."""
+    """RGB pixels of ``box`` at full scale by nvImageCodec's CPU backend, or None where it declines (and for
+    CMYK, which the converter re-encodes anyway, so that every backend gives OpenCV's pixels)."""
     nv, decoder, params = _nvimgcodec()
     top, left, h, w = box
-    region = nv.CodeStream(data).get_sub_code_stream(region=nv.Region(top, left, top + h, left + w))
+    stream = nv.CodeStream(data)
+    if stream.num_channels not in (1, 3):  # CMYK/YCCK: its colour conversion is not OpenCV's (the reference)
+        return None
+    region = stream.get_sub_code_stream(region=nv.Region(top, left, top + h, left + w))
     image = decoder.decode(region, params=params)
     if image is None:
         return None
@@ -115,16 +107,6 @@ def decode_box(data: bytes, box: Box, scale: int, where: str, backend: str = "op
             pixels, where = None, f"{where} (nvImageCodec: {exc})"
         if pixels is not None:
             return cv2.flip(pixels, 1) if flip else pixels
-    if backend == "roi":
-        try:
-            pixels = _jpegroi.decode_region(data, top, left, h, w, scale, flip)
-            return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
-        except _jpegroi.Unsupported:  # CMYK/YCCK: the converter re-encodes those, but OpenCV handles them
-            pass
-        except ValueError:  # the box is outside the image: say so in the package's words below
-            pass
-        except _jpegroi.Error as e:  # OpenCV, the reference (with its own, newer libjpeg-turbo), may still read it
-            where = f"{where} (libjpeg-turbo: {e})"
     rgb = decode_rgb(data, where, scale)
     check_box(box, *rgb.shape[:2], where)
     crop = rgb[top:top + h, left:left + w]
