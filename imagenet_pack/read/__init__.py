@@ -1,7 +1,7 @@
 """Reading: a converted database as a PyTorch dataset, decoded with OpenCV into tensors.
 
 Read in this order: ``reader`` (opening shards per process, the split's metadata), ``dataset``
-(:class:`LmdbImageNet`), ``pixels`` (torch-free JPEG decoding, the optional region decoder), ``crops`` (the
+(:class:`LmdbImageNet`), ``pixels`` (torch-free JPEG decoding, nvImageCodec region decode), ``crops`` (the
 crop-box law shared by the CPU and GPU decoders), ``decoders`` (PIL, tensor and fused decode+crop decoders).
 
 Nothing is imported here, so the converter can use ``pixels`` without importing torch; import from the
