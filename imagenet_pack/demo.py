@@ -55,5 +55,5 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
         echo(f"\nthroughput, RandomResizedCrop(224) + flip, {workers} workers, {len(train)} images "
              "(the fused entries leave normalisation to the GPU):")
         for name, rate in rates.items():
-            echo(f"  {name:<40} {rate:8.0f} images/s  {rate / base_rate:5.2f}x")
+            echo(f"  {name:<48} {rate:8.0f} images/s  {rate / base_rate:5.2f}x")
     return rates
