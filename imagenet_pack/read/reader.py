@@ -66,10 +66,20 @@ class Handle(NamedTuple):
 
 
 _HANDLES: dict[str, tuple[int, Handle]] = {}
+_RESOLVED: dict[str, str] = {}  # path as spelled -> resolved
+
+def _resolved(path: Path | str) -> str:
+    """``path`` with links resolved, remembered per spelling (this runs for every record read)."""
+    spelled = os.fspath(path)
+    key = _RESOLVED.get(spelled)
+    if key is None:
+        key = _RESOLVED[spelled] = os.path.realpath(spelled)
+    return key
+
 
 def open_handle(path: Path | str) -> Handle:
     """This process's read-only handle on the shard at ``path``, opened on first use (fork- and spawn-safe)."""
-    key = os.path.realpath(path)  # "db" and "/abs/db" are one environment, which LMDB opens once per process
+    key = _resolved(path)  # "db" and "/abs/db" are one environment, which LMDB opens once per process
     cached = _HANDLES.get(key)
     if cached is not None:
         if cached[0] == os.getpid():
@@ -93,6 +103,7 @@ def open_handle(path: Path | str) -> Handle:
 
 def close_handle(path: Path | str) -> None:
     """Close this process's handle on ``path``; the next access opens the database afresh."""
+    _RESOLVED.pop(os.fspath(path), None)  # a path may be a link re-pointed since
     cached = _HANDLES.pop(os.path.realpath(path), None)
     if cached is not None and cached[0] == os.getpid():
         cached[1].env.close()
