@@ -40,6 +40,10 @@ class BenchOptions:
     workers: int | None = None
     epochs: int = 3
     batch_size: int = 32
+    feed_device: str | None = None  # also train ``feed_arch`` from each feed on this device (a GPU)
+    feed_arch: str = "resnet50"
+    feed_batch_size: int = 256
+    feed_steps: int = 20
 
 
 def _split_dirs(images: Path) -> dict[str, Path]:
@@ -141,13 +145,24 @@ def run_bench(root: Path | str, options: BenchOptions = BenchOptions()) -> dict:
     if options.images is not None:
         first["imagefolder_train_s"] = time_to_first_batch(
             "imagefolder", _split_dirs(options.images).get("train", options.images), workers, options.batch_size)
+    feed = None
+    if options.feed_device is not None:
+        from .gpu.feed import feed_table
+        from .read.dataset import LmdbImageNet
+        from .read.decoders import RandomResizedCropDecoder
+        train = next(d for name, (_, d) in entries.items() if name.startswith("train-lmdb-fused"))
+        feed = feed_table(LmdbImageNet(root, train.split, decoder=RandomResizedCropDecoder(224, backend="auto")),
+                          arch=options.feed_arch, batch_size=options.feed_batch_size, steps=options.feed_steps,
+                          workers=workers, device=options.feed_device)
     return {"machine": {"cores": default_workers(), "platform": platform.platform(), "cpu": platform.processor(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "opencv": cv2.__version__},
             "database": str(root), "images": str(options.images) if options.images else None, "workers": workers,
             "batch_size": options.batch_size, "epochs": options.epochs, "results": results,
-            "time_to_first_batch": first}
+            "time_to_first_batch": first, "training_feed": feed,
+            "training_feed_model": {"arch": options.feed_arch, "batch_size": options.feed_batch_size,
+                                    "device": options.feed_device} if feed else None}
 
 
 def format_table(report: dict) -> str:
@@ -162,6 +177,13 @@ def format_table(report: dict) -> str:
     first = report["time_to_first_batch"]
     lines.append("time to first batch from process start: " + ", ".join(
         f"{name[:-2].replace('_', ' ')} {seconds:.2f} s" for name, seconds in first.items()))
+    if report["training_feed"]:
+        model = report["training_feed_model"]
+        lines.append(f"training feed, {model['arch']} batch {model['batch_size']} on {model['device']}:")
+        for row in report["training_feed"]:
+            share = f"   GPU share {row['gpu_share']:.2f}" if row["gpu_share"] is not None else ""
+            lines.append(f"  {row['feed']:<36} {row['images_per_s']:8.0f} images/s   {row['of_bound']:5.2f} of the "
+                         f"bound   data wait {row['data_wait']:4.0%}{share}")
     return "\n".join(lines)
 
 

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=32, help="images per batch (default: 32)")
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     p.add_argument("--plot", type=Path, default=None, help="draw the ratios as a bar chart (PNG; needs matplotlib)")
+    p.add_argument("--device", default=None,
+                   help="also train --arch from each feed (CPU fused, GPU decode, hybrid, synthetic bound) on this "
+                        "device (default: cuda when a GPU is present, else skipped; 'none' skips it)")
+    p.add_argument("--arch", default="resnet50", help="the model of the training-feed table (default: resnet50)")
+    p.add_argument("--feed-batch-size", type=_positive, default=256, help="its batch size (default: 256)")
+    p.add_argument("--feed-steps", type=_positive, default=20, help="its timed steps per feed (default: 20)")
 
     p = sub.add_parser("demo", help="generate a small ImageNet-shaped sample, convert it, read it back, time it")
     p.add_argument("--dir", type=Path, default=None, help="keep the sample and database here (default: a temp dir)")
@@ -207,8 +213,14 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import BenchOptions, format_table, plot, run_bench, write_json
     if args.images is not None and not args.images.is_dir():
         raise ImagenetPackError(f"{args.images}: no such folder (--images)")
-    report = run_bench(args.root, BenchOptions(images=args.images, workers=args.workers, epochs=args.epochs,
-                                               batch_size=args.batch_size))
+    device = args.device
+    if device is None:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else None
+    report = run_bench(args.root, BenchOptions(
+        images=args.images, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
+        feed_device=None if device == "none" else device, feed_arch=args.arch, feed_batch_size=args.feed_batch_size,
+        feed_steps=args.feed_steps))
     print(format_table(report))
     if args.json:
         write_json(report, args.json)

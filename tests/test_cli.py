@@ -57,7 +57,8 @@ def test_subprocess_convert_and_read(tree, tmp_path):
 def test_bench_measures_train_and_val_against_their_own_baselines(tree_session, db_session, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", str(db_session), "--images", str(tree_session), "--epochs", "1", "--workers", "1",
-                 "--batch-size", "4", "--json", str(out)]) == 0
+                 "--batch-size", "4", "--json", str(out), "--device", "cpu", "--arch", "resnet18",
+                 "--feed-batch-size", "4", "--feed-steps", "1"]) == 0
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
     rows = {r["name"]: r for r in report["results"]}
@@ -70,5 +71,10 @@ def test_bench_measures_train_and_val_against_their_own_baselines(tree_session, 
     first = report["time_to_first_batch"]
     assert 0 < first["lmdb_fused_train_s"] < 120 and 0 < first["imagefolder_train_s"] < 120
     assert "val-baseline" in table and "time to first batch from process start" in table
+    feeds = {row["feed"]: row for row in report["training_feed"]}  # the GPU table's code, on the CPU device
+    assert set(feeds) == {"CPU fused decode", "GPU decode mode", "hybrid, auto share",
+                          "synthetic on device (compute bound)"}
+    assert all(row["images_per_s"] > 0 and 0 <= row["data_wait"] <= 1 for row in feeds.values())
+    assert feeds["GPU decode mode"]["gpu_share"] == 1.0 and "training feed, resnet18" in table
     assert main(["bench", str(db_session), "--images", str(tmp_path / "nope")]) == 1
     assert "no such folder (--images)" in capsys.readouterr().err

@@ -21,19 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import torchvision
 
-from imagenet_pack import ConvertOptions, CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, convert
-from imagenet_pack.gpu.decode import NVIMGCODEC_KINDS, GpuBatchDecoder
+from imagenet_pack import ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
+from imagenet_pack.gpu.feed import decode_benchmark, feed_table
 from imagenet_pack.loader import build_loader, default_workers
 from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
 from imagenet_pack.synthetic import make_sample_tree
@@ -58,67 +54,6 @@ def source_tree(images: Path | None, out: Path, count: int) -> Path:
             if split == "train" or not (folder / name).exists():
                 shutil.copyfile(f, folder / name)
     return out
-
-
-def run(model, optimizer, batches, steps: int, device: torch.device) -> tuple[float, float]:
-    """images/s and data-wait fraction over ``steps`` steps after 3 warm-up steps. Data wait: the time the loop
-    is blocked on ``next(batches)``; kernels queued before keep the GPU busy meanwhile."""
-    amp = device.type == "cuda"
-    seen, waited, start = 0, 0.0, None
-    for step in range(steps + 3):
-        if step == 3:
-            if amp:
-                torch.cuda.synchronize()
-            seen, waited, start = 0, 0.0, time.perf_counter()
-        t0 = time.perf_counter()
-        images, targets = next(batches)
-        waited += time.perf_counter() - t0
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += len(targets)
-    if amp:
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    return seen / elapsed, waited / elapsed
-
-
-def forever(iterable_factory):
-    while True:
-        yield from iterable_factory()
-
-
-def decode_benchmark(ds: LmdbImageNet, batch: int, size: int, device: torch.device) -> dict[str, float]:
-    """images/s of GpuBatchDecoder on one in-memory batch, per decoder."""
-    data, boxes, _ = ds.encoded_batch([(i % len(ds), 0) for i in range(batch)])
-    boxes = torch.tensor(boxes, dtype=torch.int64)
-    variants = {}
-    if NVIMGCODEC_AVAILABLE:
-        variants["nvimgcodec (all kinds)"] = dict(backend="nvimgcodec")
-        if device.type == "cuda":
-            variants.update({f"nvimgcodec {k}": dict(backend="nvimgcodec", kinds=(k,)) for k in NVIMGCODEC_KINDS})
-    variants["torchvision.io.decode_jpeg"] = dict(backend="torchvision")
-    rates = {}
-    for name, kwargs in variants.items():
-        try:
-            decoder = GpuBatchDecoder(size, device, **kwargs)
-            decoder(data, boxes)
-            times = []
-            for _ in range(5):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                decoder(data, boxes)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t0)
-            rates[name] = batch / statistics.median(times)
-            print(f"  {name:<28} {rates[name]:9.0f} images/s   CPU fallbacks {decoder.fallbacks}")
-        except Exception as exc:  # noqa: BLE001 - a decoder kind this GPU lacks: say so, go on
-            print(f"  {name:<28} not available here ({type(exc).__name__}: {str(exc)[:120]})")
-    return rates
 
 
 def resume_check(db: Path, device: torch.device, out: Path, arch: str, batch: int, size: int, workers: int) -> bool:
@@ -172,24 +107,11 @@ def main(argv=None) -> int:
     decode_benchmark(ds, args.batch_size, args.image_size, device)
 
     print(f"2. training feed ({len(ds)} records)")
-    model = torchvision.models.get_model(args.arch, num_classes=1000).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    if cuda:
-        images = images.contiguous(memory_format=torch.channels_last)
-    targets = torch.randint(0, 1000, (args.batch_size,), device=device)
-    bound = run(model, optimizer, forever(lambda: [(images, targets)]), args.steps, device)[0]
-    feeds = {"(a) CPU fused decode": 0.0, "(b) GPU decode mode": 1.0, "(c) hybrid, auto share": "auto"}
-    for name, share in feeds.items():
-        loader = build_loader(ds, args.batch_size, workers=args.workers, gpu_share=share, device=device)
-        rate, wait = run(model, optimizer, forever(lambda: CudaPrefetcher(loader, device, channels_last=cuda)),
-                         args.steps, device)
-        print(f"  {name:<24} {rate:8.0f} images/s   {rate / bound:5.2f} of the bound   data wait {wait:4.0%}   "
-              f"GPU share {loader.gpu_share:.2f}")
-    print(f"  {'(d) synthetic on device':<24} {bound:8.0f} images/s    1.00 (the compute bound)")
+    for row in feed_table(ds, arch=args.arch, batch_size=args.batch_size, steps=args.steps, workers=args.workers,
+                          device=device):
+        share = f"   GPU share {row['gpu_share']:.2f}" if row["gpu_share"] is not None else ""
+        print(f"  {row['feed']:<36} {row['images_per_s']:8.0f} images/s   {row['of_bound']:5.2f} of the bound   "
+              f"data wait {row['data_wait']:4.0%}{share}")
 
     ok = True
     if not args.skip_resume:
