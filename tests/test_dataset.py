@@ -172,13 +172,16 @@ def test_missing_split_and_missing_db(db, tmp_path):
 
 
 def flip_payload_byte(db_dir, source_file):
-    """Flip one byte of ``source_file``'s entropy-coded data where it sits inside data.mdb."""
+    """Flip one byte of ``source_file``'s entropy-coded data wherever it sits inside data.mdb: LMDB's free pages
+    can hold a stale copy of a record from an earlier transaction, so every copy is flipped."""
     data = open(source_file, "rb").read()
     needle = data[len(data) // 2:len(data) // 2 + 48]
     data = bytearray((db_dir / "data.mdb").read_bytes())
     at = data.find(needle)
     assert at >= 0
-    data[at + 7] ^= 0xFF
+    while at >= 0:
+        data[at + 7] ^= 0xFF
+        at = data.find(needle, at + 1)
     (db_dir / "data.mdb").write_bytes(bytes(data))
 
 
