@@ -33,6 +33,19 @@ from imagenet_pack.read.decoders import BACKENDS
 CHECKPOINT = "checkpoint.pt"
 
 
+def gpu_share(text: str) -> float | str:
+    """0 to 1, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, or auto; got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path, help="database directory written by `imagenet-pack convert`")
@@ -52,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fused decoders' JPEG decoding on the CPU: nvimgcodec (nvImageCodec's CPU backend, only "
                         "the crop's region), opencv (full decode); the same pixels; auto (default): nvimgcodec "
                         "where installed, else opencv")
-    p.add_argument("--gpu-share", default="0",
+    p.add_argument("--gpu-share", type=gpu_share, default=0.0,
                    help="share of every train batch decoded on the GPU (hybrid feed: 0 to 1, or auto to measure "
                         "both rates and split in proportion; default: 0, all on the CPU workers)")
     p.add_argument("--output", type=Path, required=True, help="directory for checkpoints and logs")
@@ -224,9 +237,8 @@ def build_loaders(args: argparse.Namespace, world: int) -> tuple[EpochLoader, Ep
     train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(
         args.image_size, seed=args.seed, backend=args.decode_backend))
     val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size, backend=args.decode_backend))
-    share = args.gpu_share if args.gpu_share == "auto" else float(args.gpu_share)
     train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed,
-                                gpu_share=share, device=args.device)
+                                gpu_share=args.gpu_share, device=args.device)
     val_loader = build_loader(val_set, args.batch_size, train=False, workers=workers, persistent_workers=False)
     return train_loader, val_loader, len(train_set.wnids)
 

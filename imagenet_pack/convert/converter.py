@@ -111,7 +111,7 @@ def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource]
         for split, source in sources.items():
             if split in done:
                 notes.append(f"{dst / split}: already complete, kept as it is")
-                reports.append(summarise_complete(dst / split, source, options.selected))
+                reports.append(summarise_complete(source, done[split]))
                 continue
             if options.overwrite:
                 remove_database(dst / split, _shard_dirs(dst / split, options) if options.only_shards else None)

@@ -85,12 +85,9 @@ def rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> l
             f"again from {source.items[rng[first]].path}"]
 
 
-def summarise_complete(split_dir: Path, source: SplitSource, selected: tuple[int, ...]) -> SplitReport:
-    """The report of a split whose selected shards were complete already (what their metadata says)."""
-    paths = [p for p in find_shards(split_dir) if _shard_number(p) in selected]
-    metas = [read_shard_meta(p) for p in paths]
-    for p in paths:
-        close_handle(p)
+def summarise_complete(source: SplitSource, metas: list[ShardMeta]) -> SplitReport:
+    """The report of a split whose shards were complete already: what their metadata (from :func:`complete`)
+    says."""
     report = SplitReport(source.split, source.description, complete=True, already_complete=True,
                          ignored=list(source.ignored))
     report.stored = sum(m.count for m in metas)
