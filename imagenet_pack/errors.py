@@ -18,6 +18,10 @@ class FormatError(ImagenetPackError):
     """A database is missing, incomplete, of an unknown format version, or malformed."""
 
 
+class IncompleteShardError(FormatError):
+    """A shard's conversion has not finished (no length key): rerunning the same convert command resumes it."""
+
+
 class CorruptRecordError(FormatError):
     """A record's bytes do not match its checksum, or it cannot be decoded as a record."""
 
@@ -27,8 +31,18 @@ class DecodeError(ImagenetPackError):
 
 
 class OutputExistsError(ImagenetPackError):
-    """The output already holds a complete database (or different work) and --overwrite was not given."""
+    """The output already holds a database of other input or options (or files imagenet-pack did not write),
+    and --overwrite was not given."""
+
+
+class BusyError(ImagenetPackError):
+    """Another conversion holds the output directory."""
+
+
+class UnsafeOutputError(ImagenetPackError):
+    """A path imagenet-pack would create or write in DST is a symbolic link, a special file, or a file it
+    cannot prove its own: it is never written through."""
 
 
 class DecoderUnavailableError(ImagenetPackError):
-    """A decoder that was asked for is not installed or was not built here."""
+    """A decoder that was asked for is not installed here."""

@@ -1,0 +1,108 @@
+"""JPEG bytes to RGB pixels and back, with one policy for the whole package (torch-free).
+
+Decoding follows PIL's policy (what ImageFolder gives): RGB, no EXIF rotation, 3 channels for grey. The
+converter validates every image with :func:`decode_checked`, which also treats libjpeg's *warnings* as
+damage: libjpeg decodes a JPEG whose entropy data is cut short or bit-rotted by filling the rest with grey
+and printing "Corrupt JPEG data" to stderr, so a decode that merely succeeds proves nothing. Re-encoding
+(odd inputs, stores resized with ``--short-side`` or ``--max-side``) goes through :func:`encode_jpeg` at the
+qualities defined here.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .errors import DecodeError
+
+DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION  # what PIL does: no EXIF rotation
+# libjpeg DCT scaling: decode at 1/2, 1/4, 1/8 size for the cost of a fraction of the IDCT work.
+_REDUCED_FLAGS = {1: DECODE_FLAGS, 2: 16 | DECODE_FLAGS, 4: 32 | DECODE_FLAGS, 8: 64 | DECODE_FLAGS}
+DEFAULT_QUALITY = 90  # JPEG quality of resized stores (FFCV's default)
+FIX_QUALITY = 95  # JPEG quality of inputs re-encoded because they cannot be stored as they are
+# libjpeg warnings that say nothing about the pixels (metadata it could not parse)
+_HARMLESS = ("unknown JFIF revision", "thumbnail image size does not match", "bad ICC marker")
+
+
+def decode_rgb(data: bytes, where: str, scale: int = 1) -> np.ndarray:
+    """HxWx3 uint8 RGB pixels of ``data`` at 1/``scale`` size (scale in 1, 2, 4, 8)."""
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[scale])
+    if rgb is None:
+        raise DecodeError(f"{where}: stored image cannot be decoded by OpenCV; run `imagenet-pack verify --decode`")
+    return rgb
+
+
+class _Stderr:
+    """libjpeg prints its warnings with fprintf(stderr): while a decode runs, file descriptor 2 points at a
+    memory file of this process's, read afterwards (2 system calls a decode; one thread at a time)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.saved = os.dup(2)
+        self.capture = os.memfd_create("imagenet-pack-libjpeg") if hasattr(os, "memfd_create") else \
+            os.open(os.devnull, os.O_WRONLY)
+        self.readable = hasattr(os, "memfd_create")
+
+    def decode(self, data: bytes, flags: int) -> tuple[np.ndarray | None, str]:
+        os.dup2(self.capture, 2)
+        try:
+            rgb = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        finally:
+            os.dup2(self.saved, 2)
+        if not self.readable:
+            return rgb, ""
+        size = os.fstat(self.capture).st_size
+        if not size:
+            return rgb, ""
+        said = os.pread(self.capture, min(size, 4096), 0).decode("utf-8", "replace")
+        os.ftruncate(self.capture, 0)
+        os.lseek(self.capture, 0, os.SEEK_SET)
+        return rgb, said
+
+
+_STDERR: _Stderr | None = None
+
+
+def decode_checked(data: bytes) -> tuple[np.ndarray | None, str | None]:
+    """Decode ``data`` fully: (pixels or None, what libjpeg found damaged or None). The damage note is the
+    first warning libjpeg printed (OpenCV's own log lines and harmless metadata warnings aside)."""
+    global _STDERR
+    if _STDERR is None or _STDERR.pid != os.getpid():
+        _STDERR = _Stderr()
+    rgb, said = _STDERR.decode(data, DECODE_FLAGS)
+    damage = [line.strip() for line in said.splitlines()
+              if line.strip() and not line.startswith("[") and not any(h in line for h in _HARMLESS)]
+    return rgb, (damage[0] if damage else None)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int, *, full_chroma: bool = False) -> bytes | None:
+    """JPEG bytes of an HxWx3 RGB array, or None when OpenCV cannot encode it."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    if full_chroma:
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), params)
+    return buf.tobytes() if ok else None
+
+
+def resized_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """The (height, width) torchvision's ``Resize(short)`` gives: the shorter side ``short``, the longer
+    ``int(short * long / short_side)`` (truncated, as torchvision does)."""
+    if height <= width:
+        return short, int(short * width / height)
+    return int(short * height / width), short
+
+
+def resize_short_side(rgb: np.ndarray, short: int) -> np.ndarray:
+    """torchvision's ``Resize(short)`` on a PIL image, exactly: PIL's antialiased bilinear to
+    :func:`resized_size` (the kernel ``ImageFolder`` + ``Resize`` pipelines use)."""
+    height, width = resized_size(*rgb.shape[:2], short)
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+
+
+def resize_max_side(rgb: np.ndarray, longest: int) -> np.ndarray:
+    """The longer side scaled to ``longest`` with OpenCV's INTER_AREA (FFCV's ``max_resolution``)."""
+    scale = longest / max(rgb.shape[:2])
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

@@ -1,0 +1,168 @@
+"""Check a database end to end: length key, metadata, every record's checksum and target, optionally more.
+
+``decode=True`` also decodes every image (as the converter validated it: libjpeg's warnings are damage) and
+checks its size; ``source`` compares every record with the file it came from (byte-equal for records stored
+as they were, same original size for re-encoded ones). Records are read one by one by key, so a damaged page
+costs the records on it, never the rest of the check (and, read through
+:class:`imagenet_pack.lmdbfile.LmdbFile`, never a signal); ``workers`` processes check records in parallel
+and report exactly what one would, in record order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .codec import DEFAULT_QUALITY, decode_checked
+from .convert.pool import OrderedPool
+from .convert.prepare import PrepareOptions, prepare
+from .errors import FormatError, ImagenetPackError
+from .format import RECORDS_DB, decode_key, encode_key
+from .meter import ProgressMeter
+from .read.reader import Shard, finished_shards, list_splits, load_split, open_handle, read_paths, shard_arrays
+from .sources.detect import discover
+from .sources.items import Item, read_item
+
+_CHUNK = 256  # records per task
+
+
+@dataclass
+class VerifyReport:
+    """Records checked and every problem found, each naming its shard and key."""
+
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What a worker checks: records ``start``..``stop`` of one shard."""
+
+    shard: Shard
+    start: int
+    stop: int
+    num_classes: int
+    resized: bool  # stored with --max-side/--short-side: re-encoded, so compared with its source by size
+    decode: bool
+    sources: tuple  # (path, Item or None, fixed) per record, when comparing with the source
+    prepare: PrepareOptions
+
+
+def verify(root: Path | str, *, decode: bool = False, source: Path | str | None = None, workers: int = 1,
+           progress: bool = False) -> VerifyReport:
+    """Check every split of ``root``; problems name the shard and key. Never raises on damaged records."""
+    report = VerifyReport()
+    try:
+        splits = list_splits(root)
+    except FormatError as exc:
+        report.problems.append(str(exc))
+        return report
+    if not splits:
+        report.problems.append(f"{root}: no database found")
+    inputs = discover(Path(source), tuple(splits))[0] if source is not None else {}
+    tasks = []
+    for split in splits:
+        try:
+            info = load_split(root, split)
+            shards = list(zip(info.shards, info.metas))
+        except FormatError as exc:  # e.g. shards other hosts have not finished: check the finished ones
+            report.problems.append(str(exc))
+            shards = finished_shards(Path(root) / split)
+        by_path = {item.path: item for item in inputs[split].items} if split in inputs else None
+        for shard, meta in shards:
+            try:
+                tasks += _shard_tasks(shard, meta, decode, by_path, report)
+            except FormatError as exc:
+                report.problems.append(str(exc))
+    meter = ProgressMeter(sum(t.stop - t.start for t in tasks), "verify", "records", enabled=progress)
+    pool = OrderedPool(workers, _check) if workers > 1 and len(tasks) > 1 else None
+    try:
+        for checked, problems in (pool.map(tasks) if pool else map(_check, tasks)):
+            report.checked += checked
+            report.problems += problems
+            meter.update(checked)
+    finally:
+        if pool is not None:
+            pool.close()
+        meter.close()
+    return report
+
+
+def _shard_tasks(shard: Shard, meta, decode: bool, by_path: dict | None, report: VerifyReport) -> list[_Task]:
+    """The shard's checks that need the whole shard (keys beyond its length), then its records in chunks."""
+    try:
+        last = open_handle(shard.path).file.last_key(RECORDS_DB, f"{shard.path} records")
+        if last is not None and (len(last) != 8 or decode_key(last) >= shard.count):
+            report.problems.append(f"{shard.path}: holds record key {last.hex()} beyond its {shard.count} records")
+    except ImagenetPackError as exc:
+        report.problems.append(str(exc))
+    sources: list = []
+    if by_path is not None:
+        try:
+            paths = read_paths(shard.path)
+        except FormatError as exc:
+            report.problems.append(str(exc))
+            paths = []
+        fixed = {p for p, _ in meta.fixed}
+        sources = [(p, by_path.get(p), p in fixed) for p in paths]
+    resized = bool(meta.max_side or meta.short_side)
+    prep = PrepareOptions(meta.max_side, meta.short_side, meta.quality or DEFAULT_QUALITY)
+    return [_Task(shard, start, min(start + _CHUNK, shard.count), len(meta.wnids), resized, decode,
+                  tuple(sources[start:start + _CHUNK]), prep) for start in range(0, shard.count, _CHUNK)]
+
+
+def _check(task: _Task) -> tuple[int, list[str]]:
+    """Check records ``task.start``..``task.stop``: (records checked, problems)."""
+    problems: list[str] = []
+    try:
+        targets, sizes = shard_arrays(task.shard)
+        handle = open_handle(task.shard.path)
+    except ImagenetPackError as exc:
+        return 0, [str(exc)]
+    for local in range(task.start, task.stop):
+        where = f"{task.shard.path} record {local}"
+        try:
+            record = handle.read(encode_key(local), where)
+        except ImagenetPackError as exc:
+            problems.append(str(exc))
+            continue
+        if record is None:
+            problems.append(f"{where}: missing although the length key counts it")
+            continue
+        if not 0 <= record.target < task.num_classes or record.target != int(targets[local]):
+            problems.append(f"{where}: target {record.target} differs from the metadata's {int(targets[local])}")
+        size = tuple(int(v) for v in sizes[local])
+        if (record.height, record.width) != size:
+            problems.append(f"{where}: stored size {record.height}x{record.width} differs from the metadata's {size}")
+        if task.decode:
+            problems += _decode_problems(record, where)
+        if task.sources:
+            problems += _source_problems(record, task.sources[local - task.start], size, task, where)
+    return task.stop - task.start, problems
+
+
+def _decode_problems(record, where: str) -> list[str]:
+    rgb, damage = decode_checked(record.image)
+    if rgb is None or rgb.shape[:2] != (record.height, record.width):
+        return [f"{where}: image does not decode to its stored {record.height}x{record.width}"]
+    return [f"{where}: libjpeg finds the image damaged: {damage}"] if damage else []
+
+
+def _source_problems(record, source: tuple[str, Item | None, bool], size: tuple[int, int], task: _Task,
+                     where: str) -> list[str]:
+    path, item, fixed = source
+    if item is None:
+        return [f"{where}: its source {path} is not in the source given"]
+    try:
+        data, _ = read_item(item, task.prepare.max_bytes)
+    except OSError as exc:
+        return [f"{where}: its source {path} cannot be read ({exc.strerror or exc})"]
+    if fixed or task.resized:
+        prepared = prepare(data, task.prepare)
+        same = prepared.image is not None and (prepared.height, prepared.width) == size
+    else:
+        same = data == record.image
+    return [] if same and item.target == record.target else [f"{where}: differs from its source {path}"]
