@@ -1,13 +1,22 @@
 """Writing: source splits into LMDB shards, in parallel, resumable after a kill, with an honest report.
 
-Read in this order: ``converter`` (orchestration: :func:`convert`, :class:`ConvertOptions`), ``tasks`` (what a
-worker does with one file), ``prepare`` and ``probe`` (validation and the re-encoding policy), ``writer``
-(one shard: batched commits, map growth, resumable state), ``report`` (the per-split report, JSONL, audit).
-Torch-free: ``imagenet-pack convert`` starts in a fraction of a second.
+Read in this order: ``converter`` (:func:`convert`, :class:`ConvertOptions`: the run as a whole), ``split``
+(one split: its shards' writers, the items to convert, the final metadata), ``pool`` (the worker processes),
+``tasks`` (what a worker does with one file), ``prepare`` and ``probe`` (validation and the re-encoding
+policy), ``writer`` and ``state`` (one shard: batched commits, map growth, resumable state), ``resume`` (what
+an earlier run left), ``ownership`` (what may be written or removed in DST), ``lock`` (one writer per shard),
+``report`` (the per-split report, JSONL, audit). Torch-free: ``imagenet-pack convert`` starts in a fraction
+of a second.
 """
 from __future__ import annotations
 
-from .converter import ConvertOptions, convert
-from .report import ConvertReport, SplitReport
+import importlib
 
-__all__ = ["convert", "ConvertOptions", "ConvertReport", "SplitReport"]
+_LAZY = {"convert": "converter", "ConvertOptions": "converter", "ConvertReport": "report", "SplitReport": "report"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):  # imported on first use, so importing the package costs nothing
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,11 @@
-"""One conversion per output directory at a time, and never one that writes into its own input.
+"""One conversion per shard at a time, and never one that writes into its own input.
 
-The lock is a POSIX record lock (``fcntl.lockf``) on ``DST/.imagenet-pack.shard-SSS.lock`` for each shard the
-run writes (hosts writing different shards of one database do not exclude each other): the kernel releases it when
-the holder exits or is killed, so a crash never leaves a stale lock, and unlike ``flock`` it is not inherited
-by the converter's forked workers (a killed converter's workers, still exiting, would hold it on). The file
-holds the holder's pid, for the message.
+The lock is a POSIX record lock (``fcntl.lockf``) on the shard's lock file in DST (``layout.lock_path``), one
+for each shard the run writes (hosts writing different shards of one database do not exclude each other):
+the kernel releases it when the holder exits or is killed, so a crash never leaves a stale lock, and unlike
+``flock`` it is not inherited by the converter's forked workers. The file holds the holder's pid, for the
+message; it is opened without following links (:func:`.ownership.open_own_file`), so a link planted at its
+path cannot make a run write into another file.
 """
 from __future__ import annotations
 
@@ -15,13 +16,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import ImagenetPackError
-
-LOCK_NAME = ".imagenet-pack.shard-{:03d}.lock"  # one per shard: hosts writing different shards share DST
-
-
-class BusyError(ImagenetPackError):
-    """Another conversion holds the output directory."""
+from ..errors import BusyError, ImagenetPackError
+from ..layout import lock_path
+from .ownership import open_own_file
 
 
 def check_no_overlap(src: Path, dst: Path) -> None:
@@ -39,13 +36,13 @@ def hold_lock(dst: Path, shards: tuple[int, ...] = (0,)) -> Iterator[None]:
     one of them."""
     with contextlib.ExitStack() as stack:
         for shard in shards:
-            stack.enter_context(_locked(dst, dst / LOCK_NAME.format(shard)))
+            stack.enter_context(_locked(dst, lock_path(dst, shard)))
         yield
 
 
 @contextlib.contextmanager
 def _locked(dst: Path, path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_own_file(path)
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

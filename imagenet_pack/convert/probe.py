@@ -1,8 +1,9 @@
 """Read what an image file claims to be from its header bytes, without decoding pixels.
 
-The converter uses this to refuse absurd headers before allocating pixels, to find CMYK and other JPEGs that
-GPU and torchvision decoders cannot read, and to catch truncated files (libjpeg only warns on those and
-returns a half-grey image, so a decode alone would store garbage).
+The converter uses this to refuse absurd headers before allocating pixels (a pixel count, a number of
+scans: each scan of a progressive JPEG costs a pass over the whole image, so thousands of them make a valid
+300 KB file take minutes to decode), to find CMYK and other JPEGs that GPU and torchvision decoders cannot
+read, and to catch truncated files early.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Header:
     frame: str = ""  # JPEG: baseline / extended / progressive / lossless / arithmetic / hierarchical
     precision: int = 8
     complete: bool = True  # has its end marker (JPEG EOI after the scan, PNG IEND)
+    scans: int = 0  # JPEG: start-of-scan markers (decode time grows with each)
 
 
 class ProbeError(ValueError):
@@ -146,7 +148,8 @@ def _probe_jpeg(data: bytes) -> Header:
     # Inside entropy-coded data every 0xFF is followed by 0x00 or a restart marker, so an end-of-image
     # marker after the first scan means the file reaches its end; a cut-off file has none.
     complete = first_scan is not None and data.rfind(b"\xff\xd9") > first_scan
-    return Header("jpeg", width, height, components, frame, precision, complete)
+    scans = data.count(b"\xff\xda", first_scan) if first_scan is not None else 0  # 0xFF in scan data is stuffed
+    return Header("jpeg", width, height, components, frame, precision, complete, scans)
 
 
 def _probe_png(data: bytes) -> Header:

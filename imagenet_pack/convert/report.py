@@ -10,13 +10,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..format import ShardMeta
 from ..sources.items import SplitSource
+from .ownership import write_file
 
 log = logging.getLogger(__name__)
 
 CANONICAL_COUNTS = {"train": 1_281_167, "val": 50_000}
 CANONICAL_VAL_PER_CLASS = 50
-REPORT_NAME = "convert-report.jsonl"
 
 
 @dataclass
@@ -27,6 +28,7 @@ class SplitReport:
     description: str = ""
     found: int = 0
     stored: int = 0
+    converted: int = 0  # items this run read and stored or skipped (not those an earlier run committed)
     fixed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
@@ -41,6 +43,11 @@ class SplitReport:
     def storage_ratio(self) -> float:
         return self.db_bytes / self.source_bytes if self.source_bytes else 0.0
 
+    @property
+    def rate(self) -> float:
+        """Items this run converted per second (0 for a split kept as it was)."""
+        return self.converted / self.seconds if self.seconds and self.converted else 0.0
+
 
 @dataclass
 class ConvertReport:
@@ -49,6 +56,7 @@ class ConvertReport:
     splits: list[SplitReport]
     report_path: Path
     notes: list[str] = field(default_factory=list)
+    noop: bool = False  # the database was complete already for this input and these options
 
     @property
     def ok(self) -> bool:
@@ -79,13 +87,26 @@ def audit(source: SplitSource) -> list[str]:
     return warnings
 
 
+def report_from_metas(source: SplitSource, metas: list[ShardMeta]) -> SplitReport:
+    """The report of a split whose shards were complete already: what their metadata says."""
+    report = SplitReport(source.split, source.description, complete=True, already_complete=True,
+                         ignored=list(source.ignored))
+    report.stored = sum(m.count for m in metas)
+    report.fixed = [f for m in metas for f in m.fixed]
+    report.skipped = [f for m in metas for f in m.skipped]
+    report.found = len(source.items) + len(source.ignored)
+    report.warnings = audit(source)
+    return report
+
+
 def write_report(path: Path, reports: list[SplitReport]) -> None:
     """One JSON object per line: every fixed, skipped and ignored file (``path``, ``action``, ``reason``),
-    and the audit's warnings (``action`` "warning")."""
-    with open(path, "w", encoding="utf-8") as out:
-        for r in reports:
-            for action, entries in (("fixed", r.fixed), ("skipped", r.skipped), ("ignored", r.ignored)):
-                for file, reason in entries:
-                    out.write(json.dumps({"split": r.split, "path": file, "action": action, "reason": reason}) + "\n")
-            for warning in r.warnings:
-                out.write(json.dumps({"split": r.split, "action": "warning", "reason": warning}) + "\n")
+    and the audit's warnings (``action`` "warning"). Written to a new file renamed into place."""
+    lines = []
+    for r in reports:
+        for action, entries in (("fixed", r.fixed), ("skipped", r.skipped), ("ignored", r.ignored)):
+            for file, reason in entries:
+                lines.append(json.dumps({"split": r.split, "path": file, "action": action, "reason": reason}))
+        for warning in r.warnings:
+            lines.append(json.dumps({"split": r.split, "action": "warning", "reason": warning}))
+    write_file(path, "".join(line + "\n" for line in lines).encode("utf-8"))

@@ -1,98 +1,104 @@
-"""What an earlier run left in DST: complete shards to keep, interrupted ones to rewind to what changed.
+"""What an earlier run left in DST: complete shards to keep, and shards to convert again from what changed.
 
-Records are assigned to shards by source position (contiguous ranges), so every run, on any host, agrees on
-which files belong to which shard.
+Records are assigned to shards by item (contiguous ranges of the split's source list), so every run, on any
+host, agrees on which files belong to which shard. Every finished shard keeps the (size, mtime) of each
+of its items as scanned (the ``stamps`` array), so a changed source file is found and named, whether the
+shard is finished or not.
 """
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FormatError, OutputExistsError
-from ..read.reader import close_handle, find_shards, read_shard_meta
+from ..format import CHECKSUMS_KEY, STAMPS_DTYPE, STAMPS_KEY, ShardMeta, check_checksum, decode_array
+from ..layout import close_shard, find_shards, meta_values, read_shard_meta, shard_of
 from ..sources.items import Item, SplitSource
-from ..format import ShardMeta
-from .report import SplitReport, audit
 from .writer import ShardWriter
 
 
 def shard_ranges(count: int, shards: int) -> list[range]:
-    """The source positions of each shard: contiguous, in source order."""
+    """The items of each shard: contiguous ranges of the source list, in order."""
     return [range(s * count // shards, (s + 1) * count // shards) for s in range(shards)]
 
 
-def stamps_crc(items: list[Item]) -> int:
-    """CRC-32 of the (size, mtime) of ``items``: stored per shard, so a changed source is noticed."""
-    return zlib.crc32(np.array([i.stamp for i in items], "<i8").tobytes())
+def item_stamps(items: list[Item]) -> np.ndarray:
+    """(size, mtime) of ``items`` as scanned, one row each: what a finished shard keeps."""
+    return np.array([i.stamp for i in items], STAMPS_DTYPE).reshape(-1, 2)
 
 
-def complete(split_dir: Path, fingerprint: str, source: SplitSource, selected: tuple[int, ...]
-             ) -> list[ShardMeta] | None:
+def find_complete(split_dir: Path, fingerprint: str, source: SplitSource, selected: tuple[int, ...]
+                  ) -> list[ShardMeta] | None:
     """The metadata of the ``selected`` shards of ``split_dir`` when all are complete for this input and these
-    options (they are kept as they are), else None; OutputExistsError if they hold complete ones of other
-    input or options, or of source files changed since."""
-    metas = []
-    paths = find_shards(split_dir)
-    if not paths:
-        return None
-    try:
-        for path in paths:
-            try:
-                metas.append(read_shard_meta(path))
-            except FormatError:  # incomplete or unreadable shard: the writer decides what to do
-                if _shard_number(path) in selected:
-                    return None
-    finally:
-        for path in paths:
-            close_handle(path)
-    metas = [m for m in metas if m.shard in selected]
-    if len(metas) != len(selected) or metas[0].num_shards < len(selected):
+    options (they are kept as they are, and nothing is written), else None. OutputExistsError if they are
+    complete but of other input or options, or their source files changed since (named)."""
+    found = []
+    for path in find_shards(split_dir):
+        if shard_of(path)[0] not in selected:
+            continue
+        try:
+            found.append((path, read_shard_meta(path)))
+        except FormatError:  # incomplete or unreadable shard: the writer decides what to do
+            return None
+        finally:
+            close_shard(path)
+    metas = [m for _, m in found]
+    if not metas or len(metas) != len(selected) or any(m.num_shards != metas[0].num_shards for m in metas):
         return None
     if any(m.fingerprint != fingerprint for m in metas):
-        raise OutputExistsError(
-            f"{split_dir}: holds a complete database made from other input or options; "
-            "pass --overwrite to replace it"
-        )
+        raise OutputExistsError(f"{split_dir}: holds a complete database made from other input or options; "
+                                "pass --overwrite to replace it")
     ranges = shard_ranges(len(source.items), metas[0].num_shards)
-    changed = [m.shard for m in metas if m.stamps_crc32 != stamps_crc([source.items[i] for i in ranges[m.shard]])]
+    changed = []
+    for path, m in found:
+        try:
+            stamps, checksums = meta_values(path, STAMPS_KEY, CHECKSUMS_KEY)
+        finally:
+            close_shard(path)
+        changed += changed_files(stamps, checksums, m, source, ranges[m.shard], path)
     if changed:
-        raise OutputExistsError(f"{split_dir}: source files of shard(s) {changed} changed (size or mtime) since the "
-                                "database was made; pass --overwrite to convert them again")
+        raise OutputExistsError(f"{split_dir}: {len(changed)} source file(s) changed (size or mtime) since the "
+                                f"database was made ({_names(changed)}); pass --overwrite to convert them again")
     return metas
 
 
-def _shard_number(path: Path) -> int:
-    """0 for a one-shard split, S for ``shard-SSS-of-KKK``."""
-    return int(path.name.split("-")[1]) if path.name.startswith("shard-") else 0
+def changed_files(value: bytes | None, checksums: bytes | None, meta: ShardMeta, source: SplitSource, rng: range,
+                  path: Path) -> list[str]:
+    """The source paths of the finished shard ``meta`` at ``path`` whose size or mtime differ from what its
+    ``stamps`` value (and ``checksums``) keeps."""
+    if value is None or meta.items != len(rng):
+        return [source.items[i].path for i in rng]
+    check_checksum(checksums, "stamps", value, str(path))
+    kept = decode_array(value, STAMPS_DTYPE, 2 * meta.items, str(path), "stamps").reshape(-1, 2)
+    now = item_stamps([source.items[i] for i in rng])
+    return [source.items[rng[i]].path for i in np.flatnonzero((kept != now).any(axis=1))]
 
 
 def rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> list[str]:
-    """Rewind an interrupted shard to the first file that failed before (it may have been fixed) or changed
-    since it was converted (its size or mtime differ from the scan's); say which files changed."""
-    if writer.complete:
+    """Make ``writer``'s shard convert again what changed: an interrupted shard from the first file that
+    failed before (it may have been fixed) or changed since it was converted; a finished one (of a run not
+    yet complete) from its start if any of its files changed. Says which files changed."""
+    if writer.is_finished:
+        changed = changed_files(*writer.read_meta(STAMPS_KEY, CHECKSUMS_KEY), writer.finished, source, rng,
+                                writer.path)
+        if changed:
+            writer.restart()
+            return [f"{writer.path}: {len(changed)} file(s) changed since this shard was finished "
+                    f"({_names(changed)}); converting the shard again"]
         return []
-    changed = [row for row in writer.rows() if source.items[rng[row.position]].stamp != row[4:6]]
-    first = min([p.position for p in writer.state.problems] + [r.position for r in changed], default=None)
+    rows = writer.rows()
+    changed = [row for row in rows if source.items[rng[row.item]].stamp != row.stamp]
+    first = min([p.item for p in writer.state.problems] + [r.item for r in changed], default=None)
     if first is None:
         return []
     writer.rewind(first)
     if not changed:
         return []
-    names = ", ".join(source.items[rng[r.position]].path for r in changed[:10]) + (" ..." if len(changed) > 10 else "")
-    return [f"{writer.path}: {len(changed)} file(s) changed since they were converted ({names}); converted "
-            f"again from {source.items[rng[first]].path}"]
+    names = [source.items[rng[r.item]].path for r in changed]
+    return [f"{writer.path}: {len(changed)} file(s) changed since they were converted ({_names(names)}); "
+            f"converted again from {source.items[rng[first]].path}"]
 
 
-def summarise_complete(source: SplitSource, metas: list[ShardMeta]) -> SplitReport:
-    """The report of a split whose shards were complete already: what their metadata (from :func:`complete`)
-    says."""
-    report = SplitReport(source.split, source.description, complete=True, already_complete=True,
-                         ignored=list(source.ignored))
-    report.stored = sum(m.count for m in metas)
-    report.fixed = [f for m in metas for f in m.fixed]
-    report.skipped = [f for m in metas for f in m.skipped]
-    report.found = len(source.items) + len(source.ignored)
-    report.warnings = audit(source)
-    return report
+def _names(paths: list[str]) -> str:
+    return ", ".join(paths[:10]) + (" ..." if len(paths) > 10 else "")

@@ -1,4 +1,4 @@
-"""What a converter worker does with one source position: read, validate, re-encode if needed, checksum.
+"""What a converter worker does with one item: read, validate, re-encode if needed, checksum.
 
 Runs in the converter's worker processes (or in the parent with ``--workers 1``); the parent receives the
 :class:`Result` objects in source order.
@@ -9,9 +9,9 @@ import os
 import zlib
 from typing import NamedTuple
 
-from ..format import Problem, Row
-from ..sources.items import Item, read_item_stamped
+from ..sources.items import Item, NotRegularFile, read_item
 from .prepare import PrepareOptions, prepare
+from .state import Problem, Row
 
 _OPTIONS: PrepareOptions | None = None
 _IN_PARENT = False
@@ -27,7 +27,7 @@ def init_worker(options: PrepareOptions, in_parent: bool = False) -> None:
 
 
 class Result(NamedTuple):
-    """A worker's verdict on one source position.
+    """A worker's verdict on one item.
 
     ``image`` is None when the source bytes are stored unchanged: the parent then reads them again (from the
     page cache, one copy) instead of receiving them through a pipe (four copies and the parent's CPU, which
@@ -35,11 +35,11 @@ class Result(NamedTuple):
     """
 
     shard: int
-    position: int
+    item: int
     stored: bool
     image: bytes | None
-    crc: int
-    stamp: tuple  # the source file's (inode, size, mtime) when the worker read it
+    image_crc: int  # CRC-32 of the stored image bytes
+    read_id: tuple  # (inode, size, mtime) of the file the worker read: the parent's re-read must match it
     height: int  # of the stored image
     width: int
     row: Row | Problem  # what the writer keeps: a Row when stored, else a Problem
@@ -50,10 +50,10 @@ def prepare_task(task: tuple[int, int, Item]) -> Result:
     """Read and validate one item (full decode), re-encode it if the policy says so, checksum it."""
     shard, position, item = task
     options = _OPTIONS if _OPTIONS is not None else PrepareOptions()
-    if item.size > options.max_bytes:  # a tar member's header claims it; never read it into memory
-        return _skipped(shard, position, f"claims {item.size} bytes, over the {options.max_bytes} byte limit", 0)
     try:
-        data, stamp = read_item_stamped(item, options.max_bytes)
+        data, read_id = read_item(item, options.max_bytes)
+    except NotRegularFile as exc:
+        return _skipped(shard, position, f"{exc.strerror}: not read", 0)
     except OSError as exc:
         return _skipped(shard, position, f"cannot read: {exc.strerror or exc}", 0)
     try:
@@ -61,11 +61,13 @@ def prepare_task(task: tuple[int, int, Item]) -> Result:
     except Exception as exc:  # noqa: BLE001 - any failure on one file (OpenCV, MemoryError, ...) skips that file
         return _skipped(shard, position, f"cannot decode: {type(exc).__name__}: {str(exc).strip()[:200]}", len(data))
     if p.image is None:
-        return _skipped(shard, position, p.reason, len(data))
+        return _skipped(shard, position, p.skip or "not stored", len(data))
     image = None if p.image is data and not _IN_PARENT else p.image
-    return Result(shard, position, True, image, zlib.crc32(p.image), stamp, p.height, p.width,
-                  Row(position, p.orig_height, p.orig_width, p.reason, *item.stamp), len(data))
+    return Result(shard=shard, item=position, stored=True, image=image, image_crc=zlib.crc32(p.image),
+                  read_id=read_id, height=p.height, width=p.width,
+                  row=Row(position, p.height, p.width, p.fixed, *item.stamp), nbytes=len(data))
 
 
 def _skipped(shard: int, position: int, reason: str, nbytes: int) -> Result:
-    return Result(shard, position, False, None, 0, (), 0, 0, Problem(position, reason), nbytes)
+    return Result(shard=shard, item=position, stored=False, image=None, image_crc=0, read_id=(), height=0, width=0,
+                  row=Problem(position, reason), nbytes=nbytes)

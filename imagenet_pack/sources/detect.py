@@ -10,8 +10,9 @@
                ``ROOT/LOC_synset_mapping.txt``
 =============  ===========================================================================================
 
-With a devkit or Kaggle's mapping, the class list is its 1000 wnids, sorted (torchvision's target order), even
-when only some classes have images; a plain class-folder tree uses its own sorted folder names, as ImageFolder.
+One class list per database, the same in every split: with a devkit or Kaggle's mapping its 1000 wnids, sorted
+(torchvision's target order), even when only some classes have images; for a plain class-folder tree the
+sorted union of the class folders of train/ and val/ (ImageFolder's list when both hold every class).
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,21 +57,25 @@ def find_devkit(root: Path) -> Path | None:
 
 def load_devkit(path: Path) -> Devkit:
     """Parse a devkit archive or folder. Needs scipy (``pip install 'imagenet-pack[devkit]'``) for meta.mat."""
-    if path.is_file():
-        with tarfile.open(path, "r:*") as tar:
-            files = {m.name: m for m in tar.getmembers() if m.isfile()}
-            meta = _member(tar, files, META_MAT, path)
-            truth = _member(tar, files, GROUND_TRUTH, path, required=False)
-    else:
-        meta = (path / META_MAT).read_bytes()
-        truth_file = path / GROUND_TRUTH
-        truth = truth_file.read_bytes() if truth_file.is_file() else None
+    try:
+        if path.is_file():
+            with tarfile.open(path, "r:*") as tar:
+                files = {m.name: m for m in tar.getmembers() if m.isfile()}
+                meta = _member(tar, files, META_MAT, path)
+                truth = _member(tar, files, GROUND_TRUTH, path, required=False)
+        else:
+            meta = (path / META_MAT).read_bytes()
+            truth_file = path / GROUND_TRUTH
+            truth = truth_file.read_bytes() if truth_file.is_file() else None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise LayoutError(f"{path}: the devkit cannot be read ({type(exc).__name__}: {exc}); it is damaged or "
+                          "cut short, download it again") from exc
     id_to_wnid, names, counts = parse_meta_mat(meta, f"{path}: {META_MAT}")
     ground_truth = None
     if truth is not None:
         try:
             ground_truth = [int(line) for line in truth.decode().split()]
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise LayoutError(f"{path}: {GROUND_TRUTH} is not one integer per line ({exc})") from exc
     return Devkit(id_to_wnid, names, counts, ground_truth, str(path))
 
@@ -95,8 +100,9 @@ def parse_meta_mat(data: bytes, where: str) -> tuple[dict[int, str], dict[str, t
         synsets = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
         rows = [(int(s["ILSVRC2012_ID"]), str(s["WNID"]), str(s["words"]), int(s["num_children"]),
                  int(s["num_train_images"])) for s in synsets]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise LayoutError(f"{where}: not an ILSVRC2012 meta.mat ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - scipy's reader fails in many ways on a damaged file
+        raise LayoutError(f"{where}: not a readable ILSVRC2012 meta.mat ({type(exc).__name__}: {exc}); "
+                          "download the devkit again") from exc
     leaves = [r for r in rows if r[3] == 0]
     if not leaves:
         raise LayoutError(f"{where}: no leaf synsets (num_children == 0) found")

@@ -2,74 +2,151 @@
 
 ::
 
-    ROOT/train/n01440764/n01440764_10026.JPEG       class folders: classes are the sorted folder names (or
-    ROOT/val/n01440764/ILSVRC2012_val_00000293.JPEG a devkit's list), files in sorted(os.walk) order with
-                                                    ImageFolder's extensions: targets equal ImageFolder's
+    ROOT/train/n01440764/n01440764_10026.JPEG       class folders: files in sorted order with ImageFolder's
+    ROOT/val/n01440764/ILSVRC2012_val_00000293.JPEG extensions; one class list for the whole database: the
+                                                    sorted union of every split's folders (or a devkit's)
     ROOT/val/ILSVRC2012_val_00000001.JPEG           flat validation images, labelled by a devkit or a CSV
+
+Only regular files are taken (symbolic links to them included); anything else in a class folder (a FIFO, a
+device, a broken link, a folder link that loops) is listed as ignored with what it is. A folder that cannot
+be read is an error naming it, never silently passed over.
 """
 from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..errors import LayoutError
-from .items import Item, SplitSource, is_image_name, unstorable
+from ..format import path_problem
+from .items import Item, SplitSource, file_kind, is_image_name
 from .synsets import class_names
 
 SPLITS = ("train", "val")
 
 
-def scan_class_folders(split_dir: Path, split: str, wnids: list[str] | None = None,
+def _listing(folder: Path | str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        raise LayoutError(f"{folder}: cannot read this folder ({exc.strerror or exc}); fix its permissions") from exc
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    """The class folder names of a split folder, sorted; LayoutError for a name that is not text."""
+    names = [e.name for e in _listing(split_dir) if _is_dir(e)]
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LayoutError(f"{split_dir}: class folder {os.fsencode(name)!r} is not a UTF-8 name, so it is no "
+                              "wnid; rename or remove it") from None
+    return names
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
+
+
+def _walk(folder: str, seen: set[tuple[int, int]]) -> Iterator[tuple[str, list[os.DirEntry], list[str]]]:
+    """(folder, its non-folder entries, folder links that loop) for ``folder`` and every folder below it in
+    sorted order, following links once per real folder."""
+    entries = _listing(folder)
+    files, loops = [], []
+    subfolders = []
+    for entry in entries:
+        if _is_dir(entry):
+            st = entry.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                loops.append(entry.name)
+            else:
+                seen.add((st.st_dev, st.st_ino))
+                subfolders.append(entry.path)
+        else:
+            files.append(entry)
+    yield folder, files, loops
+    for sub in subfolders:
+        yield from _walk(sub, seen)
+
+
+def _entry_kind(entry: os.DirEntry) -> tuple[os.stat_result | None, str | None]:
+    """(stat, None) for a regular file (a link to one included), else (None, why it is not read)."""
+    try:
+        st = entry.stat()  # follows links
+    except OSError as exc:
+        link = entry.is_symlink()
+        return None, "a broken symbolic link" if link else f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"{file_kind(st.st_mode)}, not a regular file"
+    return st, None
+
+
+def scan_class_folders(split_dir: Path, split: str, wnids: list[str],
                        names: dict[str, tuple[str, ...]] | None = None) -> SplitSource:
-    """Read ``split_dir/<wnid>/...`` like ImageFolder; ``wnids`` fixes the class list (e.g. from a devkit)."""
+    """Read ``split_dir/<wnid>/...`` like ImageFolder, with the database's class list ``wnids`` (the sorted
+    union of every split's folders, or a devkit's list)."""
     if not split_dir.is_dir():
         raise LayoutError(f"{split_dir}: no such directory; expected {split_dir}/<wnid>/<image files>")
-    entries = list(os.scandir(split_dir))
-    folders = sorted(entry.name for entry in entries if entry.is_dir())
-    loose = sorted((f"{split_dir.name}/{e.name}", "a file beside the class folders, not in one")
-                   for e in entries if not e.is_dir())
+    folders = class_folders(split_dir)
+    ignored = [(f"{split_dir.name}/{e.name}", "a file beside the class folders, not in one")
+               for e in _listing(split_dir) if not _is_dir(e)]
     if not folders:
         raise LayoutError(f"{split_dir}: no class folders found; expected {split_dir}/<wnid>/<image files>")
-    if wnids is None:
-        wnids = folders
     index = {wnid: i for i, wnid in enumerate(wnids)}
     unknown = [f for f in folders if f not in index]
     if unknown:
         raise LayoutError(f"{split_dir}: class folders {unknown[:5]} are not among the {len(wnids)} known wnids")
     items: list[Item] = []
-    ignored: list[tuple[str, str]] = loose
     for folder in folders:
         found = 0
-        for dirpath, _, filenames in sorted(os.walk(split_dir / folder, followlinks=True)):
+        root = split_dir / folder
+        for dirpath, entries, loops in _walk(str(root), {(root.stat().st_dev, root.stat().st_ino)}):
             rel_dir = os.path.relpath(dirpath, split_dir.parent)  # once per folder: 1.28 M relpaths cost seconds
-            for name in sorted(filenames):
-                full, rel = f"{dirpath}/{name}", f"{rel_dir}/{name}"
-                if unstorable(rel):
-                    ignored.append((rel, unstorable(rel)))
-                elif is_image_name(name):
-                    st = os.stat(full)
-                    items.append(Item(rel, index[folder], full, 0, st.st_size, st.st_mtime_ns))
-                    found += 1
-                else:
+            ignored += [(f"{rel_dir}/{name}", "a folder link that loops back to a folder already read")
+                        for name in loops]
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}"
+                if path_problem(rel):
+                    ignored.append((rel, path_problem(rel)))
+                    continue
+                if not is_image_name(entry.name):
                     ignored.append((rel, "not an image file name (ImageFolder's extensions)"))
+                    continue
+                st, why = _entry_kind(entry)
+                if st is None:
+                    ignored.append((rel, why))
+                    continue
+                items.append(Item(rel, index[folder], entry.path, 0, st.st_size, st.st_mtime_ns))
+                found += 1
         if not found:
-            raise LayoutError(f"{split_dir / folder}: class folder holds no image files; add images or remove it")
+            raise LayoutError(f"{root}: class folder holds no image files; add images or remove it")
     return SplitSource(split, list(wnids), class_names(list(wnids), names), items, ignored,
                        f"class folders {split_dir}/<wnid>/")
 
 
 def discover_folders(root: Path, splits: tuple[str, ...]) -> tuple[dict[str, SplitSource], list[str]]:
-    """The requested splits present under ``root``, and a message for each absent one."""
+    """The requested splits present under ``root``, with one class list for the database (the sorted union
+    of the class folders of every split folder present), and a message for each absent one."""
     if not root.exists():
         raise LayoutError(f"{root}: input does not exist")
     if not root.is_dir():
         raise LayoutError(f"{root}: not a directory; expected a folder holding train/ and/or val/")
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    wnids = sorted({w for s in present for w in class_folders(root / s)})
     found, notes = {}, []
     for split in splits:
         if (root / split).is_dir():
-            found[split] = scan_class_folders(root / split, split)
+            found[split] = scan_class_folders(root / split, split, wnids)
+            held = len({item.target for item in found[split].items})
+            if held < len(wnids):
+                notes.append(f"{root / split}: images of {held} of the database's {len(wnids)} classes (targets "
+                             "index the whole class list, the same in every split)")
         else:
             notes.append(f"{root / split}: absent, split '{split}' skipped")
     if not found:
@@ -96,8 +173,8 @@ def flat_val(split: str, entries: Iterable[Entry], label: Callable[[str], str], 
     items, ignored = [], [(f"{split}/{name}", reason) for name, reason in ignored]
     for name, file, offset, size, mtime in sorted(entries):
         rel = f"{split}/{name}"
-        if unstorable(rel):
-            ignored.append((rel, unstorable(rel)))
+        if path_problem(rel):
+            ignored.append((rel, path_problem(rel)))
             continue
         if not is_image_name(name):
             ignored.append((rel, "not an image file name (ImageFolder's extensions)"))
@@ -120,17 +197,23 @@ def val_number(name: str, where: str) -> int:
 
 
 def folder_entries(folder: Path) -> tuple[list[Entry], list[tuple[str, str]]]:
-    """An entry for every file directly in ``folder``, and (name, reason) for what else is there."""
+    """An entry for every regular file directly in ``folder``, and (name, reason) for what else is there."""
     entries, ignored = [], []
-    for e in os.scandir(folder):
-        if e.is_file():
-            st = e.stat()
-            entries.append((e.name, e.path, 0, st.st_size, st.st_mtime_ns))
-        else:
+    for e in _listing(folder):
+        if _is_dir(e):
             ignored.append((e.name, "a folder inside the flat validation folder"))
-    return entries, sorted(ignored)
+            continue
+        st, why = _entry_kind(e)
+        if st is None:
+            ignored.append((e.name, why))
+        else:
+            entries.append((e.name, e.path, 0, st.st_size, st.st_mtime_ns))
+    return entries, ignored
 
 
 def is_flat(folder: Path) -> bool:
-    """A folder of images rather than of class folders."""
-    return folder.is_dir() and any(e.is_file() and is_image_name(e.name) for e in os.scandir(folder))
+    """A folder of images rather than of class folders (a stray image beside class folders does not count)."""
+    if not folder.is_dir():
+        return False
+    entries = _listing(folder)
+    return not any(_is_dir(e) for e in entries) and any(is_image_name(e.name) for e in entries)

@@ -2,15 +2,19 @@
 
 An :class:`Item` is a byte range in a file: a whole image file in a folder tree, or a member's data inside
 an uncompressed tar (so archives are read in place, never extracted). Layout modules build
-:class:`SplitSource` objects; the converter only calls :func:`read_item`.
+:class:`SplitSource` objects; the converter only calls :func:`read_item`, which reads regular files only and
+never more than a size limit, whatever the file claims to be.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from ..format import path_bytes
 
 # torchvision's IMG_EXTENSIONS, matched case-insensitively, so the same files are taken as ImageFolder takes.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -29,13 +33,14 @@ class Item(NamedTuple):
 
     @property
     def stamp(self) -> tuple[int, int]:
-        """(size, mtime) as scanned: a converted file whose stamp differs on resume has changed."""
+        """(size, mtime) as scanned: a converted file whose stamp differs on a later scan has changed."""
         return self.size, self.mtime
 
 
 @dataclass
 class SplitSource:
-    """One split of the input: class list (sorted wnids), items in their deterministic order, ignored files."""
+    """One split of the input: class list (the database's, sorted wnids), items in their deterministic order,
+    ignored files."""
 
     split: str
     wnids: list[str]
@@ -49,33 +54,64 @@ class SplitSource:
         """Identifies the input's structure (class list, names, labels): resuming into a database made from
         other input is refused."""
         digest = hashlib.sha256()
-        digest.update("\n".join(self.wnids).encode())
+        digest.update(path_bytes("\n".join(self.wnids)))
         for item in self.items:  # names and labels only: a file edited since is found by its stamp
-            digest.update(f"\n{item.path}\t{item.target}".encode("utf-8", "surrogateescape"))
+            digest.update(path_bytes(f"\n{item.path}\t{item.target}"))
         return digest.hexdigest()
 
 
-def read_item(item: Item) -> bytes:
-    return read_item_stamped(item)[0]
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, for a report line."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
-def read_item_stamped(item: Item, max_bytes: int | None = None) -> tuple[bytes, tuple[int, int, int]]:
-    """The item's bytes and its file's (inode, size, mtime): equal stamps mean the same bytes were read.
-    OSError (EFBIG) for a file over ``max_bytes``, before anything is read."""
-    with open(item.file, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        whole = item.offset == 0  # a file of its own (a tar member's data never starts at byte 0)
-        size = st.st_size if whole else item.size
-        if max_bytes is not None and size > max_bytes:
-            raise OSError(errno.EFBIG, f"{size} bytes, over the {max_bytes} byte limit")
-        data = handle.read() if whole else os.pread(handle.fileno(), item.size, item.offset)
+class NotRegularFile(OSError):
+    """The path is not (or no longer) a regular file: it is never read."""
+
+
+def read_item(item: Item, max_bytes: int) -> tuple[bytes, tuple[int, int, int]]:
+    """The item's bytes and its file's (inode, size, mtime): equal identities mean the same bytes were read.
+
+    Opens without blocking (a FIFO put in place of a file cannot hang the read) and reads only a regular file
+    (NotRegularFile otherwise), never more than ``max_bytes`` (OSError EFBIG beyond, whatever ``stat``
+    says) and never less than a tar member's size (OSError EIO: the archive is cut short)."""
+    fd = os.open(item.file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, f"not a regular file but {file_kind(st.st_mode)}")
+        if item.offset == 0:  # a file of its own (a tar member's data never starts at byte 0)
+            if st.st_size > max_bytes:
+                raise OSError(errno.EFBIG, f"{st.st_size} bytes, over the {max_bytes} byte limit")
+            data = _read_at_most(fd, max_bytes + 1)
+            if len(data) > max_bytes:
+                raise OSError(errno.EFBIG, f"more than the {max_bytes} byte limit")
+        else:
+            if item.size > max_bytes:
+                raise OSError(errno.EFBIG, f"{item.size} bytes, over the {max_bytes} byte limit")
+            data = os.pread(fd, item.size, item.offset)
+            if len(data) != item.size:
+                raise OSError(errno.EIO, f"archive cut short: {len(data)} of the member's {item.size} bytes")
+    finally:
+        os.close(fd)
     return data, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
-
-
-def unstorable(name: str) -> str | None:
-    """Why a file name cannot be stored in the format (a newline separates stored paths), or None."""
-    return "file name contains a newline, which the format cannot store; rename it" if "\n" in name else None

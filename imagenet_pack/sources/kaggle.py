@@ -16,7 +16,10 @@ KAGGLE_DATA = Path("ILSVRC/Data/CLS-LOC")
 def kaggle_splits(src: Path) -> dict:
     """Split name -> a function building it (None where the split is absent)."""
     mapping = src / "LOC_synset_mapping.txt"
-    names = parse_synset_mapping(mapping.read_text("utf-8")) if mapping.is_file() else builtin_names()
+    try:
+        names = parse_synset_mapping(mapping.read_text("utf-8")) if mapping.is_file() else builtin_names()
+    except UnicodeDecodeError as exc:
+        raise LayoutError(f"{mapping}: not a UTF-8 text file ({exc})") from exc
     wnids = sorted(names)
     data = src / KAGGLE_DATA
     solution = src / "LOC_val_solution.csv"
@@ -44,14 +47,17 @@ def kaggle_splits(src: Path) -> dict:
 
 def _kaggle_labels(path: Path) -> dict[str, str]:
     """ImageId -> wnid: the first token of PredictionString (``wnid xmin ymin xmax ymax ...``)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = csv.DictReader(handle)
-        if rows.fieldnames is None or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
-            raise LayoutError(f"{path}: expected the columns ImageId,PredictionString")
-        labels = {}
-        for row in rows:
-            tokens = (row["PredictionString"] or "").split()
-            if not tokens:
-                raise LayoutError(f"{path}: row {row['ImageId']} has an empty PredictionString")
-            labels[row["ImageId"]] = tokens[0]
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = csv.DictReader(handle)
+            if rows.fieldnames is None or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
+                raise LayoutError(f"{path}: expected the columns ImageId,PredictionString")
+            labels = {}
+            for row in rows:
+                tokens = (row["PredictionString"] or "").split()
+                if not tokens:
+                    raise LayoutError(f"{path}: row {row['ImageId']} has an empty PredictionString")
+                labels[row["ImageId"]] = tokens[0]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LayoutError(f"{path}: not a readable CSV file ({exc})") from exc
     return labels

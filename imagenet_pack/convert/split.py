@@ -1,0 +1,171 @@
+"""One split's conversion: its shards' writers, the items still to convert, the commits, the final metadata."""
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import ImagenetPackError, OutputExistsError
+from ..format import Record, ShardMeta, encode_record
+from ..layout import find_shards, shard_dir, shard_of
+from ..lmdbfile import DATA_FILE
+from ..meter import ProgressMeter
+from ..sources.items import Item, SplitSource, read_item
+from .ownership import make_own_folder, owned_files
+from .report import SplitReport, audit
+from .resume import item_stamps, rewind_to_changes, shard_ranges
+from .tasks import Result, init_worker, prepare_task
+from .writer import ShardWriter
+
+
+class SplitConversion:
+    """Converts ``source`` into ``split_dir`` with ``options`` (a :class:`~.converter.ConvertOptions`)."""
+
+    def __init__(self, source: SplitSource, split_dir: Path, options):
+        self.source, self.split_dir, self.options = source, split_dir, options
+        self.fingerprint = options.fingerprint(source)
+        self.ranges = shard_ranges(len(source.items), options.shards)
+
+    def shard_dirs(self) -> list[Path]:
+        """The folders of the shards this run writes."""
+        self.check_existing()
+        return [shard_dir(self.split_dir, s, self.options.shards) for s in self.options.selected]
+
+    def check_existing(self) -> None:
+        """OutputExistsError if the split holds shards of another --shards, or files we did not write."""
+        if not self.split_dir.exists():
+            return
+        counts = {shard_of(p)[1] for p in find_shards(self.split_dir)}
+        if counts and counts != {self.options.shards}:
+            hint = ("--overwrite with --only-shards replaces some shards of a database of the same --shards: "
+                    "give its --shards, or --overwrite without --only-shards to replace the whole split"
+                    if self.options.overwrite and self.options.only_shards else "pass --overwrite to start over")
+            raise OutputExistsError(f"{self.split_dir}: holds shards of a conversion with --shards "
+                                    f"{', '.join(map(str, sorted(counts)))}, not {self.options.shards}; {hint}")
+        owned_files(self.split_dir)  # never write into a folder of someone else's files
+
+    def run(self, pool, echo: Callable[[str], None]) -> SplitReport:
+        started = time.perf_counter()
+        self.check_existing()
+        writers: dict[int, ShardWriter] = {}
+        try:
+            notes = self._open(writers)
+            for note in notes:
+                echo(note)
+            converted = self._convert(writers, pool)
+            report = self._account(writers)
+            report.complete = not report.skipped or self.options.skip_bad
+            if report.complete:  # shard by shard: a kill between two leaves finished shards that a rerun keeps
+                self._finish(writers)
+        finally:
+            for w in writers.values():
+                w.close()
+        report.converted, report.seconds = converted, time.perf_counter() - started
+        report.source_bytes, report.db_bytes = self.sizes()
+        report.warnings = notes + audit(self.source)
+        return report
+
+    def sizes(self) -> tuple[int, int]:
+        """Bytes of the source files of the shards this run writes, and of their databases on disk."""
+        source = sum(_item_size(self.source.items[i]) for s in self.options.selected for i in self.ranges[s])
+        data = [p / DATA_FILE for p in self.shard_dirs()]
+        return source, sum(p.stat().st_blocks * 512 for p in data if p.is_file())
+
+    def _open(self, writers: dict[int, ShardWriter]) -> list[str]:
+        items = self.source.items
+        sample = items[:: max(1, len(items) // 256)]
+        mean = sum(_item_size(i) for i in sample) / max(1, len(sample))
+        notes = []
+        make_own_folder(self.split_dir)  # a real folder, not a link planted to make us write elsewhere
+        for s in self.options.selected:
+            map_size = self.options.initial_map_size or int(mean * len(self.ranges[s]) * 1.25) + (64 << 20)
+            writers[s] = ShardWriter(shard_dir(self.split_dir, s, self.options.shards), self.fingerprint,
+                                     map_size=map_size, batch_bytes=self.options.batch_bytes)
+            notes += rewind_to_changes(writers[s], self.source, self.ranges[s])
+        return notes
+
+    def _convert(self, writers: dict[int, ShardWriter], pool) -> int:
+        """Convert every item not yet committed, in order; returns how many there were."""
+        todo = [(s, item, self.source.items[self.ranges[s][item]]) for s, w in writers.items()
+                if not w.is_finished for item in range(w.next_item, len(self.ranges[s]))]
+        total = sum(len(self.ranges[s]) for s in writers)
+        meter = ProgressMeter(total, f"convert {self.source.split}", "img", enabled=self.options.progress,
+                              initial=total - len(todo))
+        read, started = 0, time.perf_counter()
+        for n, result in enumerate(self._results(todo, pool)):
+            value, tail = self._encode(result) if result.stored else (None, None)
+            writers[result.shard].add(result.item, value, tail, result.row)
+            read += result.nbytes
+            meter.update(1, f"{read / 1e6 / max(time.perf_counter() - started, 1e-9):.1f} MB/s" if n % 64 == 0 else None)
+        meter.close()
+        for w in writers.values():
+            w.flush()
+        return len(todo)
+
+    def _results(self, todo: list, pool) -> Iterator[Result]:
+        if pool is None:
+            init_worker(self.options.prepare, in_parent=True)
+            return map(prepare_task, todo)
+        return pool.map(todo)
+
+    def _encode(self, result: Result) -> tuple[bytes, bytes | None]:
+        """The record value (and tail) of a stored result, in the parent: unchanged sources are read again
+        here (from the page cache) and must be the very file the worker read."""
+        item = self.source.items[self.ranges[result.shard][result.item]]
+        image = result.image
+        if image is None:
+            try:
+                image, read_id = read_item(item, self.options.prepare.max_bytes)
+            except OSError as exc:
+                read_id = exc.strerror or str(exc)
+            if read_id != result.read_id:  # cheaper than a second CRC, and the parent's CPU is the scarce one
+                raise ImagenetPackError(f"{item.path}: the file changed or vanished while it was being converted; "
+                                        "rerun the same command to resume")
+        return encode_record(Record(image, item.target, result.height, result.width), mmap.PAGESIZE,
+                             image_crc=result.image_crc)
+
+    def _account(self, writers: dict[int, ShardWriter]) -> SplitReport:
+        source = self.source
+        report = SplitReport(source.split, source.description, ignored=list(source.ignored))
+        for s, w in writers.items():
+            rng = self.ranges[s]
+            if w.is_finished:
+                report.stored += w.finished.count
+                report.skipped += w.finished.skipped
+                report.fixed += w.finished.fixed
+                continue
+            report.stored += w.state.count
+            report.skipped += [(source.items[rng[p.item]].path, p.reason) for p in w.state.problems]
+            report.fixed += [(source.items[rng[row.item]].path, row.fixed) for row in w.rows() if row.fixed]
+        report.found = len(source.items) + len(source.ignored)
+        return report
+
+    def _finish(self, writers: dict[int, ShardWriter]) -> None:
+        """The final commit of every unfinished shard: its metadata, paths and per-record arrays."""
+        resumed = any(w.resumed for w in writers.values())
+        source, options = self.source, self.options
+        for s, w in writers.items():
+            if w.is_finished:
+                continue
+            rng, rows = self.ranges[s], w.rows()
+            items = [source.items[rng[row.item]] for row in rows]
+            meta = ShardMeta(
+                split=source.split, shard=s, num_shards=options.shards, count=len(rows), items=len(rng),
+                wnids=tuple(source.wnids), classes=tuple(source.classes),
+                fixed=tuple((i.path, row.fixed) for i, row in zip(items, rows) if row.fixed),
+                skipped=tuple((source.items[rng[p.item]].path, p.reason) for p in w.state.problems),
+                max_side=options.max_side, short_side=options.short_side,
+                quality=options.quality if options.max_side or options.short_side else None,
+                source=source.description, fingerprint=self.fingerprint, resumed=resumed,
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            w.finish(meta, [i.path for i in items], np.array([i.target for i in items]),
+                     np.array([(row.height, row.width) for row in rows]).reshape(-1, 2),
+                     item_stamps([source.items[i] for i in rng]))
+
+
+def _item_size(item: Item) -> int:
+    return item.size if item.size >= 0 else os.stat(item.file).st_size
