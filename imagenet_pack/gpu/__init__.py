@@ -1,10 +1,13 @@
-"""The device side: uint8 batches normalised on the GPU, copied ahead of compute; decoding on the GPU.
+"""The device side: batches made ahead of compute on a stream of their own, normalised on the device, and
+decoded there in part (the hybrid feed) or whole (GPU decode mode).
 
-Read in this order: ``prefetch`` (:func:`normalize`, :class:`CudaPrefetcher`), ``decode`` (the GPU decode
-mode: JPEG bytes and crop boxes from the workers, decoded and cropped on the device).
+Read in this order: ``stage`` (the look-ahead: a thread and a stream, events, :func:`resolve_device`),
+``prefetch`` (:class:`CudaPrefetcher`), ``normalize``, ``decode`` (:class:`GpuBatchDecoder`), ``hybrid``
+(:class:`HybridLoader`: the batch split, the merge, the share).
 """
 from __future__ import annotations
 
-from .prefetch import IMAGENET_MEAN, IMAGENET_STD, CudaPrefetcher, normalize
+from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
+from .prefetch import CudaPrefetcher
 
 __all__ = ["CudaPrefetcher", "normalize", "IMAGENET_MEAN", "IMAGENET_STD"]

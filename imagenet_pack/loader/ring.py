@@ -8,13 +8,27 @@ back only the slot number and the targets.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset
 
 from .sampler import EpochSampler
+
+Item = Any  # a sampler item: an index, or an (index, epoch) pair
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """A dataset that decodes batches in place (``LmdbImageNet`` with a fused decoder): what a
+    :class:`BatchRing` needs."""
+
+    @property
+    def batch_shape(self) -> tuple[int, int, int] | None: ...
+
+    def decode_into(self, items: list[Item], images: torch.Tensor) -> list[int]:
+        """Decode ``items`` into the rows of ``images`` (N, C, H, W); return their targets."""
 
 # private: an uninitialised shared-memory storage (the public share_memory_() first fills private memory and
 # then copies it there: 1.2 s against 0.4 s for 1.3 GB); the fallback gives the same tensor, slower
@@ -31,41 +45,50 @@ def shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> to
 
 
 class NumberedBatch(list):
-    """The sampler items of one batch and the batch's number in the epoch (which picks its ring slot)."""
+    """The sampler items of one batch, the batch's number in this iteration (which picks its ring slot), and
+    how many of its first items the workers decode (the rest are the device's share of a hybrid feed)."""
 
-    def __init__(self, items: list, number: int):
+    def __init__(self, items: list, number: int, cpu_rows: int):
         super().__init__(items)
-        self.number = number
+        self.number, self.cpu_rows = number, cpu_rows
+
+
+# (epoch, samples of the epoch the job had consumed when the batch starts, batch size) -> rows the workers decode
+Split = Callable[[int, int, int], int]
 
 
 class NumberedBatches:
-    """A ``BatchSampler`` over ``sampler`` whose batches carry their number in the epoch."""
+    """A ``BatchSampler`` over ``sampler`` whose batches carry their number and their split, decided in the
+    main process as each batch is dispatched (so a share chosen mid-run applies from a known batch on)."""
 
-    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool):
+    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool, split: Split | None = None):
+        self.sampler, self.batch_size = sampler, batch_size
         self.batches = BatchSampler(sampler, batch_size, drop_last)
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[NumberedBatch]:
+        epoch, first = self.sampler.epoch, self.sampler.skip
         for number, items in enumerate(self.batches):
-            yield NumberedBatch(items, number)
+            at = self.sampler.consumed(first + number * self.batch_size)
+            cpu = len(items) if self.split is None else self.split(epoch, at, len(items))
+            yield NumberedBatch(items, number, cpu)
 
 
 class BatchRing(Dataset):
     """Workers decode each batch into one of ``slots`` shared-memory batch buffers allocated once, and send
     back only the slot number and the targets.
 
-    ``dataset`` must decode in place: ``dataset.decode_batch(items, images)`` fills the rows of ``images``
-    and returns the targets (``LmdbImageNet`` does, for a fixed-size decoder). Reuse is safe because
+    ``dataset`` is a :class:`BatchSource`. Reuse is safe because
     DataLoader keeps at most ``prefetch_factor * workers`` batches dispatched and not yet returned, so with one slot more than that a new batch never lands in the slot of a batch
     still pending or being returned; and :meth:`take` copies each batch out of its slot (into pinned memory
     for CUDA) before the user sees it, so a batch the user keeps is never overwritten.
     """
 
-    def __init__(self, dataset: Dataset, slots: int, batch_size: int, shape: tuple[int, int, int],
-                 gpu_share: float = 0.0):
-        self.dataset, self.gpu_share = dataset, gpu_share
+    def __init__(self, dataset: BatchSource, slots: int, batch_size: int, shape: tuple[int, int, int]):
+        self.dataset = dataset
         channels, height, width = shape
         # (slot, N, H, W, C): every batch channels-last, as the decoders write it
         self.buffers = shared_empty((slots, batch_size, height, width, channels))
@@ -77,13 +100,12 @@ class BatchRing(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, batch: NumberedBatch) -> tuple[int, list, tuple | None]:
-        """Decode the first samples of ``batch`` into a slot; with a ``gpu_share``, hand the last ones back
-        encoded (bytes, crop boxes, targets) for the device to decode."""
-        slot = batch.number % len(self.buffers)
-        cpu = cpu_count(len(batch), self.gpu_share)
-        targets = self.dataset.decode_batch(batch[:cpu], self.buffers[slot, :cpu].permute(0, 3, 1, 2))
-        return slot, targets, self.dataset.encoded_batch(batch[cpu:]) if cpu < len(batch) else None
+    def __getitems__(self, batch: NumberedBatch) -> tuple[int, list, list]:
+        """Decode the first ``batch.cpu_rows`` samples of ``batch`` into a slot: (slot, their targets, the
+        items left to the device, whose bytes the decoding process reads itself)."""
+        slot, cpu = batch.number % len(self.buffers), batch.cpu_rows
+        targets = self.dataset.decode_into(batch[:cpu], self.buffers[slot, :cpu].permute(0, 3, 1, 2))
+        return slot, targets, list(batch[cpu:])
 
     def take(self, slot: int, targets: list, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy the batch in ``slot`` out to memory of the caller's own."""
@@ -92,7 +114,8 @@ class BatchRing(Dataset):
         # numpy's single-threaded copy: torch's copy_ would wake the main process's OpenMP pool, whose
         # threads then spin for a while and take CPU from the workers (~0.2 ms per image on 2 cores)
         np.copyto(images.numpy(), source.numpy())
-        return images.permute(0, 3, 1, 2), torch.tensor(targets, dtype=torch.int64)
+        targets = torch.tensor(targets, dtype=torch.int64)
+        return images.permute(0, 3, 1, 2), targets.pin_memory() if pin else targets
 
     def _output(self, shape: torch.Size, pin: bool) -> torch.Tensor:
         """Pinned memory from CUDA's caching host allocator, which knows when pending copies are done; else
@@ -107,11 +130,6 @@ class BatchRing(Dataset):
         if len(self._spares) < 4:
             self._spares.append((buffer, _use_count(buffer)))
         return buffer
-
-
-def cpu_count(batch: int, gpu_share: float) -> int:
-    """How many samples of a batch the CPU workers decode when ``gpu_share`` of it goes to the device."""
-    return batch - int(round(batch * gpu_share))
 
 
 _STORAGE_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # private; without it, never reuse

@@ -35,7 +35,7 @@ class EpochSampler(Sampler):
     Attributes:
         epoch: the current epoch.
         start: samples of this epoch the whole job consumed before this run (0 unless resumed mid-epoch).
-        position: samples of its share this rank has consumed since (the loader counts them).
+        skip: samples of this rank's share the next iteration passes over (those its loader already delivered).
     """
 
     def __init__(self, length: int, *, shuffle: bool = True, seed: int = 0, rank: int | None = None,
@@ -51,7 +51,7 @@ class EpochSampler(Sampler):
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.length, self.shuffle, self.seed, self.pad = length, shuffle, seed, pad
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.start, self.position = 0, 0, 0
+        self.epoch, self.start, self.skip = 0, 0, 0
 
     def order(self, epoch: int) -> np.ndarray:
         """The whole job's order of ``epoch``: every index once."""
@@ -68,30 +68,34 @@ class EpochSampler(Sampler):
             rest = np.concatenate([rest, np.resize(order, self.world_size - len(rest) % self.world_size)])
         return rest[self.rank::self.world_size]
 
-    def __len__(self) -> int:
-        left = max(0, self.length - self.start)
+    def share(self, start: int = 0) -> int:
+        """Samples of this rank's share of an epoch of which the job consumed ``start`` before this run."""
+        left = max(0, self.length - start)
         if self.pad:
             return -(-left // self.world_size)
         return len(range(self.rank, left, self.world_size))
 
+    def __len__(self) -> int:
+        """Samples this rank has left to iterate in the current epoch."""
+        return max(0, self.share(self.start) - self.skip)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        for index in self.indices(epoch)[self.position:]:
+        for index in self.indices(epoch)[self.skip:]:
             yield int(index), epoch
 
-    def set_epoch(self, epoch: int, position: int = 0) -> None:
-        """Start ``epoch`` from its beginning (``position`` samples of this rank's share already consumed)."""
-        self.epoch, self.start, self.position = epoch, 0, position
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning."""
+        self.epoch, self.start, self.skip = epoch, 0, 0
 
-    def consumed(self, position: int | None = None) -> int:
-        """Samples of the epoch the whole job has consumed when every rank is at ``position`` of its share
-        (default: this rank's; the loaders of a job step together)."""
-        position = self.position if position is None else position
-        return min(self.length, self.start + position * self.world_size)
+    def consumed(self, delivered: int) -> int:
+        """Samples of the epoch the whole job has consumed when every rank has delivered ``delivered`` samples
+        of its share in this run (the loaders of a job step together)."""
+        return min(self.length, self.start + delivered * self.world_size)
 
-    def state_dict(self, position: int | None = None) -> dict:
-        """The epoch and what the job consumed of it (at ``position``, default this rank's)."""
-        return {"epoch": self.epoch, "consumed": self.consumed(position), "seed": self.seed, "length": self.length,
+    def state_dict(self, delivered: int) -> dict:
+        """The epoch and what the job consumed of it."""
+        return {"epoch": self.epoch, "consumed": self.consumed(delivered), "seed": self.seed, "length": self.length,
                 "shuffle": self.shuffle, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
@@ -102,5 +106,4 @@ class EpochSampler(Sampler):
             raise ValueError(f"sampler state is for seed {state['seed']}, {state.get('length')} samples, "
                              f"shuffle={state.get('shuffle')}; this run has seed {self.seed}, {self.length} samples, "
                              f"shuffle={self.shuffle}: the order would differ")
-        consumed = state["consumed"] if "consumed" in state else state["position"] * state["world_size"]
-        self.epoch, self.start, self.position = state["epoch"], min(consumed, self.length), 0
+        self.epoch, self.start, self.skip = state["epoch"], min(state["consumed"], self.length), 0

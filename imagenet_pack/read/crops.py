@@ -1,19 +1,40 @@
-"""The crop-box law: where a sample's crop lies and whether it is flipped, shared by CPU and GPU decoders.
+"""The crop law: which pixels of a stored image make a sample, shared by the CPU and GPU decoders.
 
-The boxes are torchvision's (``RandomResizedCrop.get_params``; ``Resize`` + ``CenterCrop``), drawn from the
-stored image size, so no header is parsed. Randomness is reproducible per ``(seed, epoch, index)`` when the
-dataset receives ``(index, epoch)`` pairs (as :class:`imagenet_pack.EpochSampler` yields them); with plain
-integer indices it comes from a per-process generator seeded from ``torch.initial_seed()``, which the
-DataLoader makes distinct per worker and per epoch.
+A law turns an image's stored size (no header is parsed) into a :class:`Plan`: decode ``box`` of the image,
+resize it to ``resize``, keep the ``size`` x ``size`` window at ``offset``, mirror it if ``flip``. The two
+laws are torchvision's reference transforms, exactly:
+
+* :class:`RandomResizedCropLaw`: ``RandomResizedCrop(size, scale, ratio)`` + ``RandomHorizontalFlip``: the box
+  of ``RandomResizedCrop.get_params``, resized to size x size;
+* :class:`CenterCropLaw`: ``Resize(resize_size)`` + ``CenterCrop(size)``: the whole image resized so its
+  shorter side is ``resize_size`` (the longer ``int(resize_size * long / short)``), then the window at
+  ``int(round((side - size) / 2))`` on each axis. Same output size, same scale per axis, same offset. (With
+  ``geometry="ffcv"``: FFCV's centre crop instead, the square of ``int(size / resize_size * short)`` source
+  pixels resized to size x size: cheaper, but not torchvision's pixels.)
+
+Randomness is reproducible per ``(seed, epoch, index)`` when the dataset receives ``(index, epoch)`` pairs
+(as :class:`imagenet_pack.EpochSampler` yields them); with plain integer indices it comes from a per-process
+generator seeded from ``torch.initial_seed()``, which the DataLoader makes distinct per worker and per epoch.
 """
 from __future__ import annotations
 
 import math
 import random
+from typing import NamedTuple
 
 import torch
 
+from ..codec import resized_size
 from .pixels import Box
+
+
+class Plan(NamedTuple):
+    """Where one sample's pixels come from (see the module docstring)."""
+
+    box: Box  # top, left, height, width in the stored image
+    resize: tuple[int, int]  # the box resized to (height, width) ...
+    offset: tuple[int, int]  # ... of which the size x size window at (top, left) is the sample
+    flip: bool
 
 
 def random_resized_crop_box(height: int, width: int, rng: random.Random,
@@ -39,24 +60,24 @@ def random_resized_crop_box(height: int, width: int, rng: random.Random,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def center_crop_box(height: int, width: int, crop_ratio: float) -> Box:
-    """The centred square ``Resize(size / crop_ratio) + CenterCrop(size)`` keeps, in source pixels."""
-    side = max(1, int(crop_ratio * min(height, width)))
-    return (height - side) // 2, (width - side) // 2, side, side
+def center_crop_plan(height: int, width: int, size: int, resize_size: int) -> Plan:
+    """torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)`` as a plan over the whole image."""
+    rh, rw = resized_size(height, width, resize_size)
+    return Plan((0, 0, height, width), (rh, rw), (int(round((rh - size) / 2)), int(round((rw - size) / 2))), False)
 
 
-class RandomResizedCropBoxes:
-    """RandomResizedCrop(scale, ratio) boxes and a random horizontal flip, seeded per sample.
+class RandomResizedCropLaw:
+    """RandomResizedCrop(size, scale, ratio) boxes and a random horizontal flip, seeded per sample.
 
     Python's Mersenne Twister, seeded with a string (hashed the same in every process): 7 us to seed and
     ~0.2 us a draw, against ~19 us and ~1.7 us for a numpy Generator, per ~2 ms sample.
     """
 
-    def __init__(self, *, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 flip: bool = True, seed: int = 0):
+    def __init__(self, size: int, *, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, seed: int = 0):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.scale, self.ratio, self.flip, self.seed = scale, ratio, flip, seed
+        self.size, self.scale, self.ratio, self.flip, self.seed = size, scale, ratio, flip, seed
         self._rng: random.Random | None = None
         self._torch_seed: int | None = None
 
@@ -68,19 +89,33 @@ class RandomResizedCropBoxes:
             self._rng, self._torch_seed = random.Random(f"{self.seed}/{current}"), current
         return self._rng
 
-    def draw(self, height: int, width: int, index: int, epoch: int | None) -> tuple[Box, bool]:
+    def plan(self, height: int, width: int, index: int, epoch: int | None) -> Plan:
         rng = self.rng(index, epoch)
         box = random_resized_crop_box(height, width, rng, self.scale, self.ratio)
-        return box, self.flip and rng.random() < 0.5
+        return Plan(box, (self.size, self.size), (0, 0), self.flip and rng.random() < 0.5)
 
 
-class CenterCropBoxes:
-    """The centre crop ``Resize(size / crop_ratio) + CenterCrop(size)`` keeps; never flipped."""
+GEOMETRIES = ("torchvision", "ffcv")
 
-    def __init__(self, *, crop_ratio: float = 224 / 256):
+
+class CenterCropLaw:
+    """``Resize(resize_size)`` + ``CenterCrop(size)``; never flipped. ``resize_size`` defaults to
+    ``round(size / crop_ratio)`` (224 / (224/256) = 256, the reference); ``geometry`` "ffcv" takes FFCV's
+    crop-then-resize instead (see the module docstring)."""
+
+    def __init__(self, size: int, *, resize_size: int | None = None, crop_ratio: float = 224 / 256,
+                 geometry: str = "torchvision"):
         if not 0 < crop_ratio <= 1:
             raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
-        self.crop_ratio = crop_ratio
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
+        self.size, self.geometry = size, geometry
+        self.resize_size = resize_size if resize_size is not None else round(size / crop_ratio)
+        if self.resize_size < size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than the crop size {size}")
 
-    def draw(self, height: int, width: int, index: int, epoch: int | None) -> tuple[Box, bool]:
-        return center_crop_box(height, width, self.crop_ratio), False
+    def plan(self, height: int, width: int, index: int, epoch: int | None) -> Plan:
+        if self.geometry == "ffcv":
+            side = max(1, int(self.size / self.resize_size * min(height, width)))
+            return Plan(((height - side) // 2, (width - side) // 2, side, side), (self.size, self.size), (0, 0), False)
+        return center_crop_plan(height, width, self.size, self.resize_size)

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from ..errors import CorruptRecordError
 from ..format import Record, encode_key
-from .decoders import Decoder, resolve_decoder
+from .crops import Plan
+from .decoders import Decoder, FusedDecoder, resolve_decoder
 from .reader import load_split, open_handle, read_paths, shard_arrays
 
 
@@ -45,7 +46,8 @@ class LmdbImageNet(Dataset):
         targets (numpy.ndarray): class index of every sample (int16 or int32), read in place from the
             database: every process shares the same pages, and a pickled dataset carries none of it (a
             multi-shard split concatenates the shards' arrays on each access: index ``targets`` once).
-        sizes (numpy.ndarray): (N, 2) original height and width of every sample, likewise.
+        sizes (numpy.ndarray): (N, 2) height and width of every stored image, likewise (the source's, unless
+            the database was stored resized: ``--short-side``, ``--max-side``).
 
     Raises:
         FormatError: the database is missing, incomplete, or of an unsupported format version.
@@ -94,7 +96,7 @@ class LmdbImageNet(Dataset):
     def paths(self) -> list[str]:
         """Source path (relative to the converted input) of every sample; read on first access, then kept."""
         if self._paths is None:
-            self._paths = read_paths(self.root / self.split)
+            self._paths = [p for shard in self._shards for p in read_paths(shard.path)]
         return self._paths
 
     def __getstate__(self) -> dict:
@@ -107,41 +109,45 @@ class LmdbImageNet(Dataset):
 
     @property
     def batch_shape(self) -> tuple[int, int, int] | None:
-        """Every sample's (C, H, W) when samples can be decoded straight into a batch tensor: a fixed-size
-        decoder (the fused ones: ``output_shape``) and no transform. None otherwise."""
-        return None if self.transform is not None else getattr(self.decoder, "output_shape", None)
+        """Every sample's (C, H, W) when samples can be decoded straight into a batch tensor: a fused decoder
+        and no transform. None otherwise."""
+        if self.transform is None and isinstance(self.decoder, FusedDecoder):
+            return self.decoder.output_shape
+        return None
 
-    def decode_batch(self, indices: list[int | tuple[int, int]], images: Any) -> list[Any]:
-        """Decode the samples at ``indices`` into the rows of ``images``, an (N, C, H, W) tensor (for a
-        :attr:`batch_shape` only: the loader's shared-memory batches), and return their targets."""
-        return [self._sample(index, out)[1] for index, out in zip(indices, images)]
+    def decode_into(self, items: list[int | tuple[int, int]], images: Any) -> list[int]:
+        """Decode the samples at ``items`` into the rows of ``images``, an (N, C, H, W) tensor (for a
+        :attr:`batch_shape` only: the loader's shared-memory batches); returns their targets."""
+        return [self._sample(item, out)[1] for item, out in zip(items, images)]
 
-    def encoded_batch(self, indices: list[int | tuple[int, int]]) -> tuple[list[bytes], list[list[int]], list[int]]:
-        """The stored JPEG bytes of the samples at ``indices``, the crop box and flip (top, left, height,
-        width, flip) the fused decoder would draw for each (same law, same seeds), and their targets: what
-        the GPU decode mode needs for its share of a hybrid batch."""
-        boxes = getattr(self.decoder, "boxes", None)
-        if boxes is None:
+    def encoded_batch(self, items: list[int | tuple[int, int]]) -> tuple[list[Record], list[Plan], list[str]]:
+        """The records of the samples at ``items``, the plan the fused decoder draws for each (same law, same
+        seeds) and where each record is: what the GPU decode mode needs for its share of a batch, read in the
+        process that decodes it (a memory-mapped read costs microseconds)."""
+        if not isinstance(self.decoder, FusedDecoder):
             raise TypeError("encoded_batch needs a fused decoder (RandomResizedCropDecoder or CenterCropDecoder)")
-        data, crops, targets = [], [], []
-        for item in indices:
+        records, plans, wheres = [], [], []
+        for item in items:
             index, epoch = item if isinstance(item, tuple) else (item, None)
-            record, _ = self._read(operator.index(index))
-            box, flip = boxes.draw(record.height, record.width, index, epoch)
-            data.append(record.image)
-            crops.append([*box, int(flip)])
-            targets.append(record.target)
-        return data, crops, targets
+            record, where = self._read(self._checked_index(index))
+            records.append(record)
+            plans.append(self.decoder.law.plan(record.height, record.width, index, epoch))
+            wheres.append(where)
+        return records, plans, wheres
 
-    def _sample(self, index: int | tuple[int, int], out: Any = None) -> tuple[Any, Any]:
-        epoch = None
-        if isinstance(index, tuple):
-            index, epoch = index
+    def _checked_index(self, index: int) -> int:
         index = operator.index(index)
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
+        return index
+
+    def _sample(self, index: int | tuple[int, int], out: Any = None) -> tuple[Any, Any]:
+        epoch = None
+        if isinstance(index, tuple):
+            index, epoch = index
+        index = self._checked_index(index)
         record, where = self._read(index)
         if out is None:
             sample = self.decoder(record, index, epoch, where)
@@ -155,8 +161,9 @@ class LmdbImageNet(Dataset):
         return sample, target
 
     def read_record(self, index: int) -> Record:
-        """The checked record at ``index`` (encoded image bytes, target, stored size), without decoding."""
-        return self._read(index)[0]
+        """The checked record at ``index`` (encoded image bytes, target, stored size), without decoding;
+        negative indices count from the end, as for ``dataset[index]``."""
+        return self._read(self._checked_index(index))[0]
 
     def _read(self, index: int) -> tuple[Record, str]:
         shard = bisect.bisect_right(self._starts, index) - 1

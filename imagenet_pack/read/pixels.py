@@ -1,13 +1,13 @@
-"""JPEG bytes to RGB pixels with OpenCV, with PIL's policy: RGB, no EXIF rotation, 3 channels for grey.
+"""One box of a stored JPEG as RGB pixels, by one of two CPU backends giving the same pixels (tested):
 
-Torch-free, so the converter validates images with the same flags the reader decodes them with.
-``decode_box`` decodes one box of an image with one of two backends, giving the same pixels (tested):
-
-* ``"opencv"``: OpenCV's full decode, sliced (the reference);
+* ``"opencv"``: OpenCV's full decode (:func:`imagenet_pack.codec.decode_rgb`), sliced: the reference;
 * ``"nvimgcodec"``: NVIDIA nvImageCodec's CPU backend (its libjpeg-turbo) on a region of the code stream: only
   the rows and columns the box needs reach the IDCT (~35% less decode time for RandomResizedCrop boxes on
   ImageNet), from pip alone (``pip install 'imagenet-pack[nvimgcodec]'``, Linux); it has no reduced-size
   decode, so a box decoded at 1/2, 1/4 or 1/8 scale goes to OpenCV.
+
+Torch-free. Every decode is checked against the size the record stores (covered by its checksum), so a
+JPEG whose header disagrees with its record is an error, never a sample of other rows.
 """
 from __future__ import annotations
 
@@ -19,11 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..codec import decode_rgb
 from ..errors import DecodeError
-
-DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION  # what PIL does: no EXIF rotation
-# libjpeg DCT scaling: decode at 1/2, 1/4, 1/8 size for the cost of a fraction of the IDCT work.
-_REDUCED_FLAGS = {1: DECODE_FLAGS, 2: 16 | DECODE_FLAGS, 4: 32 | DECODE_FLAGS, 8: 64 | DECODE_FLAGS}
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -34,7 +31,7 @@ _NV: tuple[int, Any, Any, Any] | None = None  # pid, module, CPU-only decoder, d
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence file descriptors 1 and 2: nvImageCodec prints, from C, that the GPU libraries it looks for at
     import (nvJPEG, nvJPEG2000, nvTIFF) are missing, which on a CPU-only machine is expected."""
     saved = [os.dup(1), os.dup(2)]
@@ -50,40 +47,34 @@ def _quiet():
             os.close(fd)
 
 
-def _nvimgcodec() -> tuple[Any, Any, Any]:
-    """This process's nvImageCodec module, CPU-only decoder and RGB decode parameters (made on first use)."""
+def nvimgcodec() -> tuple[Any, Any, Any]:
+    """This process's nvImageCodec module, CPU-only decoder (one thread: the loader's workers are the
+    parallelism) and RGB decode parameters without EXIF rotation, made on first use."""
     global _NV
     if _NV is None or _NV[0] != os.getpid():
-        with _quiet():
+        with quiet():
             import nvidia.nvimgcodec as nv
-        decoder = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
+        decoder = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                             backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
         params = nv.DecodeParams(color_spec=nv.ColorSpec.SRGB, apply_exif_orientation=False)
         _NV = (os.getpid(), nv, decoder, params)
     return _NV[1], _NV[2], _NV[3]
 
 
-def _decode_region_nvimgcodec(data: bytes, box: Box) -> np.ndarray | None:
+def _decode_region_nvimgcodec(data: bytes, box: Box, size: tuple[int, int]) -> np.ndarray | None:
     """RGB pixels of ``box`` at full scale by nvImageCodec's CPU backend, or None where it declines (and for
     CMYK, which the converter re-encodes anyway, so that every backend gives OpenCV's pixels)."""
-    nv, decoder, params = _nvimgcodec()
+    nv, decoder, params = nvimgcodec()
     top, left, h, w = box
     stream = nv.CodeStream(data)
-    if stream.num_channels not in (1, 3):  # CMYK/YCCK: its colour conversion is not OpenCV's (the reference)
-        return None
+    if (stream.height, stream.width) != size or stream.num_channels not in (1, 3):
+        return None  # OpenCV then gives the verdict (CMYK/YCCK: its colour conversion is the reference)
     region = stream.get_sub_code_stream(region=nv.Region(top, left, top + h, left + w))
     image = decoder.decode(region, params=params)
     if image is None:
         return None
     pixels = np.asarray(image.cpu())
     return pixels if pixels.shape == (h, w, 3) else None
-
-
-def decode_rgb(data: bytes, where: str, scale: int = 1) -> np.ndarray:
-    """HxWx3 uint8 RGB pixels of ``data`` at 1/``scale`` size (scale in 1, 2, 4, 8)."""
-    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[scale])
-    if rgb is None:
-        raise DecodeError(f"{where}: stored image cannot be decoded by OpenCV; run `imagenet-pack verify --decode`")
-    return rgb
 
 
 def check_box(box: Box, height: int, width: int, where: str) -> None:
@@ -94,20 +85,31 @@ def check_box(box: Box, height: int, width: int, where: str) -> None:
                           f"{height}x{width} image")
 
 
-def decode_box(data: bytes, box: Box, scale: int, where: str, backend: str = "opencv",
+def decode_full(data: bytes, size: tuple[int, int], where: str, scale: int = 1) -> np.ndarray:
+    """The whole image at 1/``scale`` (libjpeg rounds up), DecodeError unless the record's ``size`` (height,
+    width) is what the JPEG holds."""
+    rgb = decode_rgb(data, where, scale)
+    expected = (-(-size[0] // scale), -(-size[1] // scale))
+    if rgb.shape[:2] != expected:
+        raise DecodeError(f"{where}: the JPEG decodes to {rgb.shape[0]}x{rgb.shape[1]} at 1/{scale}, its record "
+                          f"says {size[0]}x{size[1]}; the database is damaged, reconvert it")
+    return rgb
+
+
+def decode_box(data: bytes, box: Box, scale: int, size: tuple[int, int], where: str, backend: str = "opencv",
                flip: bool = False) -> np.ndarray:
-    """HxWx3 uint8 RGB pixels of ``box`` (top, left, height, width, in the 1/``scale`` image) by ``backend``,
-    mirrored left-right if ``flip``. DecodeError for a box outside the image, whichever decoder runs; what a
-    backend declines (CMYK, odd JPEGs) goes to OpenCV, the reference."""
+    """HxWx3 uint8 RGB pixels of ``box`` (top, left, height, width, in the 1/``scale`` image) of a JPEG of
+    ``size`` (the record's height, width) by ``backend``, mirrored left-right if ``flip``. What a backend
+    declines (CMYK, odd JPEGs) goes to OpenCV, the reference."""
     top, left, h, w = box
     if backend == "nvimgcodec" and scale == 1:
         try:
-            pixels = _decode_region_nvimgcodec(data, box)
+            pixels = _decode_region_nvimgcodec(data, box, size)
         except Exception as exc:  # noqa: BLE001 - its own error types; OpenCV below gives the verdict
             pixels, where = None, f"{where} (nvImageCodec: {exc})"
         if pixels is not None:
             return cv2.flip(pixels, 1) if flip else pixels
-    rgb = decode_rgb(data, where, scale)
+    rgb = decode_full(data, size, where, scale)
     check_box(box, *rgb.shape[:2], where)
     crop = rgb[top:top + h, left:left + w]
     return cv2.flip(crop, 1) if flip else crop

@@ -1,131 +1,60 @@
-"""Opening databases for reading: shard discovery, per-process environments, split metadata.
+"""Opening databases for reading: records, the split's metadata and arrays.
 
-LMDB forbids using an environment after fork (py-lmdb's docs, "Forking & multiprocessing"). So environments
-live in a per-process cache keyed by the resolved path: every dataset instance in a process shares one handle,
-a forked child that finds its parent's handle closes it (py-lmdb skips the LMDB cleanup in a child) and
-opens its own, and nothing LMDB-related is ever pickled. Readers open with ``readonly=True, lock=False`` (an immutable database needs no
-reader table, so no MDB_READERS_FULL) and ``readahead=False`` (random access to a database larger than RAM).
+A finished shard never changes, so it is read without LMDB's machinery (no environment, no reader table, no
+transactions): through :class:`imagenet_pack.lmdbfile.LmdbFile`, a read-only map of data.mdb that checks
+every page and value against the file before following it, so a damaged page is an error, never a signal.
+Each process keeps one view per shard (:func:`imagenet_pack.layout.shard_file`): every dataset instance
+shares it, forked and spawned workers make their own on first use, and nothing of it is ever pickled.
 
 The per-record arrays (targets, sizes) are read-only memory maps of the very bytes LMDB stores them in
 (``numpy.memmap`` of data.mdb at the value's offset): every process of a node reads the same page-cache
-pages, no process holds a private copy, and the maps live on their own, whatever happens to the LMDB handle
-(closed, or inherited across fork).
+pages, no process holds a private copy, and the maps live on their own, whatever happens to the LMDB handle.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import lmdb
 import numpy as np
 
-from ..errors import CorruptRecordError, FormatError
-from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, RECORDS_DB, SIZES_KEY, TAILS_DB,
-                      TARGETS_KEY, Record, ShardMeta, check_checksum, decode_array, decode_length, decode_paths,
-                      decode_record)
-from .lmdbfile import check_file_size, file_offset
-
-SHARD_GLOB = "shard-*-of-*"
-
-
-def shard_dir(split_dir: Path, shard: int, num_shards: int) -> Path:
-    """A one-shard split is a plain LMDB directory; K shards are ``shard-SSS-of-KKK`` folders inside it."""
-    return split_dir if num_shards == 1 else split_dir / f"shard-{shard:03d}-of-{num_shards:03d}"
-
-
-def find_shards(split_dir: Path) -> list[Path]:
-    if (split_dir / "data.mdb").is_file():
-        return [split_dir]
-    return sorted(p for p in split_dir.glob(SHARD_GLOB) if (p / "data.mdb").is_file())
+from ..errors import FormatError, IncompleteShardError
+from ..format import (CHECKSUMS_KEY, META_DB, PATHS_KEY, RECORDS_DB, SIZES_KEY, TAILS_DB, TARGETS_KEY, Record,
+                      ShardMeta, check_checksum, decode_paths, decode_record)
+from ..layout import close_shard, find_shards, meta_values, read_shard_meta, shard_file, shard_of
+from ..lmdbfile import LmdbFile
 
 
 class Handle(NamedTuple):
-    """An open environment, its three named databases, and a read transaction kept for in-place arrays."""
+    """One shard's view, for reading records."""
 
-    env: lmdb.Environment
-    records: Any
-    tails: Any
-    meta: Any
+    file: LmdbFile
 
     def read(self, key: bytes, where: str) -> Record | None:
-        """The checked record under ``key`` (None if absent), tail included."""
-        try:
-            with self.env.begin(db=self.records, buffers=True) as txn:
-                value = txn.get(key)
-                return None if value is None else self.decode(txn, key, value, where)
-        except lmdb.Error as exc:  # a damaged page: LMDB's own check, in the package's words
-            raise CorruptRecordError(f"{where}: LMDB cannot read it ({exc}); the shard is damaged, "
-                                     "run `imagenet-pack verify` and reconvert") from exc
-
-    def decode(self, txn: lmdb.Transaction, key: bytes, value: bytes, where: str) -> Record:
-        """Check and decode ``value`` read under ``key`` in ``txn``, fetching its tail if it has one.
-        The image is copied out of the map, so the record outlives the transaction."""
-        return decode_record(value, where, lambda: txn.get(key, db=self.tails))
+        """The checked record under ``key`` (None if absent), tail included, copied out of the map."""
+        value = self.file.get(RECORDS_DB, key, where)
+        if value is None:
+            return None
+        return decode_record(value, where, lambda: self.file.get(TAILS_DB, key, f"{where} tail"))
 
 
-_HANDLES: dict[str, tuple[int, Handle]] = {}
-_RESOLVED: dict[str, str] = {}  # path as spelled -> resolved
-
-def _resolved(path: Path | str) -> str:
-    """``path`` with links resolved, remembered per spelling (this runs for every record read)."""
-    spelled = os.fspath(path)
-    key = _RESOLVED.get(spelled)
-    if key is None:
-        key = _RESOLVED[spelled] = os.path.realpath(spelled)
-    return key
+_HANDLES: dict[str, Handle] = {}  # path as spelled -> this process's handle
 
 
 def open_handle(path: Path | str) -> Handle:
-    """This process's read-only handle on the shard at ``path``, opened on first use (fork- and spawn-safe)."""
-    key = _resolved(path)  # "db" and "/abs/db" are one environment, which LMDB opens once per process
-    cached = _HANDLES.get(key)
-    if cached is not None:
-        if cached[0] == os.getpid():
-            return cached[1]
-        cached[1].env.close()  # inherited across fork: LMDB forbids using it; py-lmdb skips the cleanup in a child
-        del _HANDLES[key]
-    check_file_size(key)
-    try:
-        env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_dbs=3, subdir=True)
-    except lmdb.Error as exc:
-        raise FormatError(f"{key}: cannot open as an LMDB database ({exc})") from exc
-    try:
-        handle = Handle(env, env.open_db(RECORDS_DB, create=False), env.open_db(TAILS_DB, create=False),
-                        env.open_db(META_DB, create=False))
-    except lmdb.NotFoundError as exc:
-        env.close()
-        raise FormatError(f"{key}: not an imagenet_pack database (no records/meta tables)") from exc
-    _HANDLES[key] = (os.getpid(), handle)
+    """This process's handle on the finished shard at ``path``, made on first use (fork- and spawn-safe)."""
+    spelled = os.fspath(path)
+    handle = _HANDLES.get(spelled)
+    if handle is None or handle.file is not shard_file(spelled):  # made anew when the file was replaced
+        handle = _HANDLES[spelled] = Handle(shard_file(spelled))
     return handle
 
 
 def close_handle(path: Path | str) -> None:
-    """Close this process's handle on ``path``; the next access opens the database afresh."""
-    _RESOLVED.pop(os.fspath(path), None)  # a path may be a link re-pointed since
-    cached = _HANDLES.pop(os.path.realpath(path), None)
-    if cached is not None and cached[0] == os.getpid():
-        cached[1].env.close()
-
-
-def shard_arrays(shard: Shard) -> tuple[np.ndarray, np.ndarray]:
-    """The shard's targets (count,) and sizes (count, 2): read-only memory maps of the bytes LMDB stores them
-    in (LMDB keeps a value contiguous in its file), so nothing is copied and every process shares the pages."""
-    handle = open_handle(shard.path)
-    data_file = os.path.realpath(os.path.join(shard.path, "data.mdb"))
-    arrays = []
-    try:
-        with handle.env.begin(db=handle.meta, buffers=True) as txn:
-            for key, dtype, count in ((TARGETS_KEY, shard.targets_dtype, shard.count),
-                                      (SIZES_KEY, shard.sizes_dtype, 2 * shard.count)):
-                view = decode_array(txn.get(key), dtype, count, str(shard.path), key.decode())  # checks length
-                offset = file_offset(view.ctypes.data, data_file) if count else None
-                arrays.append(np.array(view) if offset is None else np.memmap(data_file, dtype, "r", offset, (count,)))
-    except lmdb.Error as exc:
-        raise FormatError(f"{shard.path}: LMDB cannot read the metadata ({exc}); the shard is damaged, "
-                          "reconvert it") from exc
-    return arrays[0], arrays[1].reshape(-1, 2)
+    """Drop this process's handle on ``path``; the next access opens the shard afresh."""
+    _HANDLES.pop(os.fspath(path), None)
+    close_shard(path)
 
 
 @dataclass(frozen=True)
@@ -137,6 +66,24 @@ class Shard:
     count: int
     targets_dtype: str
     sizes_dtype: str
+
+
+def shard_arrays(shard: Shard) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's targets (count,) and sizes (count, 2): read-only memory maps of the bytes LMDB stores them
+    in (LMDB keeps a value contiguous in its file), so nothing is copied and every process shares the pages."""
+    file = open_handle(shard.path).file
+    arrays = []
+    for key, dtype, count in ((TARGETS_KEY, shard.targets_dtype, shard.count),
+                              (SIZES_KEY, shard.sizes_dtype, 2 * shard.count)):
+        where = f"{shard.path} {key.decode()}"
+        found = file.locate(META_DB, key, where)
+        if found is None:
+            raise FormatError(f"{shard.path}: no {key.decode()!r} key; the database is damaged, reconvert it")
+        if found[1] != count * np.dtype(dtype).itemsize:
+            raise FormatError(f"{shard.path}: {key.decode()!r} holds {found[1]} bytes, expected {count} values of "
+                              f"{dtype}; the database is damaged, reconvert it")
+        arrays.append(np.memmap(file.path, dtype, "r", found[0], (count,)) if count else np.zeros(0, dtype))
+    return arrays[0], arrays[1].reshape(-1, 2)
 
 
 @dataclass
@@ -161,47 +108,13 @@ class SplitInfo:
         return sum(m.count for m in self.metas)
 
 
-def _meta_values(path: Path, *keys: bytes) -> list[bytes | None]:
-    """The values of ``keys`` in a shard's ``meta`` table (copied out), LMDB errors in the package's words."""
-    handle = open_handle(path)
-    try:
-        with handle.env.begin(db=handle.meta) as txn:
-            return [txn.get(key) for key in keys]
-    except lmdb.Error as exc:
-        raise FormatError(f"{path}: LMDB cannot read the metadata ({exc}); the shard is damaged, reconvert it") from exc
-
-
-def read_paths(split_dir: Path) -> list[str]:
-    """The source paths of every record of a split, in record order (checked against their checksum)."""
-    out: list[str] = []
-    for path in find_shards(split_dir):
-        try:
-            blob, checksums = _meta_values(path, PATHS_KEY, CHECKSUMS_KEY)
-        finally:
-            close_handle(path)
-        if blob is None:
-            raise FormatError(f"{path}: no paths key; the database is incomplete or damaged, reconvert it")
-        check_checksum(checksums, "paths", blob, str(path))
-        out.extend(decode_paths(blob))
-    return out
-
-
-def read_shard_meta(path: Path) -> ShardMeta:
-    """The metadata of one complete shard; FormatError if it is missing, incomplete, damaged or of another
-    version."""
-    if not (path / "data.mdb").is_file():
-        raise FormatError(f"{path}: no database here (no data.mdb); convert a dataset first")
-    length, value, checksums = _meta_values(path, LENGTH_KEY, META_KEY, CHECKSUMS_KEY)
-    if length is None or value is None:
-        raise FormatError(
-            f"{path}: incomplete database (no length key): its conversion did not finish; "
-            "rerun the same `imagenet-pack convert` command to resume it"
-        )
-    meta = ShardMeta.from_msgpack(value, str(path))  # a version check first: older formats have no checksums
-    check_checksum(checksums, "meta", value, str(path))
-    if decode_length(length) != meta.count:
-        raise FormatError(f"{path}: length key says {decode_length(length)} records, metadata {meta.count}")
-    return meta
+def read_paths(shard_path: Path) -> list[str]:
+    """The source paths of every record of one shard, in record order (checked against their checksum)."""
+    blob, checksums = meta_values(shard_path, PATHS_KEY, CHECKSUMS_KEY)
+    if blob is None:
+        raise FormatError(f"{shard_path}: no paths key; the database is damaged, reconvert it")
+    check_checksum(checksums, "paths", blob, str(shard_path))
+    return decode_paths(blob)
 
 
 def load_split(root: Path | str, split: str) -> SplitInfo:
@@ -213,15 +126,11 @@ def load_split(root: Path | str, split: str) -> SplitInfo:
     if not root.is_dir():
         raise FormatError(f"{root}: no such database directory")
     if not split_dir.is_dir():
-        present = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise FormatError(f"{root}: no split '{split}' in this database (splits present: {present})")
+        raise FormatError(f"{root}: no split '{split}' in this database (splits present: {list_splits(root)})")
     paths = find_shards(split_dir)
     if not paths:
         raise FormatError(f"{split_dir}: no LMDB shard found (no data.mdb); convert the dataset first")
-    if paths == [split_dir]:
-        metas = [read_shard_meta(split_dir)]
-    else:
-        metas = _sharded_metas(split_dir, paths)
+    metas = [read_shard_meta(split_dir)] if paths == [split_dir] else _sharded_metas(split_dir, paths)
     shards, arrays, start = [], [], 0
     for path, meta in zip(paths, metas):
         if meta.split != split or meta.wnids != metas[0].wnids or meta.fingerprint != metas[0].fingerprint:
@@ -229,23 +138,23 @@ def load_split(root: Path | str, split: str) -> SplitInfo:
                               "the shards are from different conversions, reconvert")
         shard = Shard(path, start, meta.count, meta.targets_dtype, meta.sizes_dtype)
         targets, sizes = shard_arrays(shard)
-        checksums = _meta_values(path, CHECKSUMS_KEY)[0]
+        checksums = meta_values(path, CHECKSUMS_KEY)[0]
         check_checksum(checksums, "targets", targets, str(path))
         check_checksum(checksums, "sizes", sizes, str(path))
         if meta.count and not 0 <= int(targets.min()) <= int(targets.max()) < len(meta.wnids):
-            raise FormatError(f"{path}: metadata targets fall outside 0..{len(meta.wnids) - 1}")
+            raise FormatError(f"{path}: metadata targets fall outside 0..{len(meta.wnids) - 1}; reconvert it")
+        if meta.count and int(sizes.min()) < 1:
+            raise FormatError(f"{path}: metadata sizes hold an empty image size; reconvert it")
         shards.append(shard)
         arrays.append((targets, sizes))
         start += meta.count
-    for path in paths:  # the arrays are maps of their own: no environment needs to stay open
-        close_handle(path)
     return SplitInfo(root, split, shards, metas, arrays)
 
 
 def _sharded_metas(split_dir: Path, paths: list[Path]) -> list[ShardMeta]:
     """The metadata of every shard ``shard-SSS-of-KKK`` of a split, once all K are there and finished; else
     FormatError naming the missing and unfinished ones (several hosts may each write some)."""
-    counts = {int(p.name.rsplit("-", 1)[1]) for p in paths}
+    counts = {shard_of(p)[1] for p in paths}
     if len(counts) != 1:
         raise FormatError(f"{split_dir}: holds shards of conversions with different --shards {sorted(counts)}; "
                           "reconvert with --overwrite")
@@ -253,11 +162,11 @@ def _sharded_metas(split_dir: Path, paths: list[Path]) -> list[ShardMeta]:
     for path in paths:
         try:
             meta = read_shard_meta(path)
-        except FormatError as exc:
-            if "incomplete" not in str(exc):
-                raise
-            unfinished.append(int(path.name.split("-")[1]))
+        except IncompleteShardError:
+            unfinished.append(shard_of(path)[0])
             continue
+        if (meta.shard, meta.num_shards) != shard_of(path):
+            raise FormatError(f"{path}: its metadata says shard {meta.shard} of {meta.num_shards}; reconvert it")
         metas[meta.shard] = meta
     missing = sorted(set(range(num_shards)) - set(metas))
     if missing:
@@ -284,7 +193,11 @@ def finished_shards(split_dir: Path) -> list[tuple[Shard, ShardMeta]]:
 
 
 def list_splits(root: Path | str) -> list[str]:
+    """The splits of the database at ``root`` (folders holding a shard)."""
     root = Path(root)
     if not root.is_dir():
         raise FormatError(f"{root}: no such database directory")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and find_shards(p))
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and find_shards(p))
+    except OSError as exc:
+        raise FormatError(f"{root}: cannot list it ({exc.strerror or exc})") from exc

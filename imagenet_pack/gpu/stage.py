@@ -1,0 +1,126 @@
+"""Work run ahead of the training loop on its own CUDA stream, in a background thread.
+
+:func:`run_ahead` takes host-side batches from a loader and, in a thread of its own, turns each into device
+tensors on a dedicated stream (copies, GPU decoding, normalisation: whatever ``produce`` queues), keeping up
+to ``depth`` batches ready. Each is handed to the training loop with an event: the loop's stream waits for
+that batch's work only, never for the decode of later ones, and every tensor is recorded on the loop's
+stream, so the caching allocator never hands its memory to the next batch while the loop still reads it.
+nvImageCodec and torch release the GIL while they work, so the thread runs beside the training loop.
+
+On a CPU device the same code runs (the thread, the queue, the order), without streams or events: the CPU
+tests drive the code path CUDA runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import types
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..loader.loader import Feed
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index: "cuda" is the current CUDA device of this process (a rank's own GPU once
+    ``torch.cuda.set_device`` ran), not GPU 0."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class _End:
+    pass
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def run_ahead(items: Iterator[Any], produce: Callable[[Any], tuple[torch.Tensor, ...]], device: torch.device,
+              depth: int = 2) -> Iterator[tuple[tuple[torch.Tensor, ...], Any, float]]:
+    """``(produce(item), item, seconds waited)`` for each of ``items``, in order, ``depth`` items ahead; the
+    tensors are ready to use on the caller's current stream. Leaving the loop early stops the thread (the
+    items it produced ahead are dropped: an :class:`~imagenet_pack.loader.loader.Feed` delivers them again)."""
+    cuda = device.type == "cuda"
+    stream = torch.cuda.Stream(device=device) if cuda else None
+    ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry: Any) -> None:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        try:
+            with torch.cuda.device(device) if cuda else contextlib.nullcontext(), \
+                    torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                for item in items:
+                    if stop.is_set():
+                        return
+                    out = produce(item)
+                    done = None
+                    if cuda:
+                        done = torch.cuda.Event()
+                        done.record(stream)
+                    put((out, item, done))
+            put(_End())
+        except BaseException as error:  # noqa: BLE001 - handed to the training loop's thread
+            put(_Failed(error))
+        finally:
+            if isinstance(items, types.GeneratorType):  # end it here, in the thread that ran it
+                items.close()
+
+    thread = threading.Thread(target=work, name="imagenet-pack-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            started = time.perf_counter()
+            entry = ready.get()
+            waited = time.perf_counter() - started
+            if isinstance(entry, _End):
+                return
+            if isinstance(entry, _Failed):
+                raise entry.error
+            out, item, done = entry
+            if done is not None:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(done)
+                for tensor in out:
+                    tensor.record_stream(current)
+            yield out, item, waited
+    finally:
+        stop.set()
+        thread.join()
+
+
+def feed_ahead(loader: Any, device: torch.device, finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               depth: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, targets) of ``loader``'s batches on ``device``, ``depth`` ahead, ``finish`` applied to the
+    images on the same stream (normalisation). A :class:`Feed` (an ``EpochLoader`` or a hybrid feed) is told
+    each batch the caller receives and is moved to its next epoch only when every batch was; any other
+    iterable of (images, targets) is copied as it is."""
+    feed = loader if isinstance(loader, Feed) else None
+
+    def produce(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if feed is not None:
+            images, targets = feed.to_device(batch, device)
+        else:
+            images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        return (finish(images) if finish is not None else images), targets
+
+    for (images, targets), _, waited in run_ahead(feed.batches() if feed else iter(loader), produce, device, depth):
+        if feed is not None:
+            feed.deliver(len(targets), waited)
+        yield images, targets
+    if feed is not None:
+        feed.epoch_done()
