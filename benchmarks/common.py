@@ -2,6 +2,7 @@
 generated ImageNet-like sample), the machine and versions they ran on, and the timing helpers."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -9,18 +10,17 @@ from pathlib import Path
 
 import cv2
 
-from imagenet_pack.machine import default_workers
+from imagenet_pack.machine import cpu_name, default_workers
 from imagenet_pack.synthetic import make_sample_tree
-from imagenet_pack.timing import epoch_rate, images_per_second, standard_train_transform, timing_loader
+from imagenet_pack.bench.timing import images_per_second, standard_train_transform, timing_loader
 
-__all__ = ["source_tree", "machine", "epoch_rate", "images_per_second", "standard_train_transform",
-           "timing_loader"]
+__all__ = ["source_tree", "machine", "write_json", "images_per_second", "standard_train_transform", "timing_loader"]
 
 
 def machine(**versions: str) -> dict:
     """The machine and versions a benchmark ran on, for its JSON (pass module versions by name)."""
     return {"machine": {"cores": os.cpu_count(), "usable_cores": default_workers(),
-                        "platform": platform.platform(), "cpu": platform.processor()},
+                        "platform": platform.platform(), "cpu": cpu_name()},
             "versions": {"python": platform.python_version(), "opencv": cv2.__version__, **versions}}
 
 
@@ -46,3 +46,12 @@ def source_tree(images: Path | None, out: Path, copies: int, *, reencode: bool, 
             else:
                 shutil.copyfile(f, folder / f"{wnid}_{k}_{f.name}")
     return out
+
+
+def write_json(path: Path | None, results: list[dict], **fields) -> None:
+    """The benchmark's results with the machine and versions they ran on, when ``--json`` was given."""
+    if path is not None:
+        import torch
+        import torchvision
+        path.write_text(json.dumps({**machine(torch=torch.__version__, torchvision=torchvision.__version__),
+                                    **fields, "results": results}, indent=2))

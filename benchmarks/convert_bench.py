@@ -9,7 +9,6 @@ cache after an untimed warm-up conversion). Ratios are against 1 worker, lossles
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -21,7 +20,7 @@ from pathlib import Path
 from imagenet_pack import ConvertOptions, convert
 from imagenet_pack.machine import default_workers
 
-from common import machine, source_tree
+from common import source_tree, write_json
 
 
 def timed_convert(src: Path, dst: Path, options: ConvertOptions, repeats: int) -> tuple[float, object]:
@@ -39,7 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=Path, help="flat folder of <wnid>_*.JPEG (default: generated sample)")
     parser.add_argument("--copies", type=int, default=8, help="files per --images file (default: 8)")
     parser.add_argument("--max-workers", type=int, default=default_workers())
-    parser.add_argument("--max-side", type=int, default=256)
+    parser.add_argument("--max-side", type=int, default=256, help="also time a --max-side conversion (0: skip)")
+    parser.add_argument("--short-side", type=int, default=256, help="also time a --short-side conversion (0: skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -51,6 +51,9 @@ def main(argv=None) -> int:
         base = dict(splits=("train",), progress=False, overwrite=True)
         convert(src, tmp / "warm", ConvertOptions(**base, workers=1))  # page cache warm-up, untimed
         runs = [(f"lossless-{w}w", ConvertOptions(**base, workers=w)) for w in range(1, args.max_workers + 1)]
+        if args.short_side:
+            runs.append((f"short-side-{args.short_side}-{args.max_workers}w",
+                         ConvertOptions(**base, workers=args.max_workers, short_side=args.short_side)))
         if args.max_side:
             runs.append((f"max-side-{args.max_side}-{args.max_workers}w",
                          ConvertOptions(**base, workers=args.max_workers, max_side=args.max_side)))
@@ -69,11 +72,8 @@ def main(argv=None) -> int:
         for r in results:
             print(f"{r['name']:<22} {r['images_per_s']:>9.0f} {r['mb_per_s']:>7.1f} "
                   f"{r['speedup_vs_1_worker']:>11.2f} {r['storage_ratio']:>7.3f}")
-        if args.json:
-            args.json.write_text(json.dumps({
-                **machine(),
-                "arguments": {k: str(v) for k, v in vars(args).items()},
-                "images": count, "source_bytes": src_bytes, "results": results}, indent=2))
+        write_json(args.json, results, arguments={k: str(v) for k, v in vars(args).items()}, images=count,
+                   source_bytes=src_bytes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -3,24 +3,22 @@
 Entries: ``baseline`` (ImageFolder + PIL + RandomResizedCrop/flip/ToTensor/Normalize), ``lmdb-dropin`` (the
 same transforms on LmdbImageNet), ``lmdb-fused-train`` (RandomResizedCropDecoder, uint8), ``lmdb-fused-val``
 (CenterCropDecoder, uint8), the same two with ``-nvimgcodec`` (nvImageCodec's CPU region decode, when
-installed),
-``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), and
-with ``--max-side`` the fused decoders on a database written with ``--max-side``; ``-cold`` entries evict the
-files from the page cache (``posix_fadvise(DONTNEED)``) before every epoch. Each entry also reports the
-memory of its workers (private and shared resident MB, from /proc/PID/smaps_rollup).
+installed), ``limit-bare-decode`` (OpenCV full decode of the same bytes, nothing else), the fused decoders
+on a database written with ``--max-side`` (default 256) and, when asked, ``--short-side``; ``-cold`` entries
+evict the files from the page cache (``posix_fadvise(DONTNEED)``) before every round. Each entry also
+reports the memory of its workers (private and shared resident MB, from /proc/PID/smaps_rollup).
 
     python benchmarks/loader_bench.py                       # generated ImageNet-like sample
     python benchmarks/loader_bench.py --images /data/imagenet-sample --json out.json
 
 Each figure: median images/s of ``--epochs`` timed rounds after one warm-up round (worker start-up untimed);
 a round runs one epoch of every entry in turn (interleaved, so that a slow spell on a shared machine hits
-all entries alike). ``num_workers`` = cores, batch 32; fused entries use ``build_loader``, the others a plain
+all entries alike); a ratio is the median of the per-round ratios. ``num_workers`` = cores, batch 32; fused entries use ``build_loader``, the others a plain
 DataLoader.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -29,17 +27,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 import torchvision
 from torch.utils.data import Dataset
 
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.machine import default_workers
+from imagenet_pack.bench.timing import measure, ratio
+from imagenet_pack.codec import DECODE_FLAGS
 from imagenet_pack.read.decoders import installed_backends
-from imagenet_pack.read.pixels import DECODE_FLAGS, NVIMGCODEC_AVAILABLE
-from imagenet_pack.timing import measure
+from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
 
-from common import machine, source_tree, standard_train_transform
+from common import source_tree, standard_train_transform, write_json
 
 
 class BareDecode(Dataset):
@@ -63,6 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--epochs", type=int, default=5, help="timed rounds (default: 5)")
     parser.add_argument("--max-side", type=int, default=256, help="also bench a --max-side database (0: skip)")
+    parser.add_argument("--short-side", type=int, default=0, help="also bench a --short-side database (default: skip)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="loader-bench-"))
@@ -79,14 +78,17 @@ def main(argv=None) -> int:
                 suffix = "" if backend == "opencv" else f"-{backend}"
                 entries[f"lmdb-fused-{kind}{suffix}"] = LmdbImageNet(tmp / "db", "train", decoder=make(backend))
         entries["limit-bare-decode"] = BareDecode(LmdbImageNet(tmp / "db", "train"))
-        if args.max_side:
-            convert(src, tmp / "small", ConvertOptions(splits=("train",), progress=False, max_side=args.max_side))
+        for option, side in (("max-side", args.max_side), ("short-side", args.short_side)):
+            if not side:
+                continue
+            store = tmp / option
+            convert(src, store, ConvertOptions(splits=("train",), progress=False, **{option.replace("-", "_"): side}))
             for backend in backends:
                 suffix = "" if backend == "opencv" else f"-{backend}"
-                entries[f"max-side-{args.max_side}-fused-train{suffix}"] = LmdbImageNet(
-                    tmp / "small", "train", decoder=RandomResizedCropDecoder(224, backend=backend))
-                entries[f"max-side-{args.max_side}-fused-val{suffix}"] = LmdbImageNet(
-                    tmp / "small", "train", decoder=CenterCropDecoder(224, backend=backend))
+                entries[f"{option}-{side}-fused-train{suffix}"] = LmdbImageNet(
+                    store, "train", decoder=RandomResizedCropDecoder(224, backend=backend))
+                entries[f"{option}-{side}-fused-val{suffix}"] = LmdbImageNet(
+                    store, "train", decoder=CenterCropDecoder(224, backend=backend))
         source_files = [Path(p) for p, _ in folder.samples]
         db_files = sorted((tmp / "db").rglob("data.mdb"))
         cold = {"baseline-cold": (folder, source_files),
@@ -95,25 +97,19 @@ def main(argv=None) -> int:
             cold["lmdb-fused-train-nvimgcodec-cold"] = (entries["lmdb-fused-train-nvimgcodec"], db_files)
         timed = {name: (ds, None) for name, ds in entries.items()}
         timed.update(cold)
-        results = measure(timed, args.workers, args.epochs)
-        base = results[0]["images_per_s"]
-        limit = next(r["images_per_s"] for r in results if r["name"] == "limit-bare-decode")
+        results = measure(timed, args.workers, args.epochs, 32)
+        limit = next(r for r in results if r["name"] == "limit-bare-decode")
         for r in results:
-            r["ratio_to_baseline"] = r["images_per_s"] / base
-            r["ratio_to_limit"] = r["images_per_s"] / limit
+            r["ratio_to_baseline"] = ratio(r, results[0])
+            r["ratio_to_limit"] = ratio(r, limit)
         print(f"{len(folder)} images, {args.workers} workers, {os.cpu_count()} cores, batch 32, "
               f"median of {args.epochs} interleaved rounds")
-        print(f"{'entry':<32} {'images/s':>9} {'x baseline':>11} {'x limit':>8} {'worker MB private/shared':>25}")
+        width = max(len(r["name"]) for r in results)
+        print(f"{'entry':<{width}} {'images/s':>9} {'x baseline':>11} {'x limit':>8} {'worker MB private/shared':>25}")
         for r in results:
-            print(f"{r['name']:<32} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f} "
+            print(f"{r['name']:<{width}} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f} "
                   f"{r['worker_private_mb']:>15.0f} / {r['worker_shared_mb']:<6.0f}")
-        if args.json:
-            args.json.write_text(json.dumps({
-                **machine(torch=torch.__version__, torchvision=torchvision.__version__),
-                "arguments": {k: str(v) for k, v in vars(args).items()},
-                "images": len(folder),
-                "results": results,
-            }, indent=2))
+        write_json(args.json, results, arguments={k: str(v) for k, v in vars(args).items()}, images=len(folder))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -34,7 +34,8 @@ import numpy as np
 
 from imagenet_pack import EpochSampler, LmdbImageNet
 from imagenet_pack.convert.writer import ShardWriter
-from imagenet_pack.format import Record, Row, ShardMeta, encode_array, encode_paths, encode_record
+from imagenet_pack.convert.state import Row
+from imagenet_pack.format import Record, ShardMeta, encode_record
 from imagenet_pack.sources.synsets import builtin_names, class_names
 
 from common import machine
@@ -60,11 +61,10 @@ def write_database(root: Path, n: int, classes: int = 1000) -> float:
     wnids = sorted(builtin_names())[:classes]
     targets = np.arange(n) % classes
     sizes = np.full((n, 2), 8)
-    meta = ShardMeta(split="train", shard=0, num_shards=1, count=n, wnids=tuple(wnids),
-                     classes=tuple(class_names(wnids)), targets_dtype="<i2", sizes_dtype="<u2",
-                     fingerprint="scale-bench", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    writer.finish(meta, encode_paths([f"train/{i}.JPEG" for i in range(n)]), encode_array(targets, "<i2"),
-                  encode_array(sizes, "<u2"))
+    meta = ShardMeta(split="train", shard=0, num_shards=1, count=n, items=n, wnids=tuple(wnids),
+                     classes=tuple(class_names(wnids)), fingerprint="scale-bench",
+                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    writer.finish(meta, [f"train/{i}.JPEG" for i in range(n)], targets, sizes, np.zeros((n, 2), np.int64))
     writer.close()
     return time.perf_counter() - started
 
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
           f"{'sampler s':>10} {'sampler MB':>11} {'read p50/p99 us':>16}")
     for r in results:
         mem = r["worker_private_dirty_mb"]
-        growth = " / ".join(f"{mem[m]:.0f} (+{mem[m] - first[m]:.1f})" for m in ("fork", "spawn", "forkserver"))
+        growth = " / ".join(f"{mem[m]:.0f} ({mem[m] - first[m]:+.1f})" for m in ("fork", "spawn", "forkserver"))
         print(f"{r['records']:>10} {r['db_mb']:>8.0f} {r['open_ms']:>8.1f} {r['pickle_bytes']:>9} {growth:>40} "
               f"{r['sampler_s']:>10.3f} {r['sampler_peak_mb']:>11.1f} {r['read_p50_us']:>7.1f} / {r['read_p99_us']:<7.1f}")
     print("worker private MB: Private_Dirty of a worker after reading every target and 200 random records "

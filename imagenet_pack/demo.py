@@ -8,31 +8,37 @@ from typing import Callable
 
 from torch.utils.data import DataLoader
 
+from .bench.timing import measure, ratio, standard_train_transform
 from .convert import ConvertOptions, convert
+from .errors import ImagenetPackError
 from .machine import default_workers
 from .read.dataset import LmdbImageNet
 from .read.decoders import RandomResizedCropDecoder, installed_backends
 from .synthetic import make_sample_tree
-from .timing import images_per_second, standard_train_transform
 
 
 def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int = 30, workers: int | None = None,
              echo: Callable[[str], None] = print) -> dict[str, float]:
-    """Generate, convert, read back and time; returns the measured images/s by name."""
+    """Generate, convert, read back and time; returns the measured images/s by name. ``workdir`` must be a new
+    or empty folder: the demo never writes among files it did not make."""
     workers = workers or default_workers()
+    if workdir is not None:
+        workdir = Path(workdir)
+        if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+            raise ImagenetPackError(f"{workdir}: exists and is not an empty folder; the demo writes only into a new "
+                                    "or empty folder (it would otherwise write among your files): choose another --dir")
     with tempfile.TemporaryDirectory(prefix="imagenet-pack-demo-") as tmp:
-        base = Path(workdir) if workdir else Path(tmp)
+        base = workdir if workdir is not None else Path(tmp)
         src, dst = base / "imagenet", base / "imagenet-lmdb"
         start = time.perf_counter()
         make_sample_tree(src, classes=classes, train_per_class=per_class, val_per_class=max(1, per_class // 3))
         n_files = sum(1 for p in src.rglob("*.JPEG"))
         echo(f"generated {n_files} ImageNet-like JPEGs (~500x375, q90) in {src} "
              f"({time.perf_counter() - start:.1f} s)")
-        report = convert(src, dst, ConvertOptions(workers=workers, overwrite=True, progress=False))
+        report = convert(src, dst, ConvertOptions(workers=workers, progress=False))
         for r in report.splits:
-            echo(f"converted {r.split}: {r.stored} records in {r.seconds:.1f} s "
-                 f"({r.stored / r.seconds:.0f} images/s with {workers} workers), "
-                 f"database/source bytes {r.storage_ratio:.3f}")
+            echo(f"converted {r.split}: {r.stored} records in {r.seconds:.1f} s ({r.rate:.0f} images/s with "
+                 f"{workers} workers), database/source bytes {r.storage_ratio:.3f}")
         train = LmdbImageNet(dst, "train", transform=standard_train_transform())
         seen = 0
         loader = DataLoader(train, batch_size=16, num_workers=2)
@@ -42,18 +48,19 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
              f"{tuple(images.shape[1:])} {images.dtype}, classes: {', '.join(train.classes[t][0] for t in range(3))}, ...")
         from torchvision.datasets import ImageFolder
         folder = ImageFolder(str(src / "train"), transform=standard_train_transform())
-        rates = {
-            "ImageFolder + PIL (baseline)": images_per_second(folder, workers=workers),
-            "LmdbImageNet, same transforms": images_per_second(train, workers=workers),
-            "LmdbImageNet, fused decode+crop (uint8)": images_per_second(
-                LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224)), workers=workers),
+        entries = {
+            "ImageFolder + PIL (baseline)": (folder, None),
+            "LmdbImageNet, same transforms": (train, None),
+            "LmdbImageNet, fused decode+crop (uint8)": (
+                LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224)), None),
         }
         for backend in installed_backends()[1:]:  # the region decoders installed here
-            rates[f"LmdbImageNet, fused, region decode ({backend})"] = images_per_second(
-                LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224, backend=backend)), workers=workers)
-        base_rate = rates["ImageFolder + PIL (baseline)"]
-        echo(f"\nthroughput, RandomResizedCrop(224) + flip, {workers} workers, {len(train)} images "
+            entries[f"LmdbImageNet, fused, region decode ({backend})"] = (
+                LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224, backend=backend)), None)
+        echo("\ntiming, interleaved: an epoch of each per round, median of 3 rounds after a warm-up")
+        results = measure(entries, workers, rounds=3, batch_size=32)
+        echo(f"throughput, RandomResizedCrop(224) + flip, {workers} workers, {len(train)} images "
              "(the fused entries leave normalisation to the GPU):")
-        for name, rate in rates.items():
-            echo(f"  {name:<48} {rate:8.0f} images/s  {rate / base_rate:5.2f}x")
-    return rates
+        for r in results:
+            echo(f"  {r['name']:<48} {r['images_per_s']:8.0f} images/s  {ratio(r, results[0]):5.2f}x")
+    return {r["name"]: r["images_per_s"] for r in results}
