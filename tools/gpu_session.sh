@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check in one command, from the repository root on a CUDA machine (H100/H200), a few minutes:
+# The GPU check in one command, from the repository root on a CUDA machine (H100/H200), under 9 minutes:
 #   tools/gpu_session.sh [FOLDER_OF_REAL_JPEGS]     (default: .sample/, filled by tools/gpu_prepare.sh)
 # Installs the wheels in .whl/ if there are any (a bare machine lacks lmdb and nvImageCodec), runs the tests
-# that touch the GPU path (CUDA-marked ones included), then tools/gpu_check.py on the JPEGs replicated to
-# 8192 records: lossless, then --max-side 256. Logs go to $OUT (default /tmp/gpu-session).
+# that touch the GPU path (CUDA-marked ones included, each under a timeout), then tools/gpu_check.py on the
+# JPEGs replicated to 8192 records: lossless, then --short-side 256. Every step has a timeout, so one hang
+# cannot take the machine's time. Logs go to $OUT (default /tmp/gpu-session).
 set -uo pipefail
 out=${OUT:-/tmp/gpu-session}
 mkdir -p "$out"
@@ -16,8 +17,9 @@ images=${1:-.sample}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/machine.txt"
 python3 -c "import torch, os; print('torch', torch.__version__, 'CUDA', torch.version.cuda, os.cpu_count(), 'cores')" \
   | tee -a "$out/machine.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_loader.py tests/test_region_decode.py tests/test_decoders.py \
-  tests/test_fallbacks.py 2>&1 | tail -n 15 | tee "$out/tests.log"
-python3 tools/gpu_check.py --images "$images" --count 8192 --steps 30 2>&1 | tee "$out/gpu_check_lossless.log"
-python3 tools/gpu_check.py --images "$images" --count 8192 --steps 30 --max-side 256 --skip-resume 2>&1 \
-  | tee "$out/gpu_check_max_side_256.log"
+python3 -c "import nvidia.nvimgcodec as n; print('nvImageCodec', n.__version__)" 2>/dev/null | tee -a "$out/machine.txt"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -p pytest_timeout --timeout 60 tests/test_gpu.py \
+  tests/test_prefetch.py tests/test_hybrid.py tests/test_decoders.py 2>&1 | tail -n 15 | tee "$out/tests.log"
+timeout 240 python3 tools/gpu_check.py --images "$images" --count 8192 --steps 25 2>&1 | tee "$out/gpu_check_lossless.log"
+timeout 120 python3 tools/gpu_check.py --images "$images" --count 8192 --steps 25 --short-side 256 --skip-resume 2>&1 \
+  | tee "$out/gpu_check_short_side_256.log"

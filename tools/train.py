@@ -9,7 +9,11 @@ Fused uint8 decoders in the workers, normalisation on the GPU (bf16 autocast, ch
 linear warm-up then cosine (or step) decay, label smoothing, top-1/top-5 on the whole val split with every
 sample counted exactly once across ranks. Checkpoints are atomic (temp file, then rename) and hold the
 model, optimiser, epoch and the loader's position, so ``--resume`` continues mid-epoch with exactly the
-samples not yet seen. ``--batch-size`` is per process; ``--lr`` is for the global batch.
+samples not yet seen. ``--batch-size`` is per process; ``--lr`` is for the global batch. Ctrl-C finishes the
+step in flight, saves a checkpoint and exits (a second Ctrl-C exits at once).
+
+    python tools/train.py DB --device cpu --arch resnet18 --batch-size 16 --image-size 64 --max-steps 5 \\
+        --output /tmp/smoke                                      # a smoke run: 5 steps, 5 val batches, done
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,8 +31,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
 
-from imagenet_pack import CenterCropDecoder, CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader
-from imagenet_pack.loader import EpochLoader, default_workers
+from imagenet_pack import (CenterCropDecoder, CudaPrefetcher, ImagenetPackError, LmdbImageNet,
+                           RandomResizedCropDecoder, build_loader)
+from imagenet_pack.machine import default_workers
 from imagenet_pack.read.decoders import BACKENDS
 
 CHECKPOINT = "checkpoint.pt"
@@ -71,7 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, required=True, help="directory for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help=f"continue from OUTPUT/{CHECKPOINT} if it exists")
     p.add_argument("--seed", type=int, default=0, help="sample order, crops and initial weights (default: 0)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after N steps (smoke runs)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after N training steps in all, then evaluate N val batches and checkpoint (a smoke "
+                        "run; default: train every epoch, evaluate the whole val split)")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also checkpoint every N steps inside an epoch (0: only at epoch ends)")
     p.add_argument("--exit-after-steps", type=int, default=None,
@@ -106,17 +114,30 @@ def learning_rate(args, step: int, steps_per_epoch: int) -> float:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic and durable: written to a temporary file, flushed to disk, renamed into place, the rename
+    flushed too, so a crash or power loss leaves the previous checkpoint or this one, never a torn file."""
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+    with open(tmp, "wb") as out:
+        torch.save(state, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp) -> tuple[float, float, int]:
-    """Top-1 and top-5 over the whole val split; each rank evaluates its disjoint share, counts are summed."""
+def evaluate(model, loader, device, amp, max_batches: int | None = None) -> tuple[float, float, int]:
+    """Top-1 and top-5 over the whole val split (or its first ``max_batches``); each rank evaluates its
+    disjoint share, counts are summed."""
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=device)
-    for images, targets in loader:
+    for batch, (images, targets) in enumerate(loader):
+        if max_batches is not None and batch >= max_batches:
+            break
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(images)
         top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices  # top-k for k <= classes
@@ -139,14 +160,36 @@ class Run:
         torch.manual_seed(args.seed)
         args.output.mkdir(parents=True, exist_ok=True)
         self.checkpoint = args.output / CHECKPOINT
-        self.train_loader, self.val_loader, classes = build_loaders(args, self.world)
+        self.train_loader, self.val_loader, classes = build_loaders(args, self.world, self.device)
         self.model = torchvision.models.get_model(args.arch, num_classes=classes).to(self.device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          weight_decay=args.weight_decay)
-        self.step, self.run_steps = 0, 0
+        self.step, self.run_steps, self.stop_reason = 0, 0, None
         self.samples_log = open(args.output / f"samples-rank{self.rank}.jsonl", "a") if args.log_samples else None
+        self.exit_code = 0
+        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C; a scheduler's notice before preemption
+            signal.signal(signum, self.interrupted)
+
+    def interrupted(self, signum, frame) -> None:
+        """Ctrl-C or SIGTERM: finish the step in flight, checkpoint, exit; a second Ctrl-C exits at once."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.stop_reason, self.exit_code = "interrupted", 128 + signum
+
+    def should_stop(self) -> bool:
+        """Whether to stop after this step. Alone, at once; with several processes, every 25 steps, agreed by
+        all of them (one all-reduce: a rank stopping alone would leave the others waiting in theirs)."""
+        if self.world == 1:
+            return self.stop_reason is not None
+        if self.run_steps % 25 and self.args.exit_after_steps is None:
+            return False
+        flag = torch.tensor([self.stop_reason is not None], dtype=torch.float32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.stop_reason is None:
+            self.stop_reason, self.exit_code = "interrupted", 130
+        return bool(flag.item())
 
     def resume(self) -> None:
         """Load model, optimiser, step and loader position from the checkpoint, if asked and present."""
@@ -170,15 +213,25 @@ class Run:
                 "args": vars(self.args) | {"root": str(self.args.root), "output": str(self.args.output)}})
 
     def train_epoch(self, epoch: int, ddp: torch.nn.Module) -> dict | None:
-        """Train until the epoch ends (or --max-steps); None when --exit-after-steps stopped the run."""
-        args, loader = self.args, self.train_loader
+        """Train until the epoch ends; None when the run stops inside it (--exit-after-steps, Ctrl-C)."""
+        loader = self.train_loader
         epoch_order = loader.sampler.indices(epoch)
-        seen, waited, epoch_steps, loss = 0, 0.0, 0, None
         started = time.perf_counter()
         batches = iter(CudaPrefetcher(loader, self.device, dtype=torch.float32, channels_last=self.cuda))
-        while args.max_steps is None or epoch_steps < args.max_steps:
+        try:
+            stats = self._train_epoch(epoch, ddp, batches, epoch_order, started)
+        finally:
+            batches.close()  # stops its look-ahead; what it held ahead is delivered again next time
+        if stats is not None and loader.epoch == epoch:  # left early (--max-steps): the next epoch starts fresh
+            loader.finish_epoch()
+        return stats
+
+    def _train_epoch(self, epoch, ddp, batches, epoch_order, started) -> dict | None:
+        args, loader = self.args, self.train_loader
+        seen, waited, loss = 0, 0.0, None
+        while True:
             t0 = time.perf_counter()
-            position = loader.position  # samples received so far (the prefetcher holds some ahead)
+            delivered = loader.delivered  # samples received so far (the prefetcher holds some ahead)
             batch = next(batches, None)
             waited += time.perf_counter() - t0
             if batch is None:
@@ -186,19 +239,22 @@ class Run:
             images, targets = batch
             if self.samples_log is not None:
                 self.samples_log.write(json.dumps({"epoch": epoch, "step": self.step, "indices":
-                                                   epoch_order[position:position + len(targets)].tolist()}) + "\n")
+                                                   epoch_order[delivered:delivered + len(targets)].tolist()}) + "\n")
                 self.samples_log.flush()
             loss = self.train_step(ddp, images, targets, len(loader))
-            seen, epoch_steps, self.run_steps = seen + len(targets), epoch_steps + 1, self.run_steps + 1
+            seen, self.run_steps = seen + len(targets), self.run_steps + 1
             if args.checkpoint_every and self.step % args.checkpoint_every == 0:
                 self.save()
             if args.exit_after_steps is not None and self.run_steps >= args.exit_after_steps:
+                self.stop_reason = f"exiting after {self.run_steps} steps (as --exit-after-steps asked)"
+            if self.should_stop():
                 self.save()
                 if self.rank == 0:
-                    print(f"exiting after {self.run_steps} steps (epoch {epoch}, step {self.step}), checkpoint saved")
+                    print(f"{self.stop_reason} at epoch {epoch}, step {self.step}; checkpoint saved to "
+                          f"{self.checkpoint}: rerun with --resume to continue", flush=True)
                 return None
-        if loader.epoch == epoch:  # left early (--max-steps): the next epoch starts fresh
-            loader.finish_epoch()
+            if args.max_steps is not None and self.run_steps >= args.max_steps:
+                break  # a smoke run ends here: evaluate, checkpoint, stop
         if self.cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
@@ -219,8 +275,10 @@ class Run:
 
     def report(self, epoch: int, stats: dict) -> None:
         """Evaluate on the whole val split, checkpoint, and log the epoch (rank 0 prints and writes)."""
-        val = CudaPrefetcher(self.val_loader, self.device, channels_last=self.cuda)
-        top1, top5, counted = evaluate(self.model, val, self.device, self.cuda)
+        val, before = CudaPrefetcher(self.val_loader, self.device, channels_last=self.cuda), self.val_loader.epoch
+        top1, top5, counted = evaluate(self.model, val, self.device, self.cuda, self.args.max_steps)
+        if self.val_loader.epoch == before:  # a smoke run's partial pass: the next one starts at the beginning
+            self.val_loader.finish_epoch()
         self.save()
         if self.rank == 0:
             print(f"epoch {epoch}: loss {stats['loss']:.3f}, {stats['images_per_s']:.0f} images/s, data wait "
@@ -231,32 +289,41 @@ class Run:
                                       "val_images": counted}) + "\n")
 
 
-def build_loaders(args: argparse.Namespace, world: int) -> tuple[EpochLoader, EpochLoader, int]:
+def build_loaders(args: argparse.Namespace, world: int, device: torch.device) -> tuple:
     """Train and val loaders with the fused decoders, and the number of classes."""
     workers = args.workers if args.workers is not None else max(1, default_workers() // max(1, world))
     train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(
         args.image_size, seed=args.seed, backend=args.decode_backend))
     val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size, backend=args.decode_backend))
     train_loader = build_loader(train_set, args.batch_size, train=True, workers=workers, seed=args.seed,
-                                gpu_share=args.gpu_share, device=args.device)
+                                gpu_share=args.gpu_share, device=device)
     val_loader = build_loader(val_set, args.batch_size, train=False, workers=workers, persistent_workers=False)
     return train_loader, val_loader, len(train_set.wnids)
 
 
 def main(argv=None) -> int:
-    run = Run(parse_args(argv))
-    run.resume()
-    ddp = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[run.device.index] if run.cuda else None) \
-        if run.world > 1 else run.model
-    for epoch in range(run.train_loader.epoch, run.args.epochs):
-        stats = run.train_epoch(epoch, ddp)
-        if stats is None:
-            break
-        run.report(epoch, stats)
+    try:
+        run = Run(parse_args(argv))
+        run.resume()
+        ddp = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[run.device.index] if run.cuda else
+                                                        None) if run.world > 1 else run.model
+        for epoch in range(run.train_loader.epoch, run.args.epochs):
+            stats = run.train_epoch(epoch, ddp)
+            if stats is None:
+                break
+            run.report(epoch, stats)
+            if run.args.max_steps is not None and run.run_steps >= run.args.max_steps:
+                break
+    except ImagenetPackError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print("train.py: interrupted (no checkpoint written since the last one)", file=sys.stderr)
+        return 130
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    return 0
+    return run.exit_code
 
 
 if __name__ == "__main__":
