@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imagenet_pack import ConvertOptions, convert
-from imagenet_pack.synthetic import make_sample_tree
-
-
-def small_tree(root: Path, *, classes: int = 4, per_class: int = 6, seed: int = 0) -> Path:
-    """classes x per_class train and classes x 3 val JPEGs of 48x64 px (portrait every third)."""
-    return make_sample_tree(root, classes=classes, train_per_class=per_class, val_per_class=3,
-                            size=(48, 64), seed=seed)
+from imagenet_pack import convert
+from helpers import opts, small_tree
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +18,7 @@ def tree_session(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def db_session(tree_session, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("db") / "imagenet-lmdb"
-    convert(tree_session, dst, ConvertOptions(workers=1, progress=False))
+    convert(tree_session, dst, opts())
     return dst
 
 

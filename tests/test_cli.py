@@ -1,80 +1,244 @@
-"""The command line, through main(argv) and as a real subprocess."""
+"""The command line, through main(argv) and as a real process: what a new user meets."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
-from imagenet_pack import LmdbImageNet
+from imagenet_pack import LmdbImageNet, __version__
+from imagenet_pack.bench import report as bench_report
 from imagenet_pack.cli import main
+from imagenet_pack.synthetic import make_sample_tree
+
+from helpers import cli, flip_payload_byte
 
 
 def test_convert_info_verify_through_main(tree, tmp_path, capsys):
     dst = tmp_path / "db"
     assert main(["convert", str(tree), str(dst), "--workers", "2", "--no-progress", "--splits", "val"]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"{tree}: folders layout"  # what was found, before any work
     assert "val" in out and "report:" in out
     assert not (dst / "train").exists()
     assert len(LmdbImageNet(dst, "val")) == 12
     assert main(["info", str(dst)]) == 0
-    assert "val: 12 records, 4 classes, 1 shard(s)" in capsys.readouterr().out
-    assert main(["verify", str(dst), "--decode", "--source", str(tree)]) == 0
+    assert "val: 12 records of 4 of the database's 4 classes, 1 shard(s)" in capsys.readouterr().out
+    assert main(["verify", str(dst), "--decode", "--source", str(tree), "--no-progress"]) == 0
     assert "ok: 12 records checked" in capsys.readouterr().out
 
 
-def test_refusals_are_one_line_errors(tree, tmp_path, capsys):
+def test_reruns_behave_one_way(tree, tmp_path, capsys):
+    """The same command over its own complete database is a no-op that says so and exits 0; other options are
+    refused with one line; neither touches the database."""
     dst = tmp_path / "db"
     assert main(["convert", str(tree), str(dst), "--no-progress", "--workers", "1"]) == 0
     capsys.readouterr()
-    assert main(["convert", str(tree), str(dst), "--no-progress"]) == 1  # the same command again: nothing to do
-    err = capsys.readouterr().err
-    assert "already holds a complete database" in err and "nothing to do" in err and err.count("\n") == 1
+    stamp = [(p, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(dst.rglob("data.mdb"))]
+    assert main(["convert", str(tree), str(dst), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete for this input and these options; nothing to do" in out
+    assert " - " in out.splitlines()[-3] or "-" in out  # no rate for what this run did not convert
     assert main(["convert", str(tree), str(dst), "--no-progress", "--max-side", "32"]) == 1  # other options
     err = capsys.readouterr().err
     assert err.startswith("imagenet-pack: error:") and "--overwrite" in err and err.count("\n") == 1
+    assert stamp == [(p, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(dst.rglob("data.mdb"))]
     assert main(["info", str(tmp_path / "missing")]) == 1
     assert "no such database directory" in capsys.readouterr().err
 
 
-def test_subprocess_bad_input_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "imagenet_pack.cli", "convert", str(tmp_path / "nope"),
-                             str(tmp_path / "out")], capture_output=True, text=True)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "does not exist" in result.stderr
+def test_one_class_list_for_every_split_even_when_val_holds_fewer_classes(tmp_path, capsys):
+    """val with images of 2 of train's 5 classes: the same wnids and targets in both splits (ImageFolder on
+    val alone would number its 2 classes 0 and 1), and info says how many classes each split holds."""
+    src = make_sample_tree(tmp_path / "src", classes=5, train_per_class=2, val_per_class=1, size=(32, 32))
+    for folder in sorted((src / "val").iterdir())[:3]:
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    assert main(["convert", str(src), str(tmp_path / "db"), "--no-progress", "--workers", "1"]) == 0
+    assert "images of 2 of the database's 5 classes" in capsys.readouterr().out
+    train, val = LmdbImageNet(tmp_path / "db", "train"), LmdbImageNet(tmp_path / "db", "val")
+    assert train.wnids == val.wnids and len(val.wnids) == 5
+    for i in range(len(val)):
+        assert val.wnids[int(val.targets[i])] == val.paths[i].split("/")[1]  # a target means the same class
+    assert main(["info", str(tmp_path / "db")]) == 0
+    out = capsys.readouterr().out
+    assert "train: 10 records of 5 of the database's 5 classes" in out and "val: 2 records of 2 of" in out
 
 
-def test_subprocess_convert_and_read(tree, tmp_path):
+def test_what_a_new_user_types_wrong_gets_one_line(tree, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for dst in (afile, afile / "db"):  # DST an existing file, or below one
+        assert main(["convert", str(tree), str(dst), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("imagenet-pack: error:") and err.count("\n") == 1, err
+    assert main(["convert", str(tree), str(tmp_path / "db"), "--no-progress", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "db" / "train")]) == 1  # a split folder, not the database
+    assert f"pass the folder that holds it: imagenet-pack info {tmp_path / 'db'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", str(tree), str(tmp_path / "x"), "--max-sid", "3"])  # no abbreviations: a typo is an error
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: imagenet-pack convert" in err and "unrecognized arguments: --max-sid" in err
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"imagenet-pack {__version__}"
+    with pytest.raises(SystemExit):
+        main(["info", "--help"])
+    assert "the database directory" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "classes to generate" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_info_quietly(db_session):
+    result = subprocess.run(f"{sys.executable} -m imagenet_pack.cli info {db_session} | head -1", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("train:") and "Traceback" not in result.stderr and not result.stderr
+
+
+def _group_alive(pgid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+
+
+@pytest.fixture(scope="module")
+def big_tree(tmp_path_factory):
+    return make_sample_tree(tmp_path_factory.mktemp("big") / "src", classes=4, train_per_class=300, val_per_class=2,
+                            size=(240, 320))
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.5, 0.9])
+def test_ctrl_c_during_convert_stops_quietly_every_time(big_tree, tmp_path, delay):
+    """One Ctrl-C (SIGINT to the whole process group, as a terminal sends it) at several moments: one line,
+    exit 130, no traceback, no process left; the rerun resumes."""
     dst = tmp_path / "db"
-    result = subprocess.run([sys.executable, "-m", "imagenet_pack.cli", "convert", str(tree), str(dst),
-                             "--no-progress"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert len(LmdbImageNet(dst, "train")) == 24
+    proc = subprocess.Popen([sys.executable, "-m", "imagenet_pack.cli", "convert", str(big_tree), str(dst),
+                             "--workers", "2", "--commit-mb", "1", "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    if proc.returncode == 0:
+        pytest.skip("the conversion finished before the interrupt")
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stdout + stderr
+    assert stderr.strip() == "imagenet-pack: interrupted; rerun the same command to resume"
+    time.sleep(0.3)
+    assert not _group_alive(proc.pid)
+    assert cli("convert", big_tree, dst, "--workers", "2", "--no-progress").returncode == 0
+
+
+def test_workers_die_with_a_killed_converter(big_tree, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "imagenet_pack.cli", "convert", str(big_tree), str(tmp_path / "db"),
+                             "--workers", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    time.sleep(0.7)
+    proc.kill()  # the parent only
+    proc.communicate(timeout=30)
+    deadline = time.time() + 10
+    while _group_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), "converter workers outlived their parent"
+
+
+def test_verify_with_workers_reports_what_one_worker_reports(tree_session, db, capsys):
+    flip_payload_byte(db / "train", sorted((tree_session / "train").rglob("*.JPEG"))[5])
+    one = cli("verify", db, "--decode", "--source", tree_session)
+    four = cli("verify", db, "--decode", "--source", tree_session, "--workers", "4")
+    assert one.returncode == four.returncode == 1
+    assert one.stdout == four.stdout and "checksum mismatch" in one.stdout
+    assert "verify:" in four.stderr and "records" in four.stderr  # progress off a terminal too
 
 
 def test_bench_measures_train_and_val_against_their_own_baselines(tree_session, db_session, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", str(db_session), "--images", str(tree_session), "--epochs", "1", "--workers", "1",
-                 "--batch-size", "4", "--json", str(out), "--device", "cpu", "--arch", "resnet18",
-                 "--feed-batch-size", "4", "--feed-steps", "1"]) == 0
-    table = capsys.readouterr().out
+    assert main(["bench", str(db_session), "--images", str(tree_session), "--rounds", "1", "--limit", "8",
+                 "--workers", "1", "--batch-size", "4", "--json", str(out), "--device", "cpu", "--feed-arch",
+                 "resnet18", "--feed-batch-size", "4", "--feed-steps", "1", "--plot", str(tmp_path / "b.png")]) == 0
+    captured = capsys.readouterr()
+    table, progress = captured.out, captured.err
     report = json.loads(out.read_text())
     rows = {r["name"]: r for r in report["results"]}
     assert {"train-baseline", "val-baseline", "train-lmdb-dropin", "train-lmdb-fused", "val-lmdb-fused"} <= set(rows)
     for name, row in rows.items():
-        base = rows[f"{row['kind']}-baseline"]["images_per_s"]
+        base = rows[f"{row['kind']}-baseline"]["rounds_images_per_s"][0]  # one round: its ratio is the figure
         assert row["images_per_s"] > 0 and row["ratio_to_baseline"] == pytest.approx(row["images_per_s"] / base)
-        assert name.split("-")[0] == row["kind"]
-    assert rows["val-lmdb-fused"]["kind"] == "val"  # val entries are divided by the val baseline
+        assert name.split("-")[0] == row["kind"] and len(row["rounds_images_per_s"]) == 1
+    assert report["images_per_round"] == 8 and report["machine"]["cpu"]
+    assert "train-baseline: round 1/1" in progress  # per-entry progress
     first = report["time_to_first_batch"]
     assert 0 < first["lmdb_fused_train_s"] < 120 and 0 < first["imagefolder_train_s"] < 120
     assert "val-baseline" in table and "time to first batch from process start" in table
+    entry_lines = [line for line in table.splitlines() if line.split(" ")[0] in rows or line.startswith("entry ")]
+    assert len(entry_lines) == len(rows) + 1 and len({len(line) for line in entry_lines}) == 1  # columns aligned
     feeds = {row["feed"]: row for row in report["training_feed"]}  # the GPU table's code, on the CPU device
     assert set(feeds) == {"CPU fused decode", "GPU decode mode", "hybrid, auto share",
                           "synthetic on device (compute bound)"}
     assert all(row["images_per_s"] > 0 and 0 <= row["data_wait"] <= 1 for row in feeds.values())
     assert feeds["GPU decode mode"]["gpu_share"] == 1.0 and "training feed, resnet18" in table
+    assert (tmp_path / "b.png").stat().st_size > 0
+    figure = bench_report.chart(report)
+    title = figure.axes[0].get_title()
+    assert all(word in title for word in ("cores", "workers", "batch 4", "8 images", report["date"]))
+    assert sum("images/s" in t.get_text() for t in figure.axes[0].texts) == len([r for r in rows.values()])
     assert main(["bench", str(db_session), "--images", str(tmp_path / "nope")]) == 1
     assert "no such folder (--images)" in capsys.readouterr().err
+
+
+def test_a_first_batch_process_that_never_ends_is_killed_and_named(tmp_path, monkeypatch):
+    from imagenet_pack import ImagenetPackError
+    from imagenet_pack.bench import loaders
+    monkeypatch.setattr(loaders, "FIRST_BATCH", "print('first batch', flush=True); import time; time.sleep(60)")
+    monkeypatch.setattr(loaders, "FIRST_BATCH_TIMEOUT", 2)
+    started = time.perf_counter()
+    with pytest.raises(ImagenetPackError, match="did not finish within 2 s"):
+        loaders.time_to_first_batch("fused", tmp_path, 1, 4)
+    assert time.perf_counter() - started < 20
+
+
+def test_bench_ratios_pair_the_rounds():
+    from imagenet_pack.bench.timing import ratio
+    baseline = {"rounds_images_per_s": [60.0, 100.0, 100.0]}  # a slow spell in round 1 ...
+    entry = {"rounds_images_per_s": [120.0, 200.0, 150.0]}  # ... and one in round 3
+    assert ratio(entry, baseline) == 2.0  # per-round ratios 2, 2, 1.5; the medians' ratio would say 1.5
+
+
+def test_bench_checks_the_plot_dependency_before_measuring(db_session, tmp_path, capsys, monkeypatch):
+    import builtins
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "matplotlib" else real(name, *a, **k))
+    started = time.perf_counter()
+    assert main(["bench", str(db_session), "--plot", str(tmp_path / "x.png"), "--device", "none"]) == 1
+    assert time.perf_counter() - started < 5
+    assert capsys.readouterr().err.strip() == ("imagenet-pack: error: --plot needs matplotlib: pip install -e "
+                                               "'.[plot]' (or pip install matplotlib)")
+
+
+def test_bench_accuracy_scores_every_read_path(tree_session, db_session, tmp_path, capsys):
+    """--accuracy with a model of one's own (random weights here: the rows mean nothing, the table's making
+    is what is tested); agreement is with the reference pipeline's predictions."""
+    import torchvision
+    weights = tmp_path / "r18.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), weights)
+    out = tmp_path / "acc.json"
+    assert main(["bench", str(db_session), "--images", str(tree_session), "--rounds", "1", "--limit", "4",
+                 "--batch-size", "4", "--workers", "1", "--device", "none", "--accuracy", "--arch", "resnet18", "--weights", str(weights),
+                 "--compare", str(db_session), "--json", str(out)]) == 0
+    table = json.loads(out.read_text())["accuracy"]
+    names = [r["pipeline"] for r in table["rows"]]
+    assert names[0].startswith("reference: ImageFolder + PIL") and table["images"] == 12
+    assert any(n.startswith("drop-in") for n in names) and any(n.startswith("GPU decode mode") for n in names)
+    assert any("lossless" in n for n in names) and any("fused val decoder (opencv)" in n for n in names)
+    rows = {r["pipeline"]: r for r in table["rows"]}
+    assert rows[names[0]]["agreement"] == 100 and all(0 <= r["top1"] <= r["top5"] <= 100 for r in rows.values())
+    assert all(r["images_per_s"] > 0 for r in rows.values())
+    assert "accuracy of resnet18" in capsys.readouterr().out

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import cv2
@@ -18,24 +17,14 @@ import torch
 import torchvision.io as tio
 from PIL import Image
 
-from imagenet_pack import ConvertOptions, FormatError, LmdbImageNet, OutputExistsError, convert
+from imagenet_pack import CenterCropDecoder, FormatError, LmdbImageNet, OutputExistsError, convert
 from imagenet_pack.convert.writer import ShardWriter
 from imagenet_pack.format import LENGTH_KEY, RECORDS_DB, decode_record, encode_key, encode_record, Record
-from imagenet_pack.sources.items import read_item_stamped as real_read
+from imagenet_pack.sources.items import read_item as real_read
 from imagenet_pack.synthetic import make_sample_tree
-from imagenet_pack.verify import verify
+from imagenet_pack import verify
 
-from test_dataset import _put_meta, flip_payload_byte
-
-
-def records(root: Path, split: str = "train"):
-    ds = LmdbImageNet(root, split)
-    return [(ds.read_record(i), ds.paths[i]) for i in range(len(ds))], ds.targets.tolist(), ds.wnids
-
-
-def opts(**kw) -> ConvertOptions:
-    kw.setdefault("progress", False)
-    return ConvertOptions(**kw)
+from helpers import flip_payload_byte, opts, put_meta, records
 
 
 def test_same_database_for_any_worker_and_shard_count(tree, tmp_path):
@@ -101,8 +90,7 @@ def test_resume_continues_from_the_last_commit(tree, tmp_path, monkeypatch):
         LmdbImageNet(dst, "train")
     from imagenet_pack.convert import tasks
     read = []
-    monkeypatch.setattr(tasks, "read_item_stamped", lambda item, limit: (read.append(item.path),
-                                                                         real_read(item, limit))[1])
+    monkeypatch.setattr(tasks, "read_item", lambda item, limit: (read.append(item.path), real_read(item, limit))[1])
     report = convert(tree, dst, opts(workers=1, splits=("train",)))
     assert report.ok and not report.splits[0].skipped and read == []  # every record was committed: none read
     assert len(LmdbImageNet(dst, "train")) == 24
@@ -122,7 +110,8 @@ def test_resume_converts_again_from_the_first_file_changed_since(tree, tmp_path,
     assert len(changed) == 1 and f"train/{files[5].parent.name}/{files[5].name}" in changed[0]
     assert LmdbImageNet(dst, "train").read_record(5).image == files[5].read_bytes()
     os.utime(files[7], ns=(0, 0))  # and a complete database whose source changed is not silently kept
-    with pytest.raises(OutputExistsError, match=r"shard\(s\) \[0\] changed .* --overwrite"):
+    name = f"train/{files[7].parent.name}/{files[7].name}"
+    with pytest.raises(OutputExistsError, match=rf"1 source file\(s\) changed .*\({name}\).* --overwrite"):
         convert(tree, dst, opts(workers=1, splits=("train",)))
 
 
@@ -186,7 +175,7 @@ def test_odd_and_bad_inputs_follow_the_policy(tree, tmp_path):
     assert ds.read_record(by_name["grey.JPEG"]).image == (folder / "grey.JPEG").read_bytes()
 
 
-def test_max_side_resizes_and_keeps_original_size(tmp_path):
+def test_max_side_resizes_and_says_the_stored_size(tmp_path):
     src = make_sample_tree(tmp_path / "src", classes=2, train_per_class=3, val_per_class=1, size=(150, 200))
     dst = tmp_path / "db"
     convert(src, dst, opts(workers=1, max_side=64, quality=80))
@@ -194,7 +183,7 @@ def test_max_side_resizes_and_keeps_original_size(tmp_path):
     for i in range(len(ds)):
         record = ds.read_record(i)
         assert max(record.height, record.width) == 64
-        assert tuple(ds.sizes[i]) in ((150, 200), (200, 150))
+        assert tuple(ds.sizes[i]) == (record.height, record.width) in ((48, 64), (64, 48))  # the stored size
         assert ds[i][0].shape[1:] == (record.height, record.width)
     assert verify(dst, decode=True, source=src).ok
 
@@ -205,7 +194,7 @@ def test_verify_catches_flipped_byte_missing_length_and_wrong_target(tree_sessio
     flip_payload_byte(db / "val", victim)
     report = verify(db)
     assert not report.ok and any("checksum mismatch" in p for p in report.problems)
-    _put_meta(db / "train", LENGTH_KEY, None)
+    put_meta(db / "train", LENGTH_KEY, None)
     assert any("incomplete database" in p for p in verify(db).problems)
 
 
@@ -228,19 +217,56 @@ def test_audit_warns_for_a_full_class_list_with_other_counts(tmp_path):
     assert any("1000 classes differ" in w and "n01440764 (1 vs 50)" in w for w in val.warnings)
 
 
-def test_a_file_changed_between_worker_and_writer_is_an_error(tree):
-    from imagenet_pack.convert.converter import _encode_result
-    from imagenet_pack.convert.tasks import Result
+def test_a_file_changed_or_removed_between_worker_and_writer_is_an_error(tree, tmp_path, monkeypatch):
+    """The parent re-reads unchanged files from the page cache; one replaced or deleted meanwhile is a one-line
+    error (the rerun resumes), never a traceback or another file's bytes under this record."""
+    from imagenet_pack.convert import split
     from imagenet_pack.errors import ImagenetPackError
-    from imagenet_pack.sources.items import Item, read_item_stamped
 
-    path = sorted((tree / "train").rglob("*.JPEG"))[0]
-    item = Item("train/x.JPEG", 0, str(path))
-    data, stamp = read_item_stamped(item)
-    result = Result(0, 0, True, None, zlib.crc32(data), stamp, 48, 64, [0, 48, 64, None], len(data))
-    value, _ = _encode_result(result, item)
-    assert decode_record(value, "r").image == data
-    path.write_bytes(data[:-10] + b"0123456789")  # same size, new content and mtime
-    os.utime(path, ns=(stamp[2] + 10**9, stamp[2] + 10**9))
-    with pytest.raises(ImagenetPackError, match="changed while it was being converted"):
-        _encode_result(result, item)
+    victim, gone = sorted((tree / "train").rglob("*.JPEG"))[3:5]
+    real = split.read_item
+
+    def edited(item, limit):
+        if item.file == str(victim):
+            data = victim.read_bytes()
+            victim.write_bytes(data[:-10] + b"0123456789")  # same size, new content and mtime
+            os.utime(victim, ns=(10**18, 10**18))
+        return real(item, limit)
+
+    monkeypatch.setattr(split, "read_item", edited)
+    with pytest.raises(ImagenetPackError, match="changed or vanished while it was being converted"):
+        convert(tree, tmp_path / "a", opts(splits=("train",), workers=2))
+
+    def removed(item, limit):
+        if item.file == str(gone):
+            gone.unlink()
+        return real(item, limit)
+
+    monkeypatch.setattr(split, "read_item", removed)
+    with pytest.raises(ImagenetPackError, match="changed or vanished while it was being converted"):
+        convert(tree, tmp_path / "b", opts(splits=("train",), workers=2))
+
+
+def test_short_side_stores_torchvisions_resize_and_val_is_then_a_centre_crop_of_it(tmp_path):
+    """--short-side 256: the shorter side becomes 256 (smaller images are kept as they are), the longer
+    int(256 * long / short), the pixels PIL's Resize(256) up to the JPEG re-encoding; and the val decoder's
+    sample is then the centre 224 of the stored image."""
+    from torchvision import transforms
+    from helpers import photo_tree
+    src = photo_tree(tmp_path / "src", [(375, 500), (500, 333), (300, 257), (200, 180), (256, 400)], split="val")
+    convert(src, tmp_path / "db", opts(splits=("val",), short_side=256))
+    ds = LmdbImageNet(tmp_path / "db", "val", decoder="tensor")
+    originals = [Image.open(src / "val" / p.split("/", 1)[1]) for p in ds.paths]
+    for i, image in enumerate(originals):
+        w, h = image.size
+        short = min(h, w)
+        want = (h, w) if short <= 256 else ((256, int(256 * w / h)) if h <= w else (int(256 * h / w), 256))
+        assert tuple(ds.sizes[i]) == want and ds[i][0].shape[1:] == want
+        if short > 256:
+            resized = np.asarray(transforms.Resize(256)(image.convert("RGB")), np.float32)
+            assert np.abs(ds[i][0].permute(1, 2, 0).numpy().astype(np.float32) - resized).mean() < 2.5
+    val = LmdbImageNet(tmp_path / "db", "val", decoder=CenterCropDecoder(224))
+    for i in range(len(val)):
+        stored = ds[i][0]
+        crop = transforms.CenterCrop(224)(transforms.Resize(256)(stored))
+        assert (val[i][0].float() - crop.float()).abs().mean() < 0.5

@@ -15,6 +15,8 @@ from imagenet_pack import (ConvertOptions, CorruptRecordError, FormatError, Layo
                            OutputExistsError, convert)
 from imagenet_pack.format import META_DB, META_KEY, LENGTH_KEY
 
+from helpers import flip_payload_byte, put_meta
+
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_round_trip_is_byte_exact_and_targets_equal_imagefolder(tree_session, db_session, split):
@@ -85,6 +87,10 @@ def test_dataset_pickles_and_instances_share_a_path(db_session):
     assert a[-1][1] == int(a.targets[-1])
     with pytest.raises(IndexError, match="out of range"):
         a[len(a)]
+    assert a.read_record(-1) == a.read_record(len(a) - 1)
+    for bad in (len(a), -len(a) - 1):
+        with pytest.raises(IndexError, match=f"index {bad if bad >= 0 else bad + len(a)} out of range"):
+            a.read_record(bad)
 
 
 # ---------------------------------------------------------------- errors
@@ -127,8 +133,8 @@ def test_non_image_files_are_ignored_and_reported(tree, tmp_path):
 
 def test_complete_database_is_not_overwritten(tree_session, db):
     before = (db / "train" / "data.mdb").stat().st_mtime_ns
-    with pytest.raises(OutputExistsError, match="already holds a complete database of this input.*nothing to do"):
-        convert(tree_session, db, ConvertOptions(progress=False, workers=1))
+    again = convert(tree_session, db, ConvertOptions(progress=False, workers=1))  # the same command: a no-op
+    assert again.noop and again.ok and all(r.already_complete for r in again.splits)
     assert (db / "train" / "data.mdb").stat().st_mtime_ns == before
     with pytest.raises(OutputExistsError, match="complete database made from other input or options.*--overwrite"):
         convert(tree_session, db, ConvertOptions(progress=False, workers=1, max_side=32))
@@ -136,19 +142,8 @@ def test_complete_database_is_not_overwritten(tree_session, db):
     assert report.ok and LmdbImageNet(db, "train").read_record(0).width <= 32
 
 
-def _put_meta(path, key, value):
-    env = lmdb.open(str(path), max_dbs=2)
-    meta = env.open_db(META_DB)
-    with env.begin(write=True, db=meta) as txn:
-        if value is None:
-            txn.delete(key)
-        else:
-            txn.put(key, value)
-    env.close()
-
-
 def test_incomplete_database_is_refused(db):
-    _put_meta(db / "train", LENGTH_KEY, None)
+    put_meta(db / "train", LENGTH_KEY, None)
     with pytest.raises(FormatError, match="incomplete database.*rerun"):
         LmdbImageNet(db, "train")
 
@@ -159,7 +154,7 @@ def test_unknown_format_version_is_refused(db):
         meta = msgpack.unpackb(txn.get(META_KEY))
     env.close()
     meta["version"] = 99
-    _put_meta(db / "val", META_KEY, msgpack.packb(meta))
+    put_meta(db / "val", META_KEY, msgpack.packb(meta))
     with pytest.raises(FormatError, match="format version 99 is not supported"):
         LmdbImageNet(db, "val")
 
@@ -169,20 +164,6 @@ def test_missing_split_and_missing_db(db, tmp_path):
         LmdbImageNet(db, "test")
     with pytest.raises(FormatError, match="no such database"):
         LmdbImageNet(tmp_path / "none", "train")
-
-
-def flip_payload_byte(db_dir, source_file):
-    """Flip one byte of ``source_file``'s entropy-coded data wherever it sits inside data.mdb: LMDB's free pages
-    can hold a stale copy of a record from an earlier transaction, so every copy is flipped."""
-    data = open(source_file, "rb").read()
-    needle = data[len(data) // 2:len(data) // 2 + 48]
-    data = bytearray((db_dir / "data.mdb").read_bytes())
-    at = data.find(needle)
-    assert at >= 0
-    while at >= 0:
-        data[at + 7] ^= 0xFF
-        at = data.find(needle, at + 1)
-    (db_dir / "data.mdb").write_bytes(bytes(data))
 
 
 def test_checksum_mismatch_is_detected_not_decoded(tree_session, db):

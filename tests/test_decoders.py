@@ -1,18 +1,35 @@
-"""Fused decode + crop decoders (torchvision semantics, uint8 output)."""
+"""Fused decoders: torchvision's geometry exactly (train: RandomResizedCrop; val: Resize(256) + CenterCrop(224)),
+uint8 output, reproducible crops."""
 from __future__ import annotations
 
 import random
 
 import numpy as np
+import pytest
 import torch
-from torch.utils.data import DataLoader
-from torchvision.transforms import RandomResizedCrop
-from torchvision.transforms import functional as F
+import torchvision.io as tio
 from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+from torchvision.transforms import RandomResizedCrop, v2
+from torchvision.transforms import functional as F
 
-from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
-from imagenet_pack.read.crops import center_crop_box, random_resized_crop_box
-from imagenet_pack.read.decoders import decode_crop
+from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder, convert
+from imagenet_pack.read.crops import Plan, center_crop_plan, random_resized_crop_box
+from imagenet_pack.read.decoders import decode_plan, installed_backends
+
+from helpers import opts, photo_tree
+
+# odd sizes, portrait and landscape, tiny (enlarged to 256), exactly 256, huge (shrunk 6x)
+SHAPES = [(375, 500), (500, 375), (333, 499), (77, 101), (256, 256), (224, 300), (1001, 257), (1600, 1200),
+          (480, 640), (120, 90)]
+
+
+@pytest.fixture(scope="module")
+def shapes_db(tmp_path_factory):
+    root = photo_tree(tmp_path_factory.mktemp("shapes") / "src", SHAPES)
+    convert(root, root.parent / "db", opts(splits=("val",)))
+    return root, root.parent / "db"
 
 
 def test_crop_sampler_matches_torchvision_distribution():
@@ -29,19 +46,56 @@ def test_crop_sampler_matches_torchvision_distribution():
     assert abs(area_ours / area_ref - 1) < 0.05
 
 
-def test_fused_crop_matches_torchvision_on_fixed_boxes(db_session):
-    ds = LmdbImageNet(db_session, "train")
-    for i, box in enumerate([(0, 0, 48, 64), (5, 10, 30, 40), (10, 3, 20, 20)]):
-        record = ds.read_record(i)
-        box = (min(box[0], record.height - 1), box[1], min(box[2], record.height), min(box[3], record.width))
-        ours = decode_crop(record.image, box, 32, False, "t").permute(1, 2, 0).numpy().astype(np.float32)
-        ref = F.resized_crop(ds[i][0], *box, [32, 32], antialias=True)
-        diff = np.abs(ours - np.asarray(ref, np.float32)).mean()
-        assert diff < 6.0, (i, box, diff)
+def test_val_plan_is_torchvisions_resize_then_centre_crop():
+    assert center_crop_plan(375, 500, 224, 256) == Plan((0, 0, 375, 500), (256, 341), (16, 58), False)
+    assert center_crop_plan(500, 333, 224, 256) == Plan((0, 0, 500, 333), (384, 256), (80, 16), False)
+    # torchvision: round((341 - 224) / 2) = round(58.5) = 58 (Python rounds half to even)
+    assert CenterCropDecoder(224).law.resize_size == 256 and CenterCropDecoder(192, resize_size=220).law.resize_size == 220
 
 
-def test_center_crop_box_is_the_resize_then_centre_crop_square():
-    assert center_crop_box(375, 500, 224 / 256) == (23, 86, 328, 328)
+def _mean_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return float(np.mean([(x.float() - y.float()).abs().mean().item() for x, y in zip(a, b)]))
+
+
+def test_val_pixels_equal_torchvisions_reference_as_closely_as_its_own_tensor_backend(shapes_db):
+    """On JPEGs of many shapes: the fused val decoder's distance from torchvision's PIL pipeline is within
+    0.25 levels of the distance of torchvision's own tensor backend from it."""
+    src, db = shapes_db
+    folder = datasets.ImageFolder(str(src / "val"))
+    pil = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+    tensor = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224)])
+    reference = [pil(folder.loader(p)) for p, _ in folder.samples]
+    floor = _mean_diff([tensor(tio.decode_jpeg(tio.read_file(p), mode=tio.ImageReadMode.RGB))
+                        for p, _ in folder.samples], reference)
+    assert floor < 0.25
+    for backend in installed_backends():
+        ds = LmdbImageNet(db, "val", decoder=CenterCropDecoder(224, backend=backend))
+        assert list(ds.targets) == folder.targets
+        ours = [ds[i][0] for i in range(len(ds))]
+        assert all(x.shape == (3, 224, 224) for x in ours)
+        assert _mean_diff(ours, reference) <= floor + 0.25, backend
+        shifted = [torch.roll(x, 1, dims=2) for x in ours]  # one pixel off: what a geometry error looks like
+        assert _mean_diff(shifted, reference) > 4 * (floor + 0.25)
+
+
+def test_train_pixels_are_torchvisions_resized_crop_of_the_same_box(shapes_db):
+    """RandomResizedCrop's geometry: crop an integer box, resize it to size x size with the antialiased
+    bilinear of torchvision's tensor backend (its channels-last kernel: rounding differs by a level at most),
+    and within a level of PIL's on average."""
+    _, db = shapes_db
+    full = LmdbImageNet(db, "val", decoder="tensor")
+    pil = LmdbImageNet(db, "val")
+    rng = random.Random(3)
+    for i in range(len(full)):
+        record = full.read_record(i)
+        for _ in range(3):
+            box = random_resized_crop_box(record.height, record.width, rng)
+            ours = decode_plan(record, Plan(box, (96, 96), (0, 0), False), 96, "t")
+            tensor = F.resized_crop(full[i][0].contiguous(), *box, [96, 96], antialias=True)
+            diff = (ours.float() - tensor.float()).abs()
+            assert diff.max() <= 1 and diff.mean() < 0.25, (i, box, diff.max(), diff.mean())
+            ref = F.pil_to_tensor(F.resized_crop(pil[i][0], *box, [96, 96], antialias=True))
+            assert (ours.float() - ref.float()).abs().mean() < 1.0, (i, box)
 
 
 def test_decoders_give_uint8_batches_and_are_reproducible(db_session):
@@ -59,13 +113,16 @@ def test_decoders_give_uint8_batches_and_are_reproducible(db_session):
     assert torch.equal(torch.cat([x for x, _ in batches]), torch.cat([x for x, _ in DataLoader(val, batch_size=4)]))
 
 
-def test_decode_crop_writes_into_channels_last_or_contiguous_rows(db_session):
+def test_decode_plan_writes_into_channels_last_or_contiguous_rows(db_session):
     record = LmdbImageNet(db_session, "train").read_record(0)
-    for box, size in (((0, 0, record.height, record.width), 32), ((4, 4, 10, 12), 24)):  # shrink (torch), enlarge (OpenCV)
-        alone = decode_crop(record.image, box, size, True, "t")
+    plans = [(Plan((0, 0, record.height, record.width), (32, 32), (0, 0), True), 32),  # shrink (torch)
+             (Plan((4, 4, 10, 12), (24, 24), (0, 0), True), 24),  # enlarge (OpenCV)
+             (center_crop_plan(record.height, record.width, 20, 23), 20)]  # resize the whole, cut the window
+    for plan, size in plans:
+        alone = decode_plan(record, plan, size, "t")
         assert alone.shape == (3, size, size) and alone.permute(1, 2, 0).is_contiguous()  # HxWx3 underneath
         rows = torch.zeros((2, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
-        assert decode_crop(record.image, box, size, True, "t", dest=rows[1]).data_ptr() == rows[1].data_ptr()
+        assert decode_plan(record, plan, size, "t", dest=rows[1]).data_ptr() == rows[1].data_ptr()
         plain = torch.zeros((2, 3, size, size), dtype=torch.uint8)
-        decode_crop(record.image, box, size, True, "t", dest=plain[1])
+        decode_plan(record, plan, size, "t", dest=plain[1])
         assert torch.equal(rows[1], alone) and torch.equal(plain[1], alone) and not plain[0].any()

@@ -6,18 +6,20 @@ import torch
 from imagenet_pack import LmdbImageNet, RandomResizedCropDecoder, build_loader
 from imagenet_pack.loader import BatchRing, ring
 from imagenet_pack.read import decoders
+from imagenet_pack.read.crops import Plan
 
 
 def test_antialiased_resize_fallback_gives_the_same_pixels(db_session, monkeypatch):
     ds = LmdbImageNet(db_session, "train")
     records = [ds.read_record(i) for i in range(len(ds))]
-    boxes = [(0, 0, r.height, r.width) for r in records]  # whole images: always a shrink to 20 px (torch's path)
-    fast = [decoders.decode_crop(r.image, b, 20, i % 2 == 0, "t") for i, (r, b) in enumerate(zip(records, boxes))]
+    # whole images: always a shrink to 20 px (torch's path)
+    plans = [Plan((0, 0, r.height, r.width), (20, 20), (0, 0), i % 2 == 0) for i, r in enumerate(records)]
+    fast = [decoders.decode_plan(r, p, 20, "t") for r, p in zip(records, plans)]
     assert decoders._UPSAMPLE_AA is not None  # this torch has the private op: the comparison means something
     monkeypatch.setattr(decoders, "_UPSAMPLE_AA", None)
-    for i, (r, b) in enumerate(zip(records, boxes)):
+    for i, (r, p) in enumerate(zip(records, plans)):
         row = torch.zeros((1, 20, 20, 3), dtype=torch.uint8).permute(0, 3, 1, 2)[0]
-        assert torch.equal(decoders.decode_crop(r.image, b, 20, i % 2 == 0, "t", dest=row), fast[i]), i
+        assert torch.equal(decoders.decode_plan(r, p, 20, "t", dest=row), fast[i]), i
 
 
 def test_shared_memory_fallback_feeds_workers_the_same_batches(db_session, monkeypatch):

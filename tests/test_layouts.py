@@ -17,7 +17,7 @@ from imagenet_pack import ConvertOptions, LayoutError, LmdbImageNet, convert
 from imagenet_pack.sources.detect import detect
 from imagenet_pack.sources.synsets import builtin_names
 
-from conftest import small_tree
+from helpers import small_tree
 
 WNIDS = sorted(builtin_names())
 

@@ -15,7 +15,8 @@ from PIL import Image
 from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
 from imagenet_pack.errors import DecodeError, DecoderUnavailableError
 from imagenet_pack.read import crops, decoders, pixels
-from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE, decode_box, decode_rgb
+from imagenet_pack.codec import decode_rgb
+from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE, decode_box
 from imagenet_pack.synthetic import natural_image
 
 # CI installs the test extras, nvImageCodec among them: there these tests must run, not skip
@@ -62,9 +63,9 @@ def test_region_pixels_equal_opencv_at_every_scale(flavour, size):
         full = decode_rgb(data, "t", scale)
         for top, left, h, w in boxes(*full.shape[:2], rng):
             if scale == 1:
-                assert pixels._decode_region_nvimgcodec(data, (top, left, h, w)) is not None
+                assert pixels._decode_region_nvimgcodec(data, (top, left, h, w), size) is not None
             for flip in (False, True):
-                ours = decode_box(data, (top, left, h, w), scale, "t", "nvimgcodec", flip)
+                ours = decode_box(data, (top, left, h, w), scale, size, "t", "nvimgcodec", flip)
                 expected = full[top:top + h, left:left + w]
                 np.testing.assert_array_equal(ours, expected[:, ::-1] if flip else expected,
                                               err_msg=f"{scale} {top, left, h, w} {flip}")
@@ -75,7 +76,7 @@ def test_cmyk_gives_opencvs_pixels():
     buf = io.BytesIO()
     Image.fromarray(photo(64, 80)).convert("CMYK").save(buf, "JPEG", quality=90)
     data = buf.getvalue()
-    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, "t", "nvimgcodec"),
+    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, (64, 80), "t", "nvimgcodec"),
                                   decode_rgb(data, "t")[3:43, 5:55])
 
 
@@ -85,31 +86,23 @@ def test_damaged_bytes_and_bad_boxes_raise_clear_errors(backend):
         pytest.skip("nvImageCodec not installed")
     data = jpeg(photo(64, 80), [])
     with pytest.raises(DecodeError, match=r"rec 7.*: stored image cannot be decoded"):
-        decode_box(b"\xff\xd8" + bytes(500), (0, 0, 8, 8), 1, "rec 7", backend)
+        decode_box(b"\xff\xd8" + bytes(500), (0, 0, 8, 8), 1, (8, 8), "rec 7", backend)
     # a box outside the image: the same package error from both backends, naming the image's size
     with pytest.raises(DecodeError, match=r"t: crop box \(top 10, left 10, 60x10\) is not inside the 64x80 image"):
-        decode_box(data, (10, 10, 60, 10), 1, "t", backend)
+        decode_box(data, (10, 10, 60, 10), 1, (64, 80), "t", backend)
     with pytest.raises(DecodeError, match=r"crop box \(top 0, left 0, 0x10\) is not inside"):
-        decode_box(data, (0, 0, 0, 10), 1, "t", backend)
-
-
-@needs_nvimgcodec
-@pytest.mark.parametrize("flavour", [*FLAVOURS, "grey"])
-def test_region_pixels_equal_opencv(flavour):
-    data = jpeg(photo(375, 500), FLAVOURS.get(flavour, []), grey=flavour == "grey")
-    full = decode_rgb(data, "t")
-    for top, left, h, w in boxes(375, 500, random.Random(2)):
-        assert pixels._decode_region_nvimgcodec(data, (top, left, h, w)) is not None  # nvImageCodec decoded it
-        for flip in (False, True):
-            expected = full[top:top + h, left:left + w][:, ::-1] if flip else full[top:top + h, left:left + w]
-            np.testing.assert_array_equal(decode_box(data, (top, left, h, w), 1, "t", "nvimgcodec", flip), expected)
+        decode_box(data, (0, 0, 0, 10), 1, (64, 80), "t", backend)
+    # a record whose stored size is not the JPEG's: an error, never other rows of the image
+    with pytest.raises(DecodeError, match=r"t: the JPEG decodes to 64x80 at 1/1, its record says 40x80"):
+        decode_box(data, (0, 0, 8, 8), 1, (40, 80), "t", backend)
 
 
 @needs_nvimgcodec
 def test_fused_decoders_give_the_same_samples_as_opencv(db_session, monkeypatch):
     calls = []
     real = pixels._decode_region_nvimgcodec
-    monkeypatch.setattr(pixels, "_decode_region_nvimgcodec", lambda data, box: calls.append(box) or real(data, box))
+    monkeypatch.setattr(pixels, "_decode_region_nvimgcodec",
+                        lambda data, box, size: calls.append(box) or real(data, box, size))
     monkeypatch.setattr(decoders, "NVIMGCODEC_MIN_PIXELS", 0)  # the test images are small: take them anyway
     for make in (lambda b: RandomResizedCropDecoder(24, seed=5, backend=b), lambda b: CenterCropDecoder(16, backend=b)):
         reference = LmdbImageNet(db_session, "train", decoder=make("opencv"))
@@ -126,23 +119,21 @@ def test_fused_decoders_give_the_same_samples_as_opencv(db_session, monkeypatch)
 @needs_nvimgcodec
 def test_what_nvimgcodec_declines_goes_to_opencv(monkeypatch):
     data = jpeg(photo(64, 80), [])
-    monkeypatch.setattr(pixels, "_decode_region_nvimgcodec", lambda data, box: None)
-    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, "t", "nvimgcodec"),
+    monkeypatch.setattr(pixels, "_decode_region_nvimgcodec", lambda data, box, size: None)
+    np.testing.assert_array_equal(decode_box(data, (3, 5, 40, 50), 1, (64, 80), "t", "nvimgcodec"),
                                   decode_rgb(data, "t")[3:43, 5:55])
 
-    def broken(data, box):
+    def broken(data, box, size):
         raise RuntimeError("nvImageCodec failure")
 
     monkeypatch.setattr(pixels, "_decode_region_nvimgcodec", broken)
     with pytest.raises(pixels.DecodeError, match=r"rec 4 \(nvImageCodec: nvImageCodec failure\): stored image cannot"):
-        decode_box(b"\xff\xd8" + bytes(100), (0, 0, 4, 4), 1, "rec 4", "nvimgcodec")
+        decode_box(b"\xff\xd8" + bytes(100), (0, 0, 4, 4), 1, (4, 4), "rec 4", "nvimgcodec")
 
 
 def test_backend_choice_is_checked_and_a_missing_backend_says_what_to_install(monkeypatch):
     with pytest.raises(ValueError, match="unknown decode backend 'pillow'"):
         RandomResizedCropDecoder(224, backend="pillow")
-    with pytest.raises(ValueError, match="'roi' .* was replaced by 'nvimgcodec'"):
-        RandomResizedCropDecoder(224, backend="roi")
     monkeypatch.setattr(decoders, "NVIMGCODEC_AVAILABLE", True)
     assert RandomResizedCropDecoder(8, backend="auto").backend == "nvimgcodec"
     monkeypatch.setattr(decoders, "NVIMGCODEC_AVAILABLE", False)

@@ -15,11 +15,7 @@ from torch.utils.data import DataLoader
 from imagenet_pack import ConvertOptions, FormatError, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.cli import main
 
-from test_convert import records
-
-
-def opts(**kw) -> ConvertOptions:
-    return ConvertOptions(**{"workers": 1, "progress": False, **kw})
+from helpers import opts, records
 
 
 def test_a_pickled_dataset_carries_no_per_record_array(db_session, tmp_path, tree):

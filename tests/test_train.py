@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from imagenet_pack.synthetic import make_sample_tree
 
-TRAIN = Path(__file__).resolve().parents[1] / "tools" / "train.py"
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "tools" / "train.py"
 
 
 def torchrun(db: Path, out: Path, *extra: str, processes: int = 2) -> None:
@@ -89,11 +94,58 @@ def test_gpu_check_runs_every_section_on_cpu(tmp_path):
     script = TRAIN.parent / "gpu_check.py"
     result = subprocess.run([sys.executable, str(script), "--device", "cpu", "--arch", "resnet18", "--batch-size", "4",
                              "--image-size", "32", "--steps", "2", "--images", str(images / "train"), "--count", "24",
-                             "--workers", "1"], capture_output=True, text=True, timeout=600)
+                             "--workers", "1", "--resume-shares", "auto"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
     for label in ("CPU fused decode", "GPU decode mode", "hybrid, auto share", "synthetic on device (compute bound)"):
         line = next(x for x in out.splitlines() if x.strip().startswith(label))
         assert float(line.split(label)[1].split()[0]) > 0, line
     assert "torchvision.io.decode_jpeg" in out and "CPU fallbacks 0" in out
-    assert "24 samples: each once, in the epoch's order" in out
+    assert "--gpu-share auto: 6 steps, 24 samples: each once, in the epoch's order" in out
+    assert "gpu check: every check holds" in out
+
+
+def test_the_readme_smoke_run_ends_quickly_as_written(db_session, tmp_path):
+    """The README's CPU smoke command, run as it stands there (on a generated database): a few steps, a short
+    val pass, a checkpoint, done."""
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines()
+                if "tools/train.py" in x and "--max-steps" in x and "--device cpu" in x)
+    args = shlex.split(line.strip().strip("`"))
+    args = [str(db_session) if a.endswith("imagenet-lmdb") else str(tmp_path / "smoke") if a == "/tmp/smoke" else a
+            for a in args]
+    assert args[0] == "python" and args[1] == "tools/train.py"
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.perf_counter() - started < 60
+    logged = [json.loads(x) for x in (tmp_path / "smoke" / "log.jsonl").read_text().splitlines()]
+    steps, batch = int(args[args.index("--max-steps") + 1]), int(args[args.index("--batch-size") + 1])
+    assert all(entry["val_images"] <= steps * batch for entry in logged)  # the val pass limited too
+    import torch
+    assert torch.load(tmp_path / "smoke" / "checkpoint.pt", weights_only=True)["step"] == steps
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_checkpoints_and_exits_with_one_line(db_session, tmp_path, signum):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM to the trainer (as
+    torchrun forwards a scheduler's to each rank): the step in flight finishes, a checkpoint is written, one
+    line says so, exit 128 + signal, no traceback, no process left behind."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(TRAIN), str(db_session), "--arch", "resnet18", "--image-size", "32",
+                             "--batch-size", "4", "--workers", "2", "--device", "cpu", "--epochs", "1000",
+                             "--log-samples", "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    log = out / "samples-rank0.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    (os.killpg if signum == signal.SIGINT else os.kill)(proc.pid, signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    said = [x for x in (stdout + stderr).splitlines() if "interrupted" in x]
+    assert len(said) == 1 and "checkpoint saved" in said[0] and "--resume" in said[0]
+    assert (out / "checkpoint.pt").is_file()
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes left in the group: {left}"
