@@ -2,7 +2,8 @@
 
 Images cross PCIe as uint8 (a quarter of float32's bytes) and are normalised on the GPU, where it costs
 nothing measurable. The constants are made once per device (a per-call ``torch.tensor(..., device=)`` is a
-host-to-device copy, and a host sync on the default stream).
+host-to-device copy, and a host sync on the default stream); their copy is queued on the stream that first
+asked for them, so a stream that uses them later waits on that copy's event (no host sync).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor, object]] = {}
 
 
 def _constants(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,10 +20,18 @@ def _constants(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Ten
     if key not in _CONSTANTS:
         scale = torch.tensor([1 / (255 * s) for s in std], dtype=torch.float32).view(1, 3, 1, 1)
         shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, 3, 1, 1)
+        copied = None
         if device.type == "cuda":
             scale, shift = scale.pin_memory(), shift.pin_memory()
-        _CONSTANTS[key] = (scale.to(device, non_blocking=True), shift.to(device, non_blocking=True))
-    return _CONSTANTS[key]
+        scale, shift = scale.to(device, non_blocking=True), shift.to(device, non_blocking=True)
+        if device.type == "cuda":
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(device))
+        _CONSTANTS[key] = (scale, shift, copied)
+    scale, shift, copied = _CONSTANTS[key]
+    if copied is not None:
+        torch.cuda.current_stream(device).wait_event(copied)
+    return scale, shift
 
 
 def normalize(images: torch.Tensor, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype: torch.dtype = torch.float32,
