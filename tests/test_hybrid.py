@@ -197,3 +197,36 @@ def test_cpu_threads_of_the_workers_decoders_are_one(monkeypatch):
     monkeypatch.setattr(pixels, "_NV", (os.getpid() + 1, None, None, None))  # as in a freshly forked worker
     pixels.nvimgcodec()
     assert made and made[0]["max_num_cpu_threads"] == 1
+
+
+def test_the_device_path_never_reads_a_device_value_on_the_host(db_session, monkeypatch):
+    """The merge, the GPU decode mode and the normalisation of a hybrid batch, run with every call that makes
+    the host wait for a device value made an error (``.item()``, ``.tolist()``, ``.numpy()``, a tensor's truth
+    value or number, ``nonzero``, boolean-mask indexing): on CUDA each of these is a host sync per batch."""
+    from imagenet_pack.gpu.normalize import normalize
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    hybrid = build_loader(ds, 6, workers=1, gpu_share=0.5, device="cpu", persistent_workers=False)
+    raw = next(iter(hybrid.batches()))
+    assert len(raw) == 3 and len(raw[2]) == 3  # three rows left to the device
+    expected = hybrid.to_device(raw, torch.device("cpu"))
+
+    def sync(name):
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} in the device path: a host sync on CUDA")
+        return refuse
+
+    for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, sync(name))
+    for name in ("__getitem__", "__setitem__"):
+        original = getattr(torch.Tensor, name)
+
+        def checked(self, index, *rest, _original=original, _name=name):
+            parts = index if isinstance(index, tuple) else (index,)
+            if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+                raise AssertionError(f"boolean-mask Tensor.{_name} in the device path: a host sync on CUDA")
+            return _original(self, index, *rest)
+        monkeypatch.setattr(torch.Tensor, name, checked)
+    images, targets = hybrid.to_device(raw, torch.device("cpu"))
+    normalize(images, channels_last=True)
+    monkeypatch.undo()
+    assert torch.equal(images, expected[0]) and torch.equal(targets, expected[1])
