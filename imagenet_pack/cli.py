@@ -241,7 +241,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 @_verb("bench")
 def _bench(args: argparse.Namespace) -> int:
-    from .bench.loaders import BenchOptions, run_bench
+    from .bench.loaders import run_bench
+    from .bench.options import BenchOptions
     from .bench.report import format_table, plot, require_matplotlib, write_json
     if args.images is not None and not args.images.is_dir():
         raise ImagenetPackError(f"{args.images}: no such folder (--images)")

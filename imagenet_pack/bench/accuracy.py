@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from ..errors import ImagenetPackError
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..sources.synsets import builtin_names
+from .options import split_dirs
 
 LITE0_MEAN, LITE0_STD = (127 / 255,) * 3, (128 / 255,) * 3
 ACCURACY_INSTALL = "pip install -e '.[accuracy]'"
@@ -73,7 +74,6 @@ def pipelines(root: Path, options) -> dict[str, tuple[Callable[[], Iterator], li
     from ..read.dataset import LmdbImageNet
     from ..read.decoders import CenterCropDecoder, installed_backends
     from ..read.reader import list_splits
-    from .loaders import split_dirs
 
     split = "val" if "val" in list_splits(root) else list_splits(root)[0]
     workers = options.workers or 1

@@ -18,12 +18,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ImagenetPackError
 from ..machine import cpu_name, default_workers
+from .options import BenchOptions, split_dirs
 
 FIRST_BATCH = """
 import sys
@@ -33,38 +33,6 @@ batches = first_batch_loader(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), i
 next(iter(batches))
 print("first batch", flush=True)
 """
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    """What to measure: ``images`` (a class-folder tree, or the root holding train/ and val/) adds the
-    ImageFolder baselines; ``rounds`` timed rounds of ``limit`` images per entry after a warm-up (``limit``
-    None: whole epochs); ``workers`` loader processes; ``accuracy`` adds the accuracy table, with
-    ``databases`` compared there too."""
-
-    images: Path | None = None
-    workers: int | None = None
-    rounds: int = 3
-    limit: int | None = 2000
-    batch_size: int = 32
-    feed_device: str | None = None  # also train ``feed_arch`` from each feed on this device (a GPU)
-    feed_arch: str = "resnet50"
-    feed_batch_size: int = 256
-    feed_steps: int = 20
-    accuracy: bool = False
-    arch: str | None = None  # the accuracy table's model: a torchvision name, with ``weights``
-    weights: Path | None = None
-    databases: tuple[Path, ...] = field(default_factory=tuple)
-
-
-def split_dirs(images: Path) -> dict[str, Path]:
-    """The class-folder trees of ``images`` by split: ROOT/train and ROOT/val, or ROOT itself as both."""
-    found = {s: images / s for s in ("train", "val") if (images / s).is_dir()}
-    if not found and images.is_dir():
-        found = {"train": images, "val": images}
-    if not found:
-        raise ImagenetPackError(f"{images}: not a folder of class folders (nor one holding train/ and val/)")
-    return found
 
 
 def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, object]]:
