@@ -107,8 +107,10 @@ def test_hostile_and_odd_files_are_skipped_with_reasons_never_a_crash(tree, tmp_
     (folder / "bomb.JPEG").write_bytes(_bmp_claiming(60000, 60000))  # a BMP named .JPEG, 3.6 Gpx claimed
     (folder / "short.JPEG").write_bytes(_bmp_claiming(64, 64))  # header fine, pixel data missing
     (folder / "noise.JPEG").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 " + os.urandom(40))
+    (folder / "gif.JPEG").write_bytes(b"GIF89a")  # a signature and nothing after it
     report = convert(tree, tmp_path / "db", opts(workers=2, skip_bad=True))
     skipped = dict(report.splits[0].skipped)
+    assert skipped[f"train/{folder.name}/gif.JPEG"] == "truncated or corrupt GIF header (the file is 6 bytes)"
     assert "over the 134217728 pixel limit" in skipped[f"train/{folder.name}/bomb.JPEG"]
     assert f"train/{folder.name}/short.JPEG" in skipped and f"train/{folder.name}/noise.JPEG" in skipped
     assert len(LmdbImageNet(tmp_path / "db", "train")) == 24  # every good image stored

@@ -68,7 +68,7 @@ def probe(data: bytes) -> Header:
     try:
         width, height = _OTHER_SIZE[kind](data)
     except (struct.error, IndexError, KeyError) as exc:
-        raise ProbeError(f"truncated or corrupt {kind.upper()} header ({exc})") from exc
+        raise ProbeError(f"truncated or corrupt {kind.upper()} header (the file is {len(data)} bytes)") from exc
     if width <= 0 or height <= 0:
         raise ProbeError(f"{kind.upper()} header gives an empty size {width}x{height}")
     return Header(kind, width, height)
