@@ -175,3 +175,11 @@ def test_checksum_mismatch_is_detected_not_decoded(tree_session, db):
     with pytest.raises(CorruptRecordError, match=r"record \d+: checksum mismatch"):
         ds[index]
     ds[(index + 1) % len(ds)]  # the others still read
+
+
+def test_a_database_path_that_is_absent_or_a_file_says_which(tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(FormatError, match="file: not a folder: a database is a folder of splits"):
+        LmdbImageNet(tmp_path / "file", "train")
+    with pytest.raises(FormatError, match="nope: no such database directory"):
+        LmdbImageNet(tmp_path / "nope", "train")

@@ -123,8 +123,7 @@ def load_split(root: Path | str, split: str) -> SplitInfo:
     naming what is missing or wrong."""
     root = Path(root)
     split_dir = root / split
-    if not root.is_dir():
-        raise FormatError(f"{root}: no such database directory")
+    check_root(root)
     if not split_dir.is_dir():
         raise FormatError(f"{root}: no split '{split}' in this database (splits present: {list_splits(root)})")
     paths = find_shards(split_dir)
@@ -192,11 +191,18 @@ def finished_shards(split_dir: Path) -> list[tuple[Shard, ShardMeta]]:
     return out
 
 
-def list_splits(root: Path | str) -> list[str]:
-    """The splits of the database at ``root`` (folders holding a shard)."""
+def check_root(root: Path | str) -> Path:
+    """``root`` as a Path, FormatError unless it is a folder (saying whether it is absent or a file)."""
     root = Path(root)
     if not root.is_dir():
-        raise FormatError(f"{root}: no such database directory")
+        raise FormatError(f"{root}: " + ("not a folder: a database is a folder of splits" if root.exists()
+                                         else "no such database directory"))
+    return root
+
+
+def list_splits(root: Path | str) -> list[str]:
+    """The splits of the database at ``root`` (folders holding a shard)."""
+    root = check_root(root)
     try:
         return sorted(p.name for p in root.iterdir() if p.is_dir() and find_shards(p))
     except OSError as exc:
