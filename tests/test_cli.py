@@ -125,9 +125,10 @@ def test_ctrl_c_during_convert_stops_quietly_every_time(big_tree, tmp_path, dela
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
-    if proc.returncode == 0:
+    if proc.returncode == 0 or (proc.returncode == -signal.SIGINT and "report:" in stdout and not stderr):
+        # finished first (a Ctrl-C during the interpreter's own clean-up after the last line ends it by SIGINT)
         pytest.skip("the conversion finished before the interrupt")
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stdout + stderr
     assert stderr.strip() == "imagenet-pack: interrupted; rerun the same command to resume"
     time.sleep(0.3)
