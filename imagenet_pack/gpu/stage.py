@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..loader.loader import Feed
+from ..loader.loader import Feed, copy_batch
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
@@ -110,12 +110,10 @@ def feed_ahead(loader: Any, device: torch.device, finish: Callable[[torch.Tensor
     each batch the caller receives and is moved to its next epoch only when every batch was; any other
     iterable of (images, targets) is copied as it is."""
     feed = loader if isinstance(loader, Feed) else None
+    to_device = feed.to_device if feed is not None else copy_batch
 
     def produce(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if feed is not None:
-            images, targets = feed.to_device(batch, device)
-        else:
-            images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        images, targets = to_device(batch, device)
         return (finish(images) if finish is not None else images), targets
 
     for (images, targets), _, waited in run_ahead(feed.batches() if feed else iter(loader), produce, device, depth):

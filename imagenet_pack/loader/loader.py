@@ -44,6 +44,12 @@ class Feed(Protocol):
         """uint8 images and int64 targets of ``batch`` on ``device``, queued on the current stream."""
 
 
+def copy_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, targets) of a batch copied to ``device``, queued on the current stream (from pinned memory
+    under CUDA: the loader pins what it hands out)."""
+    return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+
+
 def empty_batch(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """An uninitialised batch tensor; in a DataLoader worker it lives in shared memory (as ``default_collate``
     does), so sending it to the main process passes a handle instead of copying the batch once more."""
@@ -111,8 +117,7 @@ class EpochLoader:
         self.finish_epoch()
 
     def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = batch[0], batch[1]
-        return images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        return copy_batch(batch, device)
 
     def finish_epoch(self) -> None:
         """Move to the next epoch (called at the end of one, or after leaving it early, e.g. a step limit)."""
