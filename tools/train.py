@@ -33,6 +33,7 @@ import torchvision
 
 from imagenet_pack import (CenterCropDecoder, CudaPrefetcher, ImagenetPackError, LmdbImageNet,
                            RandomResizedCropDecoder, build_loader)
+from imagenet_pack.cli import positive_int
 from imagenet_pack.machine import default_workers
 from imagenet_pack.read.decoders import BACKENDS
 
@@ -56,8 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path, help="database directory written by `imagenet-pack convert`")
     p.add_argument("--arch", default="resnet50", help="any torchvision.models name (default: resnet50)")
-    p.add_argument("--epochs", type=int, default=90, help="epochs to train (default: 90)")
-    p.add_argument("--batch-size", type=int, default=256, help="per process (default: 256)")
+    p.add_argument("--epochs", type=positive_int, default=90, help="epochs to train (default: 90)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="per process (default: 256)")
     p.add_argument("--workers", type=int, default=None, help="loader workers per process (default: cores / processes)")
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate for the global batch (default: 0.1)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
@@ -66,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
                    help="after warm-up: cosine to 0, or /10 every 30 epochs (default: cosine)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default: 0.1)")
-    p.add_argument("--image-size", type=int, default=224, help="train crop and val crop size (default: 224)")
+    p.add_argument("--image-size", type=positive_int, default=224, help="train crop and val crop size (default: 224)")
     p.add_argument("--decode-backend", choices=BACKENDS, default="auto",
                    help="fused decoders' JPEG decoding on the CPU: nvimgcodec (nvImageCodec's CPU backend, only "
                         "the crop's region), opencv (full decode); the same pixels; auto (default): nvimgcodec "
@@ -77,12 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, required=True, help="directory for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help=f"continue from OUTPUT/{CHECKPOINT} if it exists")
     p.add_argument("--seed", type=int, default=0, help="sample order, crops and initial weights (default: 0)")
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after N training steps in all, then evaluate N val batches and checkpoint (a smoke "
                         "run; default: train every epoch, evaluate the whole val split)")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also checkpoint every N steps inside an epoch (0: only at epoch ends)")
-    p.add_argument("--exit-after-steps", type=int, default=None,
+    p.add_argument("--exit-after-steps", type=positive_int, default=None,
                    help="checkpoint and exit after N steps in this run, as a preempted job would (for tests)")
     p.add_argument("--log-samples", action="store_true",
                    help="write every step's sample indices to OUTPUT/samples-rank<R>.jsonl (audits, tests)")
