@@ -135,8 +135,11 @@ def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource]
                 reports.append(_complete(dst, split, source, done[split], options))
                 continue
             conversion = SplitConversion(source, dst / split, options)
-            if options.overwrite:
-                remove_database(dst / split, conversion.shard_dirs() if options.only_shards else None)
+            if options.overwrite and options.only_shards:
+                conversion.check_existing()  # shards of another --shards cannot be replaced one by one
+                remove_database(dst / split, conversion.shard_dirs())
+            elif options.overwrite:
+                remove_database(dst / split)
             reports.append(conversion.run(pool, echo))
     finally:
         if pool is not None:

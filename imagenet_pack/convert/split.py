@@ -32,7 +32,6 @@ class SplitConversion:
 
     def shard_dirs(self) -> list[Path]:
         """The folders of the shards this run writes."""
-        self.check_existing()
         return [shard_dir(self.split_dir, s, self.options.shards) for s in self.options.selected]
 
     def check_existing(self) -> None:
