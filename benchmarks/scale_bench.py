@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 
 from imagenet_pack import EpochSampler, LmdbImageNet
-from imagenet_pack.convert.writer import ShardWriter
-from imagenet_pack.convert.state import Row
+from imagenet_pack.write.writer import ShardWriter
+from imagenet_pack.write.state import Row
 from imagenet_pack.format import Record, ShardMeta, encode_record
 from imagenet_pack.sources.synsets import builtin_names, class_names
 

@@ -1,6 +1,6 @@
 """imagenet_pack: pack ILSVRC2012 into LMDB once, feed it to PyTorch fast.
 
-The package is two wings around one contract: ``sources`` and ``convert`` write databases, ``read``,
+The package is two wings around one contract: ``sources`` and ``write`` make databases, ``read``,
 ``loader`` and ``gpu`` read them, and ``format`` (specified in docs/FORMAT.md), ``layout`` (where each piece
 is), ``lmdbfile`` (the fences around LMDB's file) and ``codec`` (the decode policy) are what both share;
 ``bench`` measures. Every public name is importable from here, and imported on first use: importing the
@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from . import convert as _writing  # noqa: F401 - the subpackage first, so the name below is the function
 from .errors import (BusyError, CorruptRecordError, DecodeError, DecoderUnavailableError, FormatError,
                      ImagenetPackError, IncompleteShardError, LayoutError, OutputExistsError, UnsafeOutputError)
 
@@ -20,8 +19,9 @@ __version__ = "0.2.0"
 
 # name -> module, imported on first use (the reading ones import torch)
 _LAZY = {
-    "ConvertOptions": "convert.converter",
-    "ConvertReport": "convert.report",
+    "convert": "write.converter",
+    "ConvertOptions": "write.converter",
+    "ConvertReport": "write.report",
     "verify": "verification",
     "VerifyReport": "verification",
     "LmdbImageNet": "read.dataset",
@@ -38,14 +38,14 @@ _LAZY = {
 }
 
 __all__ = [
-    "convert", *_LAZY,
+    *_LAZY,
     "ImagenetPackError", "LayoutError", "FormatError", "IncompleteShardError", "CorruptRecordError", "DecodeError",
     "DecoderUnavailableError", "OutputExistsError", "BusyError", "UnsafeOutputError",
 ]
 
 if TYPE_CHECKING:
-    from .convert.converter import ConvertOptions
-    from .convert.report import ConvertReport
+    from .write.converter import ConvertOptions, convert
+    from .write.report import ConvertReport
     from .verification import VerifyReport, verify
     from .gpu.decode import GpuBatchDecoder
     from .gpu.hybrid import HybridLoader
@@ -57,13 +57,6 @@ if TYPE_CHECKING:
     from .loading import build_loader
     from .read.dataset import LmdbImageNet
     from .read.decoders import CenterCropDecoder, RandomResizedCropDecoder
-
-
-def convert(src, dst, options=None, *, echo=None):
-    """Convert an ImageNet input into databases: :func:`imagenet_pack.convert.converter.convert` (the
-    subpackage ``imagenet_pack.convert`` holds the writing wing; this name is its entry point)."""
-    from .convert.converter import ConvertOptions, convert as run
-    return run(src, dst, options if options is not None else ConvertOptions(), echo=echo)
 
 
 def __getattr__(name: str):

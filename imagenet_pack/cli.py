@@ -6,12 +6,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from . import __version__
 from .errors import ImagenetPackError
 
-_VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
+Usage = Callable[[str], NoReturn]  # the verb's parser.error: a usage message, exit 2
+_VERBS: dict[str, Callable[[argparse.Namespace, Usage], int]] = {}
 
 
 def _verb(name: str):
@@ -49,6 +50,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _shard_count(text: str) -> int:
+    from .format import MAX_SHARDS
+    value = positive_int(text)
+    if value > MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SHARDS} shards per split, got {value}")
+    return value
+
+
 def _quality(text: str) -> int:
     value = positive_int(text)
     if not 1 <= value <= 100:
@@ -76,7 +85,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--splits", type=_splits, default=("train", "val"), help="comma-separated splits (default: train,val)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default: detect it)")
     p.add_argument("--workers", type=positive_int, default=None, help="reader/validator processes (default: all cores)")
-    p.add_argument("--shards", type=positive_int, default=1, help="LMDB environments per split (default: 1)")
+    p.add_argument("--shards", type=_shard_count, default=1, help="LMDB environments per split, 1 to 999 (default: 1)")
     p.add_argument("--only-shards", type=_shard_list, default=None, metavar="S,S,...",
                    help="write only these of the --shards (0-based), e.g. one set per host on shared storage; "
                         "the database opens once every shard is written, and equals a one-host conversion")
@@ -166,11 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         verb = args.verb
         if extra:  # an option the verb does not have: its own usage, not the top level's
             verbs[verb].error(f"unrecognized arguments: {' '.join(extra)}")
-        if getattr(args, "only_shards", None) and max(args.only_shards) >= args.shards:
-            verbs["convert"].error(f"--only-shards {','.join(map(str, args.only_shards))}: shards are numbered 0.."
-                                   f"{args.shards - 1} with --shards {args.shards}")
         logging.basicConfig(level=logging.WARNING, format="imagenet-pack: warning: %(message)s")
-        return _VERBS[verb](args)
+        return _VERBS[verb](args, verbs[verb].error)
     except ImagenetPackError as exc:
         print(f"imagenet-pack: error: {exc}", file=sys.stderr)
         return 1
@@ -188,8 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @_verb("convert")
-def _convert(args: argparse.Namespace) -> int:
-    from .convert import ConvertOptions, convert
+def _convert(args: argparse.Namespace, usage: Usage) -> int:
+    from .write import ConvertOptions, convert
+    if args.only_shards and max(args.only_shards) >= args.shards:
+        usage(f"--only-shards {','.join(map(str, args.only_shards))}: shards are numbered 0..{args.shards - 1} "
+              f"with --shards {args.shards}")
     options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards, overwrite=args.overwrite,
                              skip_bad=args.skip_bad, keep_damaged=args.keep_damaged, max_side=args.max_side,
                              short_side=args.short_side, quality=args.quality, layout=args.layout,
@@ -218,7 +227,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 @_verb("info")
-def _info(args: argparse.Namespace) -> int:
+def _info(args: argparse.Namespace, usage: Usage) -> int:
     from .info import describe
     lines, status = describe(args.root)
     for line in lines:
@@ -227,7 +236,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 @_verb("verify")
-def _verify(args: argparse.Namespace) -> int:
+def _verify(args: argparse.Namespace, usage: Usage) -> int:
     from .verification import verify
     report = verify(args.root, decode=args.decode, source=args.source, workers=args.workers,
                     progress=not args.no_progress)
@@ -240,15 +249,35 @@ def _verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """ImagenetPackError unless a file can be written at ``path`` (its folder exists and is writable)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ImagenetPackError(f"{path}: is a folder; {option} takes a file name")
+    if not folder.is_dir():
+        raise ImagenetPackError(f"{path}: no folder {folder} to write it in ({option})")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ImagenetPackError(f"{path}: this user cannot write it ({option})")
+
+
 @_verb("bench")
-def _bench(args: argparse.Namespace) -> int:
+def _bench(args: argparse.Namespace, usage: Usage) -> int:
     from .bench.loaders import run_bench
     from .bench.options import BenchOptions
     from .bench.report import format_table, plot, require_matplotlib, write_json
+    # every option and output is checked before the first image is read: a run can take hours
     if args.images is not None and not args.images.is_dir():
         raise ImagenetPackError(f"{args.images}: no such folder (--images)")
+    for name, given in (("--arch", args.arch), ("--weights", args.weights), ("--compare", args.compare)):
+        if given and not args.accuracy:
+            usage(f"{name} is for --accuracy: add --accuracy, or leave {name} out")
     if args.plot is not None:
-        require_matplotlib()  # before an hour of measuring, not after
+        if args.images is None:
+            usage("--plot draws the ratios to the ImageFolder baselines: add --images SRC")
+        require_matplotlib()
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            check_output_file(path, option)
     device = args.device
     if device is None:
         import torch
@@ -270,7 +299,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 @_verb("demo")
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, usage: Usage) -> int:
     from .demo import run_demo
     run_demo(args.dir, classes=args.classes, per_class=args.per_class, workers=args.workers)
     return 0

@@ -3,7 +3,10 @@
 Decoding follows PIL's policy (what ImageFolder gives): RGB, no EXIF rotation, 3 channels for grey. The
 converter validates every image with :func:`decode_checked`, which also treats libjpeg's *warnings* as
 damage: libjpeg decodes a JPEG whose entropy data is cut short or bit-rotted by filling the rest with grey
-and printing "Corrupt JPEG data" to stderr, so a decode that merely succeeds proves nothing. Re-encoding
+and printing "Corrupt JPEG data" to stderr, so a decode that merely succeeds proves nothing. libjpeg prints
+only its first warning, so a harmless one (an odd JFIF version, a thumbnail of the wrong size) would hide
+the damage behind it: a JPEG that warns is decoded once more with its metadata segments neutralised, and
+any warning left is damage. Re-encoding
 (odd inputs, stores resized with ``--short-side`` or ``--max-side``) goes through :func:`encode_jpeg` at the
 qualities defined here.
 """
@@ -16,14 +19,13 @@ import numpy as np
 from PIL import Image
 
 from .errors import DecodeError
+from .jpegstream import without_metadata
 
 DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION  # what PIL does: no EXIF rotation
 # libjpeg DCT scaling: decode at 1/2, 1/4, 1/8 size for the cost of a fraction of the IDCT work.
 _REDUCED_FLAGS = {1: DECODE_FLAGS, 2: 16 | DECODE_FLAGS, 4: 32 | DECODE_FLAGS, 8: 64 | DECODE_FLAGS}
 DEFAULT_QUALITY = 90  # JPEG quality of resized stores (FFCV's default)
 FIX_QUALITY = 95  # JPEG quality of inputs re-encoded because they cannot be stored as they are
-# libjpeg warnings that say nothing about the pixels (metadata it could not parse)
-_HARMLESS = ("unknown JFIF revision", "thumbnail image size does not match", "bad ICC marker")
 
 
 def decode_rgb(data: bytes, where: str, scale: int = 1) -> np.ndarray:
@@ -66,15 +68,27 @@ _STDERR: _Stderr | None = None
 
 
 def decode_checked(data: bytes) -> tuple[np.ndarray | None, str | None]:
-    """Decode ``data`` fully: (pixels or None, what libjpeg found damaged or None). The damage note is the
-    first warning libjpeg printed (OpenCV's own log lines and harmless metadata warnings aside)."""
+    """Decode ``data`` fully: (pixels or None, what libjpeg found damaged or None).
+
+    A decode that prints no warning is clean. One that does is decoded again from a copy whose application
+    segments are comments (:func:`imagenet_pack.jpegstream.without_metadata`): those segments only describe
+    the pixels, and libjpeg prints its first warning alone, so a warning about them would hide any later
+    one. Whatever the copy still warns about is in the image data itself: damage, named by its first line.
+    """
     global _STDERR
     if _STDERR is None or _STDERR.pid != os.getpid():
         _STDERR = _Stderr()
     rgb, said = _STDERR.decode(data, DECODE_FLAGS)
-    damage = [line.strip() for line in said.splitlines()
-              if line.strip() and not line.startswith("[") and not any(h in line for h in _HARMLESS)]
-    return rgb, (damage[0] if damage else None)
+    if not _libjpeg_lines(said):
+        return rgb, None
+    neutral = without_metadata(data)
+    warnings = _libjpeg_lines(_STDERR.decode(neutral, DECODE_FLAGS)[1] if neutral is not data else said)
+    return rgb, (warnings[0] if warnings else None)
+
+
+def _libjpeg_lines(said: str) -> list[str]:
+    """libjpeg's lines in captured stderr (OpenCV's own log lines, which start with "[", aside)."""
+    return [line.strip() for line in said.splitlines() if line.strip() and not line.startswith("[")]
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int, *, full_chroma: bool = False) -> bytes | None:

@@ -9,7 +9,7 @@ from typing import Callable
 from torch.utils.data import DataLoader
 
 from .bench.timing import measure, ratio, standard_train_transform
-from .convert import ConvertOptions, convert
+from .write import ConvertOptions, convert
 from .errors import ImagenetPackError
 from .machine import default_workers
 from .read.dataset import LmdbImageNet

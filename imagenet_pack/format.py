@@ -15,7 +15,7 @@ named databases:
   size and mtime per source item), read in place; ``paths`` = the records' source paths, newline-joined;
   ``checksums`` = CRC-32 of those five values; ``length`` = the record count, written in the very last commit,
   so its presence marks a complete shard. While a conversion runs, ``progress`` and ``rows/NNNNNNNN`` hold its
-  resumable state (:mod:`imagenet_pack.convert.state`; removed at the end).
+  resumable state (:mod:`imagenet_pack.write.state`; removed at the end).
 
 Nothing is pickled: msgpack maps of ints, strings, byte strings and lists, each checked when read back.
 """
@@ -39,6 +39,7 @@ META_KEY, LENGTH_KEY, PATHS_KEY, CHECKSUMS_KEY = b"meta", b"length", b"paths", b
 TARGETS_KEY, SIZES_KEY, STAMPS_KEY = b"targets", b"sizes", b"stamps"
 PROGRESS_KEY, ROWS_PREFIX = b"progress", b"rows/"
 
+MAX_SHARDS = 999  # shards of one split: named shard-SSS-of-KKK (imagenet_pack.layout), three digits each
 KEY_SIZE = 8
 _KEY = struct.Struct(">Q")
 _FIELDS = struct.Struct("<QiII")  # size, target, height, width: what the record's CRC covers after the image
@@ -114,7 +115,8 @@ def _bin_header(size: int) -> int:  # msgpack's bin8, bin16, bin32 headers
 def checked_int(value: Any, name: str, low: int = 0, high: int = (1 << 63) - 1) -> int:
     """``value`` if it is an int in ``[low, high]`` (not a bool, a float or anything else); else ValueError."""
     if type(value) is not int or not low <= value <= high:
-        raise ValueError(f"{name} is {value!r}, not an integer in {low}..{high}")
+        bounds = f">= {low}" if high == (1 << 63) - 1 else f"in {low}..{high}"
+        raise ValueError(f"{name} is {value!r}, not an integer {bounds}")
     return value
 
 
@@ -264,7 +266,7 @@ class ShardMeta:
         dtypes = (string(meta["targets_dtype"], "targets_dtype"), string(meta["sizes_dtype"], "sizes_dtype"))
         if dtypes[0] not in ("<i2", "<i4") or dtypes[1] not in ("<u2", "<u4"):
             raise ValueError(f"array types {dtypes}")
-        num_shards = checked_int(meta["num_shards"], "num_shards", 1, 999)
+        num_shards = checked_int(meta["num_shards"], "num_shards", 1, MAX_SHARDS)
         count = checked_int(meta["count"], "count", 0, 1 << 40)
         encoding = meta["encoding"]
         return cls(

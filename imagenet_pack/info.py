@@ -7,7 +7,6 @@ import numpy as np
 
 from .errors import FormatError, ImagenetPackError
 from .format import FORMAT_NAME, FORMAT_VERSION
-from .layout import find_shards
 from .read.reader import finished_shards, list_splits, load_split
 
 
@@ -15,9 +14,6 @@ def describe(root: Path) -> tuple[list[str], int]:
     """Lines describing the database at ``root`` and the exit status (1 if a split cannot be opened)."""
     splits = list_splits(root)
     if not splits:
-        if find_shards(root):
-            raise ImagenetPackError(f"{root}: this is one split of a database, not the database; pass the folder "
-                                    f"that holds it: imagenet-pack info {root.parent}")
         raise ImagenetPackError(f"{root}: no database found (no split folder holding an LMDB shard)")
     lines, status, class_lists = [], 0, {}
     for split in splits:

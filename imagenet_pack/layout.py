@@ -1,7 +1,7 @@
 """Where a database's pieces are, the one owner of every name imagenet-pack gives what it writes::
 
     DST/
-      .imagenet-pack.shard-000.lock       one per shard a conversion writes (convert/lock.py)
+      .imagenet-pack.shard-000.lock       one per shard a conversion writes (write/lock.py)
       convert-report.jsonl                written last by a conversion of every shard (or .shards-0-1.jsonl)
       train/data.mdb, train/lock.mdb      a one-shard split: one LMDB environment ...
       val/shard-000-of-004/data.mdb       ... or K shards, shard-SSS-of-KKK (strictly: anything else is not ours)
@@ -11,18 +11,20 @@ the reader opens splits), through the bounds-checked view of :mod:`imagenet_pack
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
+import struct
 from pathlib import Path
 
 from .errors import FormatError, IncompleteShardError
 from .format import CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, ShardMeta, check_checksum, decode_key
-from .lmdbfile import DATA_FILE, LOCK_FILE, LmdbFile
+from .lmdbfile import DATA_FILE, LOCK_FILE, Identity, LmdbFile, changed_message
 
 LMDB_FILES = (DATA_FILE, LOCK_FILE)
 REPORT_NAME = "convert-report.jsonl"
 _SHARD_NAME = re.compile(r"shard-(\d{3})-of-(\d{3})")
-MAX_SHARDS = 999
 
 
 def shard_name(shard: int, num_shards: int) -> str:
@@ -68,55 +70,144 @@ def lock_path(dst: Path, shard: int) -> Path:
     return dst / f".imagenet-pack.shard-{shard:03d}.lock"
 
 
+_FLOCK = struct.Struct("hhxxxxqqixxxx")  # struct flock on Linux x86-64 and arm64: type, whence, start, len, pid
+
+
+def lock_holder(dst: Path, shard: int) -> int | None:
+    """The pid of the conversion holding ``shard``'s lock in ``dst`` (None when none does, or nobody can
+    tell), asked without taking the lock or creating its file (``fcntl`` F_GETLK)."""
+    try:
+        fd = os.open(lock_path(dst, shard), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        kind, _, _, _, pid = _FLOCK.unpack(answer)
+        return pid if kind != fcntl.F_UNLCK else None
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+
+
+def running_note(path: Path) -> str:
+    """"; a conversion (pid N) is writing it now" for a shard folder whose lock a conversion holds, else ""."""
+    parsed = parse_shard_name(path.name)
+    dst, shard = (path.parent.parent, parsed[0]) if parsed else (path.parent, 0)
+    pid = lock_holder(dst, shard)
+    return f"; `imagenet-pack convert` (pid {pid}) is writing it now: wait for it to finish" if pid else ""
+
+
 def report_path(dst: Path, only_shards: tuple[int, ...] | None) -> Path:
-    """The conversion report: one per set of shards written together (several hosts each write their own)."""
+    """The conversion report: one per set of shards written together (several hosts each write their own),
+    named by the set in runs (``shards-0-127``, ``shards-0_2_5-9``); a set too long to name (over
+    ``_REPORT_NAME_MAX`` bytes) by its size and a digest of it, so the name always fits the filesystem."""
     if only_shards is None:
         return dst / REPORT_NAME
-    return dst / f"convert-report.shards-{'-'.join(map(str, only_shards))}.jsonl"
+    chosen = sorted(set(only_shards))
+    runs, start = [], 0
+    for i in range(1, len(chosen) + 1):
+        if i == len(chosen) or chosen[i] != chosen[i - 1] + 1:
+            runs.append(str(chosen[start]) if i - start == 1 else f"{chosen[start]}-{chosen[i - 1]}")
+            start = i
+    name = f"convert-report.shards-{'_'.join(runs)}.jsonl"
+    if len(name) > _REPORT_NAME_MAX:
+        digest = hashlib.sha256(",".join(map(str, chosen)).encode()).hexdigest()[:16]
+        name = f"convert-report.{len(chosen)}-shards-{chosen[0]}-to-{chosen[-1]}-{digest}.jsonl"
+    return dst / name
 
 
-_FILES: dict[str, tuple[int, int, LmdbFile]] = {}  # resolved path -> (inode, size, this process's view)
-_RESOLVED: dict[str, str] = {}  # path as spelled -> resolved (a record read must not walk the path each time)
+_REPORT_NAME_MAX = 200  # leaves room for the temporary name a report is written under
 
 
-def shard_file(path: Path | str) -> LmdbFile:
-    """This process's bounds-checked view of the shard at ``path`` (made on first use, and again when the
-    file was replaced or resized since). Views are plain read-only maps: fork- and spawn-safe, never pickled."""
-    spelled = os.fspath(path)
-    key = _RESOLVED.get(spelled) or _RESOLVED.setdefault(spelled, os.path.realpath(spelled))
+def temporary_name(path: Path) -> Path:
+    """Where a file is written before it is renamed into place: in the same folder, unique to this process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def check_names(dst: Path, splits: tuple[str, ...], num_shards: int, only_shards: tuple[int, ...] | None) -> None:
+    """FormatError, before any work, if a name a conversion of these ``splits`` and shards would create in
+    ``dst`` exceeds what its filesystem allows for a name or a path (``pathconf``)."""
+    selected = sorted(set(only_shards)) if only_shards is not None else list(range(num_shards))
+    report = report_path(dst, only_shards)
+    paths = [temporary_name(report), *(lock_path(dst, s) for s in selected)]
+    for split in splits:
+        for s in (selected[:1] + selected[-1:]):  # every shard folder name has one length
+            paths += [shard_dir(dst / split, s, num_shards) / name for name in LMDB_FILES]
+    existing = dst
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
     try:
-        st = os.stat(os.path.join(key, DATA_FILE))
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read its {DATA_FILE} ({exc.strerror or exc})") from exc
-    cached = _FILES.get(key)
-    if cached is not None and cached[:2] == (st.st_ino, st.st_size):
-        return cached[2]
-    if cached is not None:
-        cached[2].close()
-    _FILES[key] = (st.st_ino, st.st_size, LmdbFile(key))
-    return _FILES[key][2]
+        name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for path in paths:
+        long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+        if long is not None:
+            raise FormatError(f"{dst}: a conversion would create the name {long!r}, {len(os.fsencode(long))} bytes, "
+                              f"over this filesystem's limit of {name_max}")
+        if len(os.fsencode(path.absolute())) >= path_max:
+            raise FormatError(f"{dst}: a conversion would create {path}, a path over this system's limit of "
+                              f"{path_max} bytes; choose a shorter DST")
+
+
+_FILES: dict[str, LmdbFile] = {}  # path as spelled -> this process's reader of that shard
+
+
+def shard_file(path: Path | str, expected: Identity | None = None) -> LmdbFile:
+    """This process's bounds-checked reader of the shard at ``path``, made on first use (readers are plain
+    file descriptors read with ``pread``: fork- and spawn-safe, never pickled). ``expected`` is the identity
+    of the data.mdb a caller read the metadata from (a dataset's): FormatError if the file there is another
+    now, so old metadata is never paired with new records. Without it, a file rewritten or replaced since
+    the last call is opened afresh."""
+    spelled = os.fspath(path)
+    file = _FILES.get(spelled)
+    if file is not None and file.changed():
+        close_shard(spelled)
+        file = None
+    if file is None:
+        try:
+            file = _FILES[spelled] = LmdbFile(spelled)
+        except FormatError:
+            if expected is None:
+                raise
+            file = None
+    if expected is not None and (file is None or file.identity != expected):
+        raise FormatError(changed_message(os.path.join(spelled, DATA_FILE)) + running_note(Path(spelled)))
+    return file
 
 
 def close_shard(path: Path | str) -> None:
-    """Drop this process's view of the shard at ``path`` (before writing to it, or to free its map)."""
-    _RESOLVED.pop(os.fspath(path), None)  # a link re-pointed since resolves anew
-    cached = _FILES.pop(os.path.realpath(path), None)
-    if cached is not None:
-        cached[2].close()
+    """Drop this process's reader of the shard at ``path`` (before writing to it, or to free its descriptor)."""
+    file = _FILES.pop(os.fspath(path), None)
+    if file is not None:
+        file.close()
 
 
-def meta_values(path: Path | str, *keys: bytes) -> list[bytes | None]:
-    """The values of ``keys`` in a shard's ``meta`` table, copied out."""
-    file = shard_file(path)
+def meta_values(path: Path | str, *keys: bytes, expected: Identity | None = None) -> list[bytes | None]:
+    """The values of ``keys`` in a shard's ``meta`` table (of the file ``expected`` names, when given)."""
+    file = shard_file(path, expected)
     return [file.read(META_DB, key, f"{path} meta {key.decode()}") for key in keys]
 
 
-def read_shard_meta(path: Path) -> ShardMeta:
-    """The metadata of one complete shard. IncompleteShardError if its conversion has not finished;
-    FormatError if it is missing, damaged or of another version."""
+def read_shard_meta(path: Path, expected: Identity | None = None) -> ShardMeta:
+    """The metadata of one complete shard (of the file ``expected`` names, when given). IncompleteShardError
+    if its conversion has not finished, saying whether one is running (then anything unreadable in it is
+    the conversion's work in progress, not damage); FormatError if it is missing, damaged or of another
+    version."""
     if not (path / DATA_FILE).is_file():
         raise FormatError(f"{path}: no database here (no {DATA_FILE}); convert a dataset first")
-    length, value, checksums = meta_values(path, LENGTH_KEY, META_KEY, CHECKSUMS_KEY)
+    try:
+        return _read_shard_meta(path, expected)
+    except FormatError as exc:
+        note = running_note(path)
+        if not note:
+            raise
+        raise IncompleteShardError(f"{path}: its conversion is not finished{note}") from exc
+
+
+def _read_shard_meta(path: Path, expected: Identity | None) -> ShardMeta:
+    length, value, checksums = meta_values(path, LENGTH_KEY, META_KEY, CHECKSUMS_KEY, expected=expected)
     if length is None or value is None:
         raise IncompleteShardError(f"{path}: incomplete database (no length key): its conversion did not "
                                    "finish; rerun the same `imagenet-pack convert` command to resume it")

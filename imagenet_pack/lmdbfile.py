@@ -1,20 +1,22 @@
 """Reading a finished shard's LMDB file ourselves, every step bounded by the file: no damaged byte can make
-a process read past it (a SIGBUS), loop, or take garbage for a value.
+a process read past it, loop, or take garbage for a value, and no change to the file can kill it.
 
 LMDB maps ``data.mdb`` and trusts it, and py-lmdb touches every page of a value before handing it over: a
 damaged 32-bit value size in a leaf page makes it read gigabytes past the end of the file and die of a
-signal. Reading needs no writer, locks or transactions (the file no longer changes), so :class:`LmdbFile`
-reads the B-tree directly from a read-only ``mmap`` of the file (Python's mmap refuses to read past its end):
-meta pages, the main database, the named databases, branch and leaf pages, overflow pages, each checked for
-what it claims (its page number, its kind, node offsets and sizes inside the page, overflow spans inside the
-file, a bounded depth) before it is followed. Values are zero-copy views of the map. py-lmdb writes the
-files (:mod:`imagenet_pack.convert.writer`); nothing reads them through it.
+signal, and so does any reader of a map whose file was truncated since (``cp`` of a smaller database over
+it). Reading needs no writer, locks or transactions (the file no longer changes), so :class:`LmdbFile`
+reads the B-tree directly with ``pread``, never through a map: meta pages, the main database, the named
+databases, branch and leaf pages, overflow pages, each checked for what it claims (its page number, its
+kind, node offsets and sizes inside the page, overflow spans inside the file, a bounded depth) before it is
+followed; a read that comes back short (the file shrank) is an error. It keeps the file's identity (device,
+inode, size, modification time) from when it was opened, so a caller can tell that the file was rewritten
+or replaced since (:meth:`LmdbFile.changed`). py-lmdb writes the files
+(:mod:`imagenet_pack.write.writer`); nothing reads them through it.
 
 The format is LMDB's (liblmdb 0.9 ``mdb.c``: ``MDB_meta``, ``MDB_page``, ``MDB_node``; data version 1).
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 
@@ -35,7 +37,7 @@ _MAX_DEPTH = 16
 PAGE_SIZES = (4096, 8192, 16384, 32768, 65536)
 
 
-def _header(data: bytes | mmap.mmap, where: str) -> tuple[int, int, int, int]:
+def _header(data: bytes, where: str) -> tuple[int, int, int, int]:
     """(newest transaction id, last page in use, page size, main db root) of an LMDB file's two meta pages;
     FormatError if neither is valid. LMDB uses the meta page of the higher transaction id."""
     best = None
@@ -65,20 +67,42 @@ def holds_nothing(data: str) -> bool:
         return False
 
 
-class LmdbFile:
-    """A read-only, bounds-checked view of one finished LMDB environment's ``data.mdb``."""
+Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns of a data.mdb
 
-    def __init__(self, path: str):
+
+def identity(st: os.stat_result) -> Identity:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class LmdbFile:
+    """A read-only, bounds-checked reader of one finished LMDB environment's ``data.mdb`` (``path`` is the
+    environment's folder). ``identity`` is the file's as opened: FormatError at once if it is not
+    ``expected``. Where the values of table ``KEPT`` are is looked up once (a handful of metadata keys, read in
+    parts for every record)."""
+
+    KEPT = b"meta"
+
+    def __init__(self, path: str, expected: Identity | None = None):
         self.path = os.path.join(path, DATA_FILE)
         try:
-            with open(self.path, "rb") as handle:
-                self.size = os.fstat(handle.fileno()).st_size
-                self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"{self.path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from exc
-        if self.size and hasattr(self.map, "madvise"):
-            self.map.madvise(mmap.MADV_RANDOM)  # random access to a file larger than RAM: no readahead
-        self.txn, last, self.psize, main = _header(self.map, self.path)
+            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise FormatError(f"{self.path}: cannot read it ({exc.strerror or exc})") from exc
+        try:
+            self._open(expected)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _open(self, expected: Identity | None) -> None:
+        st = os.fstat(self.fd)
+        self.identity, self.size = identity(st), st.st_size
+        if expected is not None and self.identity != expected:
+            raise FormatError(changed_message(self.path))
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # random access to a file larger than RAM
+        self.txn, last, self.psize, main = _header(self._bytes(0, min(self.size, 2 * PAGE_SIZES[-1]), "the header"),
+                                                   self.path)
         self.pages = last + 1
         if self.size < self.pages * self.psize:
             raise FormatError(f"{self.path}: file is {self.size} bytes but its header says "
@@ -86,54 +110,77 @@ class LmdbFile:
                               "again or reconvert")
         self.main = main
         self._dbs: dict[bytes, int | None] = {}
+        self._spans: dict[tuple[bytes, bytes], tuple[int, int]] = {}  # where the values of table KEPT are
+
+    def changed(self) -> bool:
+        """Whether the file at the path is no longer the one opened (rewritten, truncated, replaced, gone)."""
+        try:
+            return identity(os.stat(self.path)) != self.identity
+        except OSError:
+            return True
 
     def close(self) -> None:
-        if isinstance(self.map, mmap.mmap):
-            self.map.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
-    def _page(self, pgno: int, kinds: int, where: str) -> tuple[int, int, int, int]:
-        """(offset, flags, lower, upper) of page ``pgno``, which must be one of ``kinds``."""
+    def _bytes(self, offset: int, size: int, where: str) -> bytes:
+        """``size`` bytes at ``offset``; CorruptRecordError if the file ends first (it shrank since)."""
+        try:
+            data = os.pread(self.fd, size, offset)
+        except OSError as exc:
+            raise FormatError(f"{where}: cannot read {self.path} ({exc.strerror or exc})") from exc
+        if len(data) != size:
+            raise CorruptRecordError(f"{where}: {self.path} ends at byte {offset + len(data)}, inside what its "
+                                     "header says it holds: the file was truncated or rewritten; open the database "
+                                     "again, or copy it again")
+        return data
+
+    def _page(self, pgno: int, kinds: int, where: str) -> tuple[bytes, int, int, int]:
+        """(page bytes, flags, lower, upper) of page ``pgno``, which must be one of ``kinds`` (an overflow page:
+        its header only)."""
         if not 0 <= pgno < self.pages:
             raise CorruptRecordError(f"{where}: points to page {pgno}, past the {self.pages} pages in use; the "
                                      "shard is damaged, run `imagenet-pack verify` and reconvert")
-        offset = pgno * self.psize
-        stored, _, flags, lower, upper = _PAGE.unpack_from(self.map, offset)
+        page = self._bytes(pgno * self.psize, self.psize if kinds & (_BRANCH | _LEAF) else _PAGE_HEADER, where)
+        stored, _, flags, lower, upper = _PAGE.unpack_from(page)
         if stored != pgno or not flags & kinds or flags & ~(_BRANCH | _LEAF | _OVERFLOW):
             raise CorruptRecordError(f"{where}: page {pgno} is not what the tree says it is (header: page "
                                      f"{stored}, flags {flags:#x}); the shard is damaged, reconvert it")
         if flags & (_BRANCH | _LEAF) and not _PAGE_HEADER <= lower <= upper <= self.psize:
             raise CorruptRecordError(f"{where}: page {pgno} has a damaged header; the shard is damaged, reconvert it")
-        return offset, flags, lower, upper
+        return page, flags, lower, upper
 
-    def _node(self, offset: int, index: int, upper: int, where: str) -> tuple[int, int, int, int, int]:
-        """(node offset in the file, lo | hi << 16, flags, key size, key offset) of node ``index``."""
-        at = struct.unpack_from("<H", self.map, offset + _PAGE_HEADER + 2 * index)[0]
+    def _node(self, page: bytes, index: int, upper: int, where: str) -> tuple[int, int, int, int]:
+        """(lo | hi << 16, flags, key size, key offset in the page) of node ``index``."""
+        at = struct.unpack_from("<H", page, _PAGE_HEADER + 2 * index)[0]
         if not upper <= at <= self.psize - _NODE.size:
             raise CorruptRecordError(f"{where}: a node pointer leaves its page; the shard is damaged, reconvert it")
-        lo, hi, flags, ksize = _NODE.unpack_from(self.map, offset + at)
+        lo, hi, flags, ksize = _NODE.unpack_from(page, at)
         if at + _NODE.size + ksize > self.psize:
             raise CorruptRecordError(f"{where}: a key runs past its page; the shard is damaged, reconvert it")
-        return offset + at, lo | hi << 16, flags, ksize, offset + at + _NODE.size
+        return lo | hi << 16, flags, ksize, at + _NODE.size
 
-    def _key(self, node: tuple[int, int, int, int, int]) -> bytes:
-        return self.map[node[4]:node[4] + node[3]]
+    @staticmethod
+    def _key(page: bytes, node: tuple[int, int, int, int]) -> bytes:
+        return page[node[3]:node[3] + node[2]]
 
-    def _leaf(self, root: int, key: bytes | None, where: str) -> tuple[int, int, int] | None:
-        """(page offset, number of keys, index) of ``key`` in the tree at ``root`` (the last key for None), or
-        None when absent."""
+    def _leaf(self, root: int, key: bytes | None, where: str) -> tuple[int, bytes, int, int] | None:
+        """(page number, leaf page, its upper bound, index) of ``key`` in the tree at ``root`` (the last key for
+        None), or None when absent."""
         pgno = root
         for _ in range(_MAX_DEPTH):
-            offset, flags, lower, upper = self._page(pgno, _BRANCH | _LEAF, where)
+            page, flags, lower, upper = self._page(pgno, _BRANCH | _LEAF, where)
             count = (lower - _PAGE_HEADER) >> 1
             if flags & _LEAF:
                 if key is None:
-                    return (offset, count, count - 1) if count else None
+                    return (pgno, page, upper, count - 1) if count else None
                 low, high = 0, count - 1
                 while low <= high:
                     mid = (low + high) // 2
-                    found = self._key(self._node(offset, mid, upper, where))
+                    found = self._key(page, self._node(page, mid, upper, where))
                     if found == key:
-                        return offset, count, mid
+                        return pgno, page, upper, mid
                     low, high = (mid + 1, high) if found < key else (low, mid - 1)
                 return None
             if count == 0:
@@ -143,33 +190,32 @@ class LmdbFile:
                 low, high, child = 1, count - 1, 0
                 while low <= high:
                     mid = (low + high) // 2
-                    if self._key(self._node(offset, mid, upper, where)) <= key:
+                    if self._key(page, self._node(page, mid, upper, where)) <= key:
                         child, low = mid, mid + 1
                     else:
                         high = mid - 1
-            node = self._node(offset, child, upper, where)
-            pgno = node[1] | node[2] << 32
+            node = self._node(page, child, upper, where)
+            pgno = node[0] | node[1] << 32
         raise CorruptRecordError(f"{where}: the tree is deeper than {_MAX_DEPTH} levels (a loop); the shard is "
                                  "damaged, reconvert it")
 
-    def _value(self, offset: int, index: int, upper: int, where: str) -> tuple[int, int, int]:
-        """(file offset, length, node flags) of the value of node ``index`` on the leaf page at ``offset``."""
-        node_at, size, flags, ksize, key_at = self._node(offset, index, upper, where)
+    def _value(self, pgno: int, page: bytes, upper: int, index: int, where: str) -> tuple[int, int, int]:
+        """(file offset, length, node flags) of the value of node ``index`` on leaf page ``pgno``."""
+        size, flags, ksize, key_at = self._node(page, index, upper, where)
         data_at = key_at + ksize
         if flags & _BIGDATA:
-            if data_at + 8 > offset + self.psize:
+            if data_at + 8 > self.psize:
                 raise CorruptRecordError(f"{where}: a value's page number runs past its page; the shard is damaged")
-            pgno = struct.unpack_from("<Q", self.map, data_at)[0]
-            first, _, _, _ = self._page(pgno, _OVERFLOW, where)
-            pages = struct.unpack_from("<I", self.map, first + 12)[0]
-            if pgno + pages > self.pages or size + _PAGE_HEADER > pages * self.psize:
+            first = struct.unpack_from("<Q", page, data_at)[0]
+            pages = struct.unpack_from("<I", self._page(first, _OVERFLOW, where)[0], 12)[0]
+            if first + pages > self.pages or size + _PAGE_HEADER > pages * self.psize:
                 raise CorruptRecordError(f"{where}: a value of {size} bytes does not fit the {pages} pages it "
                                          "claims; the shard is damaged, run `imagenet-pack verify` and reconvert")
-            return first + _PAGE_HEADER, size, flags
-        if data_at + size > offset + self.psize:
+            return first * self.psize + _PAGE_HEADER, size, flags
+        if data_at + size > self.psize:
             raise CorruptRecordError(f"{where}: a value of {size} bytes runs past its page; the shard is damaged, "
                                      "run `imagenet-pack verify` and reconvert")
-        return data_at, size, flags
+        return pgno * self.psize + data_at, size, flags
 
     def db(self, name: bytes, where: str) -> int | None:
         """The root page of the named database ``name`` (None when it holds nothing); FormatError if absent."""
@@ -179,41 +225,48 @@ class LmdbFile:
             found = self._leaf(self.main, name, where)
             if found is None:
                 raise FormatError(f"{self.path}: no {name.decode()!r} table; not an imagenet_pack database")
-            offset, _, index = found
-            at, length, flags = self._value(offset, index, self._upper(offset), where)
+            offset, length, flags = self._value(*found, where)
             if not flags & _SUBDATA or length != _DB.size:
                 raise FormatError(f"{self.path}: {name.decode()!r} is not a table; the shard is damaged")
-            root = _DB.unpack_from(self.map, at)[7]
+            root = _DB.unpack(self._bytes(offset, length, where))[7]
             self._dbs[name] = None if root == _INVALID else root
         return self._dbs[name]
 
-    def _upper(self, offset: int) -> int:
-        return _PAGE.unpack_from(self.map, offset)[4]
-
     def locate(self, name: bytes, key: bytes, where: str) -> tuple[int, int] | None:
         """(file offset, length) of the value under ``key`` in table ``name``, or None when absent."""
+        if (name, key) in self._spans:
+            return self._spans[name, key]
         root = self.db(name, where)
         found = None if root is None else self._leaf(root, key, where)
         if found is None:
             return None
-        offset, _, index = found
-        at, length, flags = self._value(offset, index, self._upper(offset), where)
+        offset, length, flags = self._value(*found, where)
         if flags & ~_BIGDATA:
             raise CorruptRecordError(f"{where}: a value node has flags {flags:#x}; the shard is damaged")
-        return at, length
-
-    def get(self, name: bytes, key: bytes, where: str) -> memoryview | None:
-        """The value under ``key`` in table ``name`` as a view of the map (no copy), or None when absent."""
-        found = self.locate(name, key, where)
-        return None if found is None else memoryview(self.map)[found[0]:found[0] + found[1]]
+        if name == self.KEPT:
+            self._spans[name, key] = offset, length
+        return offset, length
 
     def read(self, name: bytes, key: bytes, where: str) -> bytes | None:
-        """The value under ``key`` in table ``name``, copied out of the map, or None when absent."""
+        """The value under ``key`` in table ``name``, or None when absent."""
         found = self.locate(name, key, where)
-        return None if found is None else self.map[found[0]:found[0] + found[1]]
+        return None if found is None else self._bytes(*found, where)
+
+    def read_at(self, offset: int, length: int, where: str) -> bytes:
+        """``length`` bytes at ``offset`` (a part of a value :meth:`locate` found)."""
+        return self._bytes(offset, length, where)
 
     def last_key(self, name: bytes, where: str) -> bytes | None:
         """The greatest key of table ``name`` (None when it is empty)."""
         root = self.db(name, where)
         found = None if root is None else self._leaf(root, None, where)
-        return None if found is None else self._key(self._node(found[0], found[2], self._upper(found[0]), where))
+        if found is None:
+            return None
+        _, page, upper, index = found
+        return self._key(page, self._node(page, index, upper, where))
+
+
+def changed_message(path: str) -> str:
+    """What a reader says when a database file is no longer the one it opened."""
+    return (f"{path}: the database changed since it was opened here (rewritten, replaced, e.g. by `imagenet-pack "
+            "convert --overwrite`, or truncated); open it again")

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .codec import DEFAULT_QUALITY, decode_checked
-from .convert.pool import OrderedPool
-from .convert.prepare import PrepareOptions, prepare
+from .pool import OrderedPool, WorkerDied
+from .write.prepare import PrepareOptions, prepare
 from .errors import FormatError, ImagenetPackError
-from .format import RECORDS_DB, decode_key, encode_key
+from .format import RECORDS_DB, decode_key
 from .meter import ProgressMeter
-from .read.reader import Shard, finished_shards, list_splits, load_split, open_handle, read_paths, shard_arrays
+from .layout import shard_file
+from .read.reader import Shard, finished_shards, list_splits, load_split, read_paths
 from .sources.detect import discover
 from .sources.items import Item, read_item
 
@@ -84,6 +85,10 @@ def verify(root: Path | str, *, decode: bool = False, source: Path | str | None 
             report.checked += checked
             report.problems += problems
             meter.update(checked)
+    except WorkerDied as exc:
+        first = exc.tasks[0] if exc.tasks else None
+        report.problems.append(f"verify {exc}" + (f" while checking {first.shard.path} records {first.start}.."
+                                                  f"{first.stop - 1}" if first else "") + "; the rest is unchecked")
     finally:
         if pool is not None:
             pool.close()
@@ -94,7 +99,7 @@ def verify(root: Path | str, *, decode: bool = False, source: Path | str | None 
 def _shard_tasks(shard: Shard, meta, decode: bool, by_path: dict | None, report: VerifyReport) -> list[_Task]:
     """The shard's checks that need the whole shard (keys beyond its length), then its records in chunks."""
     try:
-        last = open_handle(shard.path).file.last_key(RECORDS_DB, f"{shard.path} records")
+        last = shard_file(shard.path, shard.identity).last_key(RECORDS_DB, f"{shard.path} records")
         if last is not None and (len(last) != 8 or decode_key(last) >= shard.count):
             report.problems.append(f"{shard.path}: holds record key {last.hex()} beyond its {shard.count} records")
     except ImagenetPackError as exc:
@@ -102,7 +107,7 @@ def _shard_tasks(shard: Shard, meta, decode: bool, by_path: dict | None, report:
     sources: list = []
     if by_path is not None:
         try:
-            paths = read_paths(shard.path)
+            paths = read_paths(shard.path, shard.identity)
         except FormatError as exc:
             report.problems.append(str(exc))
             paths = []
@@ -117,24 +122,21 @@ def _shard_tasks(shard: Shard, meta, decode: bool, by_path: dict | None, report:
 def _check(task: _Task) -> tuple[int, list[str]]:
     """Check records ``task.start``..``task.stop``: (records checked, problems)."""
     problems: list[str] = []
+    shard = task.shard
     try:
-        targets, sizes = shard_arrays(task.shard)
-        handle = open_handle(task.shard.path)
+        sizes = shard.sizes(task.start, task.stop)
     except ImagenetPackError as exc:
         return 0, [str(exc)]
     for local in range(task.start, task.stop):
-        where = f"{task.shard.path} record {local}"
+        where = f"{shard.path} record {local}"
         try:
-            record = handle.read(encode_key(local), where)
+            record = shard.read(local, where)
         except ImagenetPackError as exc:
             problems.append(str(exc))
             continue
-        if record is None:
-            problems.append(f"{where}: missing although the length key counts it")
-            continue
-        if not 0 <= record.target < task.num_classes or record.target != int(targets[local]):
-            problems.append(f"{where}: target {record.target} differs from the metadata's {int(targets[local])}")
-        size = tuple(int(v) for v in sizes[local])
+        if not 0 <= record.target < task.num_classes:
+            problems.append(f"{where}: target {record.target} outside the {task.num_classes} classes")
+        size = tuple(int(v) for v in sizes[local - task.start])
         if (record.height, record.width) != size:
             problems.append(f"{where}: stored size {record.height}x{record.width} differs from the metadata's {size}")
         if task.decode:

@@ -12,7 +12,7 @@ import numpy as np
 
 from imagenet_pack import ConvertOptions, LmdbImageNet, convert
 from imagenet_pack.format import META_DB
-from imagenet_pack.read.reader import close_handle
+from imagenet_pack.layout import close_shard as close_handle
 from imagenet_pack.synthetic import make_sample_tree
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from imagenet_pack import LmdbImageNet, __version__
+from imagenet_pack import FormatError, LmdbImageNet, __version__
 from imagenet_pack.bench import report as bench_report
 from imagenet_pack.cli import main
 from imagenet_pack.synthetic import make_sample_tree
@@ -80,8 +80,13 @@ def test_what_a_new_user_types_wrong_gets_one_line(tree, tmp_path, capsys):
         assert err.startswith("imagenet-pack: error:") and err.count("\n") == 1, err
     assert main(["convert", str(tree), str(tmp_path / "db"), "--no-progress", "--workers", "1"]) == 0
     capsys.readouterr()
-    assert main(["info", str(tmp_path / "db" / "train")]) == 1  # a split folder, not the database
-    assert f"pass the folder that holds it: imagenet-pack info {tmp_path / 'db'}" in capsys.readouterr().err
+    said = f"this is one split of a database, not the database; pass the folder that holds its splits: {tmp_path / 'db'}"
+    for verb in ("info", "verify"):  # a split folder where a database is wanted: one message everywhere
+        assert main([verb, str(tmp_path / "db" / "train")]) == 1
+        out = capsys.readouterr()
+        assert said in out.err + out.out, (verb, out)
+    with pytest.raises(FormatError, match="this is one split of a database"):
+        LmdbImageNet(tmp_path / "db" / "train", "train")
     with pytest.raises(SystemExit) as exit_:
         main(["convert", str(tree), str(tmp_path / "x"), "--max-sid", "3"])  # no abbreviations: a typo is an error
     assert exit_.value.code == 2
@@ -211,16 +216,51 @@ def test_bench_ratios_pair_the_rounds():
     assert ratio(entry, baseline) == 2.0  # per-round ratios 2, 2, 1.5; the medians' ratio would say 1.5
 
 
-def test_bench_checks_the_plot_dependency_before_measuring(db_session, tmp_path, capsys, monkeypatch):
+def test_bench_checks_the_plot_dependency_before_measuring(db_session, tree_session, tmp_path, capsys, monkeypatch):
     import builtins
     real = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
                         if name == "matplotlib" else real(name, *a, **k))
     started = time.perf_counter()
-    assert main(["bench", str(db_session), "--plot", str(tmp_path / "x.png"), "--device", "none"]) == 1
+    assert main(["bench", str(db_session), "--images", str(tree_session), "--plot", str(tmp_path / "x.png"),
+                 "--device", "none"]) == 1
     assert time.perf_counter() - started < 5
     assert capsys.readouterr().err.strip() == ("imagenet-pack: error: --plot needs matplotlib: pip install -e "
                                                "'.[plot]' (or pip install matplotlib)")
+
+
+BAD_BENCH = {  # option -> (arguments, what the one line says, exit status)
+    "json in no folder": (["--json", "{tmp}/no/such/dir/x.json"], "no folder", 1),
+    "json a folder": (["--json", "{tmp}"], "is a folder", 1),
+    "plot without images": (["--plot", "{tmp}/x.png"], "add --images SRC", 2),
+    "unknown arch": (["--accuracy", "--arch", "nosuch", "--weights", "{tmp}/w.pt"], "no such classification model", 1),
+    "junk weights": (["--accuracy", "--arch", "resnet18", "--weights", "{tmp}/junk.pt"], "not a state dict", 1),
+    "weights of another model": (["--accuracy", "--arch", "resnet34", "--weights", "{tmp}/w.pt"],
+                                 "not a state dict of resnet34", 1),
+    "weights without arch": (["--accuracy", "--weights", "{tmp}/w.pt"], "--weights needs --arch", 1),
+    "arch without accuracy": (["--arch", "resnet18"], "--arch is for --accuracy", 2),
+    "compare with no database": (["--accuracy", "--arch", "resnet18", "--weights", "{tmp}/w.pt", "--compare",
+                                  "{tmp}"], "no database found", 1),
+    "unusable device": (["--device", "nosuchdevice"], "--device nosuchdevice", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BENCH))
+def test_bench_refuses_a_bad_option_or_output_before_reading_an_image(db_session, tmp_path, capsys, case):
+    import torchvision
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp_path / "w.pt")
+    (tmp_path / "junk.pt").write_bytes(os.urandom(1000))
+    args, said, status = BAD_BENCH[case]
+    started = time.perf_counter()
+    try:
+        code = main(["bench", str(db_session), "--rounds", "1", "--limit", "4", "--workers", "1",
+                     *[a.format(tmp=tmp_path) for a in args]])
+    except SystemExit as exc:  # a usage error
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == status and said in err, (code, err)
+    assert time.perf_counter() - started < 20 and "Traceback" not in err and "weights_only=False" not in err
+    assert err.strip().splitlines()[-1].startswith(("imagenet-pack: error:", "imagenet-pack bench: error:"))
 
 
 def test_bench_accuracy_scores_every_read_path(tree_session, db_session, tmp_path, capsys):
@@ -236,7 +276,7 @@ def test_bench_accuracy_scores_every_read_path(tree_session, db_session, tmp_pat
                  "--compare", str(db_session), "--json", str(out)]) == 0
     table = json.loads(out.read_text())["accuracy"]
     names = [r["pipeline"] for r in table["rows"]]
-    assert names[0].startswith("reference: ImageFolder + PIL") and table["images"] == 12
+    assert names[0].startswith("reference: ImageFolder + PIL") and (table["images"], table["of"]) == (4, 12)
     assert any(n.startswith("drop-in") for n in names) and any(n.startswith("GPU decode mode") for n in names)
     assert any("lossless" in n for n in names) and any("fused val decoder (opencv)" in n for n in names)
     rows = {r["pipeline"]: r for r in table["rows"]}

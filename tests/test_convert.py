@@ -18,7 +18,7 @@ import torchvision.io as tio
 from PIL import Image
 
 from imagenet_pack import CenterCropDecoder, FormatError, LmdbImageNet, OutputExistsError, convert
-from imagenet_pack.convert.writer import ShardWriter
+from imagenet_pack.write.writer import ShardWriter
 from imagenet_pack.format import LENGTH_KEY, RECORDS_DB, decode_record, encode_key, encode_record, Record
 from imagenet_pack.sources.items import read_item as real_read
 from imagenet_pack.synthetic import make_sample_tree
@@ -36,7 +36,7 @@ def test_same_database_for_any_worker_and_shard_count(tree, tmp_path):
     assert records(tmp_path / "s3") == base
     shards = sorted(p.name for p in (tmp_path / "s3" / "train").iterdir())
     assert shards == ["shard-000-of-003", "shard-001-of-003", "shard-002-of-003"]
-    assert len(LmdbImageNet(tmp_path / "s3", "train")._shard_paths) == 3
+    assert len(LmdbImageNet(tmp_path / "s3", "train")._shards) == 3
 
 
 def test_map_grows_from_a_tiny_initial_map(tree, tmp_path):
@@ -88,7 +88,7 @@ def test_resume_continues_from_the_last_commit(tree, tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(FormatError, match="incomplete"):
         LmdbImageNet(dst, "train")
-    from imagenet_pack.convert import tasks
+    from imagenet_pack.write import tasks
     read = []
     monkeypatch.setattr(tasks, "read_item", lambda item, limit: (read.append(item.path), real_read(item, limit))[1])
     report = convert(tree, dst, opts(workers=1, splits=("train",)))
@@ -220,7 +220,7 @@ def test_audit_warns_for_a_full_class_list_with_other_counts(tmp_path):
 def test_a_file_changed_or_removed_between_worker_and_writer_is_an_error(tree, tmp_path, monkeypatch):
     """The parent re-reads unchanged files from the page cache; one replaced or deleted meanwhile is a one-line
     error (the rerun resumes), never a traceback or another file's bytes under this record."""
-    from imagenet_pack.convert import split
+    from imagenet_pack.write import split
     from imagenet_pack.errors import ImagenetPackError
 
     victim, gone = sorted((tree / "train").rglob("*.JPEG"))[3:5]

@@ -16,7 +16,7 @@ import pytest
 from imagenet_pack import BusyError, FormatError, ImagenetPackError, LmdbImageNet, OutputExistsError, convert
 from imagenet_pack.cli import main
 from imagenet_pack.format import META_KEY
-from imagenet_pack.read.reader import close_handle
+from imagenet_pack.layout import close_shard as close_handle
 
 from helpers import opts, put_meta, records
 
@@ -61,7 +61,7 @@ _KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from imagenet_pack import ConvertOptions, convert
-    from imagenet_pack.convert import converter, writer
+    from imagenet_pack.write import converter, writer
     limit, seen = int(sys.argv[3]), [0]
     def killing(original):
         def wrapped(*args, **kwargs):
@@ -183,7 +183,7 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder(tree, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from imagenet_pack.convert.lock import hold_lock
+        from imagenet_pack.write.lock import hold_lock
         with hold_lock(Path({str(dst)!r})):
             print("locked", flush=True)
             sys.stdin.readline()

@@ -7,7 +7,7 @@ import os
 import msgpack
 import pytest
 
-from imagenet_pack.convert.state import Problem, Progress, Row, decode_rows, encode_rows
+from imagenet_pack.write.state import Problem, Progress, Row, decode_rows, encode_rows
 from imagenet_pack.errors import CorruptRecordError, FormatError
 from imagenet_pack.format import (TAIL_MAX, Record, ShardMeta, decode_key, decode_paths, decode_record, encode_key,
                                   encode_paths, encode_record)
@@ -106,7 +106,7 @@ def test_the_write_wing_meets_the_read_wing_only_at_the_format():
     """Importing the converter pulls in neither the reader nor torch (a data host that only converts)."""
     import subprocess
     import sys
-    code = ("import sys, imagenet_pack.convert.converter, imagenet_pack.cli; "
+    code = ("import sys, imagenet_pack.write.converter, imagenet_pack.cli; "
             "print(sorted(m for m in sys.modules if m.startswith(('imagenet_pack.read', 'imagenet_pack.loader', "
             "'imagenet_pack.gpu', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

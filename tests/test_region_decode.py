@@ -138,5 +138,5 @@ def test_backend_choice_is_checked_and_a_missing_backend_says_what_to_install(mo
     assert RandomResizedCropDecoder(8, backend="auto").backend == "nvimgcodec"
     monkeypatch.setattr(decoders, "NVIMGCODEC_AVAILABLE", False)
     assert RandomResizedCropDecoder(8, backend="auto").backend == "opencv"
-    with pytest.raises(DecoderUnavailableError, match=r"pip install 'imagenet-pack\[nvimgcodec\]'"):
+    with pytest.raises(DecoderUnavailableError, match=r"pip install nvidia-nvimgcodec-cu13 .*pip install -e '\.\[nvimgcodec\]'"):
         CenterCropDecoder(8, backend="nvimgcodec")

@@ -33,9 +33,10 @@ def test_a_pickled_dataset_carries_no_per_record_array(db_session, tmp_path, tre
     assert abs(len(pickle.dumps(big)) - size_small) < 200  # independent of the record count
     clone = pickle.loads(pickle.dumps(big))
     assert clone.targets.tolist() == big.targets.tolist() and clone.sizes.tolist() == big.sizes.tolist()
-    # the arrays are maps of the database file (shared page cache), not private copies
-    assert isinstance(big.targets, np.memmap) and big.targets.dtype == np.dtype("<i2")
+    # the narrowest types, read-only; read on first access by the process that asks, never carried along
+    assert big.targets.dtype == np.dtype("<i2") and not big.targets.flags.writeable
     assert big.sizes.dtype == np.dtype("<u2") and big.sizes.shape == (240, 2)
+    assert len(pickle.dumps(big)) - len(pickle.dumps(LmdbImageNet(tmp_path / "bigdb", "train"))) == 0
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])

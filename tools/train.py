@@ -114,6 +114,30 @@ def learning_rate(args, step: int, steps_per_epoch: int) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "loader", "step")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """The checkpoint at ``path``, loaded as plain tensors and containers only (never code: a checkpoint is
+    data). ImagenetPackError in one line if it is cut short, not a checkpoint, or lacks what a resume needs."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
+        raise ImagenetPackError(f"{path}: not a whole checkpoint ({type(exc).__name__}: the file is cut short, "
+                                "damaged or not one this script wrote); remove it to start over, or resume from "
+                                "another --output") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ImagenetPackError(f"{path}: not a checkpoint of this script (no {', '.join(missing)})")
+    if type(state["step"]) is not int or state["step"] < 0:
+        raise ImagenetPackError(f"{path}: its step is {state['step']!r}, not a count of steps")
+    return state
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic and durable: written to a temporary file, flushed to disk, renamed into place, the rename
     flushed too, so a crash or power loss leaves the previous checkpoint or this one, never a torn file."""
@@ -162,6 +186,7 @@ class Run:
         args.output.mkdir(parents=True, exist_ok=True)
         self.checkpoint = args.output / CHECKPOINT
         self.train_loader, self.val_loader, classes = build_loaders(args, self.world, self.device)
+        self.model_classes = classes
         self.model = torchvision.models.get_model(args.arch, num_classes=classes).to(self.device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -196,10 +221,23 @@ class Run:
         """Load model, optimiser, step and loader position from the checkpoint, if asked and present."""
         if not (self.args.resume and self.checkpoint.is_file()):
             return
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.train_loader.load_state_dict(state["loader"])
+        state = load_checkpoint(self.checkpoint, self.device)
+        written_for = state["args"].get("arch") if isinstance(state.get("args"), dict) else None
+        if written_for is not None and written_for != self.args.arch:
+            raise ImagenetPackError(f"{self.checkpoint}: written by a run with --arch {written_for}, this one has "
+                                    f"--arch {self.args.arch}: pass --arch {written_for}, or another --output")
+        try:
+            self.model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError, TypeError) as exc:
+            raise ImagenetPackError(f"{self.checkpoint}: its model does not fit --arch {self.args.arch} with "
+                                    f"{self.model_classes} classes ({_first_line(exc)}); it was written for another "
+                                    "model or database: resume with those, or use another --output") from None
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.train_loader.load_state_dict(state["loader"])
+        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise ImagenetPackError(f"{self.checkpoint}: {_first_line(exc)}; it was written by another run: use "
+                                    "another --output") from None
         self.step = state["step"]
         if self.rank == 0:
             print(f"resumed from {self.checkpoint}: epoch {state['loader']['epoch']}, {state['loader']['consumed']} "

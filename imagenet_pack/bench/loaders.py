@@ -37,25 +37,21 @@ print("first batch", flush=True)
 
 def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, object]]:
     """name -> (kind "train" or "val", dataset) for every entry the machine can run."""
-    from torchvision.datasets import ImageFolder
-
     from ..read.dataset import LmdbImageNet
     from ..read.decoders import CenterCropDecoder, RandomResizedCropDecoder, installed_backends
-    from ..read.reader import list_splits
+    from .folders import SourceFolder
     from .timing import standard_train_transform, standard_val_transform
 
-    splits = list_splits(root)
-    if not splits:
-        raise ImagenetPackError(f"{root}: no database found; convert one first")
+    splits = list_splits_of(root)
     train_split = "train" if "train" in splits else splits[0]
     val_split = "val" if "val" in splits else splits[0]
     entries: dict[str, tuple[str, object]] = {}
     if options.images is not None:
         trees = split_dirs(options.images)
-        entries["train-baseline"] = ("train", ImageFolder(str(trees.get("train", trees.get("val"))),
-                                                           transform=standard_train_transform()))
-        entries["val-baseline"] = ("val", ImageFolder(str(trees.get("val", trees.get("train"))),
-                                                       transform=standard_val_transform()))
+        entries["train-baseline"] = ("train", SourceFolder(trees.get("train", trees.get("val")),
+                                                            transform=standard_train_transform()))
+        entries["val-baseline"] = ("val", SourceFolder(trees.get("val", trees.get("train")),
+                                                        transform=standard_val_transform()))
     entries["train-lmdb-dropin"] = ("train", LmdbImageNet(root, train_split, transform=standard_train_transform()))
     for backend in installed_backends():
         suffix = "" if backend == "opencv" else f"-{backend}"
@@ -68,15 +64,33 @@ def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, obj
     return entries
 
 
+def list_splits_of(root: Path) -> list[str]:
+    """The splits of the database ``root``; ImagenetPackError when it is none."""
+    from ..read.reader import list_splits
+    splits = list_splits(root)
+    if not splits:
+        raise ImagenetPackError(f"{root}: no database found; convert one first")
+    return splits
+
+
+def check_device(device: str) -> None:
+    """ImagenetPackError unless torch can use ``device`` here (e.g. "cuda" on a machine without a GPU)."""
+    import torch
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise ImagenetPackError(f"--device {device}: not usable here ({str(exc).splitlines()[0][:120]})") from None
+
+
 def first_batch_loader(kind: str, root: Path, workers: int, batch_size: int):
     """The loader whose first batch :func:`time_to_first_batch` times: ``fused`` (build_loader over the
     train split with the fused decoder, as a trainer runs it) or ``imagefolder`` (root: a class folder)."""
     if kind == "imagefolder":
         from torch.utils.data import DataLoader
-        from torchvision.datasets import ImageFolder
 
+        from .folders import SourceFolder
         from .timing import standard_train_transform
-        return DataLoader(ImageFolder(str(root), transform=standard_train_transform()), batch_size=batch_size,
+        return DataLoader(SourceFolder(root, transform=standard_train_transform()), batch_size=batch_size,
                           shuffle=True, num_workers=workers)
     from ..loading import build_loader
     from ..read.dataset import LmdbImageNet
@@ -127,6 +141,14 @@ def run_bench(root: Path | str, options: BenchOptions = BenchOptions(),
     root = Path(root)
     workers = options.workers or default_workers()
     entries = bench_entries(root, options)
+    model = None
+    if options.accuracy:  # everything that can fail is tried before the first image is timed
+        from .accuracy import load_model
+        model = load_model(options.arch, options.weights)
+        for other in options.databases:
+            list_splits_of(other)
+    if options.feed_device is not None:
+        check_device(options.feed_device)
     echo(f"timing {len(entries)} loaders, {options.limit or 'an epoch of'} images a round, {options.rounds} "
          f"rounds after a warm-up, {workers} workers")
     results = measure({name: (dataset, None) for name, (_, dataset) in entries.items()}, workers, options.rounds,
@@ -155,7 +177,7 @@ def run_bench(root: Path | str, options: BenchOptions = BenchOptions(),
     if options.accuracy:
         from .accuracy import accuracy_table
         echo("evaluating the model through every read path")
-        accuracy = accuracy_table(root, options, echo)
+        accuracy = accuracy_table(root, options, model, echo)
     return {"machine": {"cores": default_workers(), "platform": platform.platform(), "cpu": cpu_name(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,

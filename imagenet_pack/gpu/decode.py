@@ -65,7 +65,8 @@ class GpuBatchDecoder:
             backend = "nvimgcodec" if NVIMGCODEC_AVAILABLE else "torchvision"
         if backend == "torchvision":
             warnings.warn("GPU decode through torchvision.io.decode_jpeg, deprecated since torchvision 0.29: "
-                          "pip install 'imagenet-pack[gpu-cu12]' (or gpu-cu13) for nvImageCodec", stacklevel=2)
+                          "pip install nvidia-nvimgcodec-cu12[nvjpeg] (or -cu13, as torch's CUDA; in a checkout: pip "
+                          "install -e '.[gpu-cu12]') for nvImageCodec", stacklevel=2)
         self.size, self.device, self.backend, self.kinds = size, resolve_device(device), backend, kinds
         self.fallbacks = 0  # images the device decoder refused, decoded on the CPU instead
         self._nv = None

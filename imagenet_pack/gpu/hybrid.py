@@ -17,7 +17,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 import torch
 from torch.utils.data import Dataset
 
-from ..format import Record
+from ..format import Record, checked_int
 from ..loader.loader import epoch_loader
 from ..read.crops import Plan
 from .decode import GpuBatchDecoder
@@ -82,7 +82,13 @@ class SharePolicy:
 
     def restore(self, state: dict) -> None:
         if "gpu_share" in state:
-            self.share, self.since, self.auto = float(state["gpu_share"]), tuple(state["gpu_share_since"]), False
+            share, since = state["gpu_share"], state.get("gpu_share_since")
+            if type(share) not in (int, float) or not 0.0 <= share <= 1.0:
+                raise ValueError(f"loader state's gpu_share is {share!r}, not a share from 0 to 1")
+            if not isinstance(since, (list, tuple)) or len(since) != 2:
+                raise ValueError(f"loader state's gpu_share_since is {since!r}, not [epoch, consumed]")
+            since = (checked_int(since[0], "gpu_share_since epoch"), checked_int(since[1], "gpu_share_since consumed"))
+            self.share, self.since, self.auto = float(share), since, False
 
 
 class HybridLoader:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ImagenetPackError
 from ..machine import default_workers
 from .ring import BatchRing, BatchSource, NumberedBatches, Split, as_is, shared_empty
 from .sampler import EpochSampler
@@ -66,6 +67,17 @@ def collate_uint8(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, 
     return images, targets
 
 
+def worker_error(exc: ImagenetPackError) -> ImagenetPackError:
+    """The package's error a DataLoader worker raised, as its one line: DataLoader re-raises it in the main
+    process as the same type whose text is the worker's whole traceback, ending with that line."""
+    text = str(exc)
+    if "\nOriginal Traceback" not in text:
+        return exc
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return type(exc)(last[len(prefix):] if last.startswith(prefix) else last)
+
+
 def worker_init(worker_id: int) -> None:
     """Seed numpy per worker; one OpenCV thread per worker process (the workers are the parallelism).
 
@@ -103,12 +115,15 @@ class EpochLoader:
 
     def batches(self) -> Iterator[Any]:
         self.sampler.skip = self.delivered
-        for batch in self.loader:
-            if self.ring is not None:
-                slot, targets, rest = batch
-                images, targets = self.ring.take(slot, targets, pin=self.pin)
-                batch = (images, targets, rest) if rest else (images, targets)
-            yield batch
+        try:
+            for batch in self.loader:
+                if self.ring is not None:
+                    slot, targets, rest = batch
+                    images, targets = self.ring.take(slot, targets, pin=self.pin)
+                    batch = (images, targets, rest) if rest else (images, targets)
+                yield batch
+        except ImagenetPackError as exc:
+            raise worker_error(exc) from None
 
     def deliver(self, samples: int, waited: float = 0.0) -> None:
         self.delivered += samples

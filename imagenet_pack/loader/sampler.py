@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..format import checked_int
+
 
 class EpochSampler(Sampler):
     """Indices of one rank for one epoch, from what the job had consumed when this run started.
@@ -100,10 +102,23 @@ class EpochSampler(Sampler):
 
     def load_state_dict(self, state: dict) -> None:
         """Resume where ``state`` left off, on any world size: the rest of the epoch is dealt to this run's
-        ranks."""
-        if state["seed"] != self.seed or state.get("length", self.length) != self.length \
-                or state.get("shuffle", self.shuffle) != self.shuffle:
-            raise ValueError(f"sampler state is for seed {state['seed']}, {state.get('length')} samples, "
-                             f"shuffle={state.get('shuffle')}; this run has seed {self.seed}, {self.length} samples, "
-                             f"shuffle={self.shuffle}: the order would differ")
-        self.epoch, self.start, self.skip = state["epoch"], min(state["consumed"], self.length), 0
+        ranks. ValueError (one line, naming the field) for a state that is not one this sampler wrote, or
+        that is for another order (seed, length, shuffling)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"sampler state must be a dict, not {type(state).__name__}")
+        missing = [k for k in ("epoch", "consumed", "seed") if k not in state]
+        if missing:
+            raise ValueError(f"sampler state lacks {', '.join(missing)}: not a state_dict() of this loader")
+        epoch = checked_int(state["epoch"], "sampler state's epoch", 0)
+        consumed = checked_int(state["consumed"], "sampler state's consumed", 0, self.length)
+        seed = checked_int(state["seed"], "sampler state's seed", 0)
+        length = checked_int(state.get("length", self.length), "sampler state's length", 0)
+        shuffle = state.get("shuffle", self.shuffle)
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"sampler state's shuffle is {shuffle!r}, not True or False")
+        if "world_size" in state:
+            checked_int(state["world_size"], "sampler state's world_size", 1)
+        if (seed, length, shuffle) != (self.seed, self.length, self.shuffle):
+            raise ValueError(f"sampler state is for seed {seed}, {length} samples, shuffle={shuffle}; this run has "
+                             f"seed {self.seed}, {self.length} samples, shuffle={self.shuffle}: the order would differ")
+        self.epoch, self.start, self.skip = epoch, consumed, 0

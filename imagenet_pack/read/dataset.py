@@ -9,11 +9,11 @@ from typing import Any, Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import CorruptRecordError
-from ..format import Record, encode_key
+from ..format import Record
+from ..layout import shard_file
 from .crops import Plan
 from .decoders import Decoder, FusedDecoder, resolve_decoder
-from .reader import load_split, open_handle, read_paths, shard_arrays
+from .reader import Shard, load_split, read_paths
 
 
 class LmdbImageNet(Dataset):
@@ -43,14 +43,15 @@ class LmdbImageNet(Dataset):
         class_to_idx (dict[str, int]): every class name to its index.
         wnids (list[str]): WordNet ids per class index (sorted, torchvision's order).
         wnid_to_idx (dict[str, int]): wnid to class index.
-        targets (numpy.ndarray): class index of every sample (int16 or int32), read in place from the
-            database: every process shares the same pages, and a pickled dataset carries none of it (a
-            multi-shard split concatenates the shards' arrays on each access: index ``targets`` once).
+        targets (numpy.ndarray): class index of every sample (int16 or int32, read-only), read from the
+            database on first access and kept by this instance (a pickled dataset carries none of it, and
+            workers never read it: their memory does not grow with the database).
         sizes (numpy.ndarray): (N, 2) height and width of every stored image, likewise (the source's, unless
             the database was stored resized: ``--short-side``, ``--max-side``).
 
     Raises:
-        FormatError: the database is missing, incomplete, or of an unsupported format version.
+        FormatError: the database is missing, incomplete, or of an unsupported format version; (on access)
+            it was rewritten or replaced since this dataset was opened (it is never read as a mix of both).
         CorruptRecordError: (on access) a record fails its checksum.
     """
 
@@ -67,41 +68,44 @@ class LmdbImageNet(Dataset):
         self.classes = info.classes
         self.class_to_idx = {name: i for i, names in enumerate(self.classes) for name in names}
         self._shards = info.shards
-        self._shard_paths = [str(s.path) for s in info.shards]
         self._starts = [s.start for s in info.shards]
         self._length = len(info)
-        self._paths: list[str] | None = None
-        self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = info.arrays
+        self._kept: dict[str, Any] = {}  # targets, sizes, paths: read on first access
 
     def __len__(self) -> int:
         return self._length
 
-    def _shard_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(targets, sizes) of every shard, viewing this process's maps (re-made after unpickling)."""
-        if self._arrays is None:
-            self._arrays = [shard_arrays(shard) for shard in self._shards]
-        return self._arrays
+    def _whole(self, name: str, read: Callable[[Shard], Any]) -> Any:
+        """``name`` of every record, read on first access and kept; the files are checked to be the ones
+        opened on every access, so a kept array never stands for a database replaced since."""
+        for shard in self._shards:
+            shard_file(shard.path, shard.identity)
+        if name not in self._kept:
+            parts = [read(shard) for shard in self._shards]
+            if name == "paths":
+                self._kept[name] = [p for part in parts for p in part]
+            else:
+                whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                whole.flags.writeable = False
+                self._kept[name] = whole
+        return self._kept[name]
 
     @property
     def targets(self) -> np.ndarray:
-        arrays = [t for t, _ in self._shard_arrays()]
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        return self._whole("targets", Shard.targets)
 
     @property
     def sizes(self) -> np.ndarray:
-        arrays = [s for _, s in self._shard_arrays()]
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        return self._whole("sizes", Shard.sizes)
 
     @property
     def paths(self) -> list[str]:
         """Source path (relative to the converted input) of every sample; read on first access, then kept."""
-        if self._paths is None:
-            self._paths = [p for shard in self._shards for p in read_paths(shard.path)]
-        return self._paths
+        return self._whole("paths", lambda shard: read_paths(shard.path, shard.identity))
 
     def __getstate__(self) -> dict:
-        # no per-record array travels to a spawned worker: it views its own map of the database
-        return {**self.__dict__, "_paths": None, "_arrays": None}
+        # no per-record array travels to a worker: workers read what they need from the file
+        return {**self.__dict__, "_kept": {}}
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any]:
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
@@ -166,18 +170,11 @@ class LmdbImageNet(Dataset):
         return self._read(self._checked_index(index))[0]
 
     def _read(self, index: int) -> tuple[Record, str]:
-        shard = bisect.bisect_right(self._starts, index) - 1
-        path, local = self._shard_paths[shard], index - self._starts[shard]
-        where = f"{path} record {local}"
-        record = open_handle(path).read(encode_key(local), where)
-        if record is None:
-            raise CorruptRecordError(f"{where}: missing although the metadata lists it; reconvert the database")
-        expected = int(self._shard_arrays()[shard][0][local])
-        if record.target != expected:
-            raise CorruptRecordError(f"{where}: target {record.target} differs from the metadata's "
-                                     f"{expected}; reconvert the database")
-        return record, where
+        shard = self._shards[bisect.bisect_right(self._starts, index) - 1]
+        local = index - shard.start
+        where = f"{shard.path} record {local}"
+        return shard.read(local, where), where
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={len(self)}, "
-                f"classes={len(self.wnids)}, shards={len(self._shard_paths)})")
+                f"classes={len(self.wnids)}, shards={len(self._shards)})")

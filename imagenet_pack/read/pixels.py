@@ -5,7 +5,7 @@
   decoding stops at the box's last row, and rows above it are only entropy-decoded (measured on ImageNet
   JPEGs: the top half of the rows costs 51% of a full decode, the bottom half 85%, the middle half of the
   columns 103%: columns beside a box save nothing), from pip alone (``pip install
-  'imagenet-pack[nvimgcodec]'``, Linux); it has no reduced-size decode, so a box decoded at 1/2, 1/4 or 1/8
+  -e '.[nvimgcodec]'`` in a checkout, Linux); it has no reduced-size decode, so a box decoded at 1/2, 1/4 or 1/8
   scale goes to OpenCV.
 
 Torch-free. Every decode is checked against the size the record stores (covered by its checksum), so a
@@ -28,7 +28,8 @@ Box = tuple[int, int, int, int]  # top, left, height, width
 
 NVIMGCODEC_AVAILABLE = importlib.util.find_spec("nvidia") is not None and \
     importlib.util.find_spec("nvidia.nvimgcodec") is not None
-NVIMGCODEC_MISSING = "nvImageCodec is not installed: pip install 'imagenet-pack[nvimgcodec]'"
+NVIMGCODEC_MISSING = ("nvImageCodec is not installed: pip install nvidia-nvimgcodec-cu13 (or, in a checkout of "
+                      "imagenet-pack, pip install -e '.[nvimgcodec]')")
 _NV: tuple[int, Any, Any, Any] | None = None  # pid, module, CPU-only decoder, decode parameters
 
 

@@ -7,6 +7,7 @@ torchvision assigns them, so every ID goes through meta.mat to its wnid first.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 import zlib
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LayoutError
+from .items import BoundedReader, read_side_file
 
 DEVKIT_ARCHIVE = "ILSVRC2012_devkit_t12.tar.gz"
 META_MAT = "data/meta.mat"
@@ -55,18 +57,24 @@ def find_devkit(root: Path) -> Path | None:
     return None
 
 
+# what a real devkit holds is far below these (meta.mat ~0.4 MB, the ground truth ~0.2 MB, the whole archive
+# ~10 MB inflated); past them the file is not a devkit, and is never read whole
+META_MAT_MAX, GROUND_TRUTH_MAX, DEVKIT_MAX = 16 << 20, 4 << 20, 128 << 20
+
+
 def load_devkit(path: Path) -> Devkit:
-    """Parse a devkit archive or folder. Needs scipy (``pip install 'imagenet-pack[devkit]'``) for meta.mat."""
+    """Parse a devkit archive or folder. Needs scipy (``pip install -e '.[devkit]'``) for meta.mat. Every
+    read is bounded (see the limits above): a devkit that inflates to gigabytes is an error, not a wait."""
     try:
         if path.is_file():
-            with tarfile.open(path, "r:*") as tar:
-                files = {m.name: m for m in tar.getmembers() if m.isfile()}
-                meta = _member(tar, files, META_MAT, path)
-                truth = _member(tar, files, GROUND_TRUTH, path, required=False)
+            meta, truth = _archive_members(path, {META_MAT: META_MAT_MAX, GROUND_TRUTH: GROUND_TRUTH_MAX})
+            if meta is None:
+                raise LayoutError(f"{path}: the devkit archive holds no {META_MAT}")
         else:
-            meta = (path / META_MAT).read_bytes()
+            meta = read_side_file(path / META_MAT, META_MAT_MAX, "devkit's meta.mat")
             truth_file = path / GROUND_TRUTH
-            truth = truth_file.read_bytes() if truth_file.is_file() else None
+            truth = read_side_file(truth_file, GROUND_TRUTH_MAX, "validation ground truth") \
+                if truth_file.is_file() else None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise LayoutError(f"{path}: the devkit cannot be read ({type(exc).__name__}: {exc}); it is damaged or "
                           "cut short, download it again") from exc
@@ -80,13 +88,24 @@ def load_devkit(path: Path) -> Devkit:
     return Devkit(id_to_wnid, names, counts, ground_truth, str(path))
 
 
-def _member(tar: tarfile.TarFile, files: dict, suffix: str, path: Path, required: bool = True) -> bytes | None:
-    matches = [name for name in files if name.endswith(suffix)]
-    if not matches:
-        if required:
-            raise LayoutError(f"{path}: the devkit archive holds no {suffix}")
-        return None
-    return tar.extractfile(files[matches[0]]).read()
+def _archive_members(path: Path, wanted: dict[str, int]) -> list[bytes | None]:
+    """The first member of the (gzipped) tar ``path`` whose name ends with each of ``wanted``, read in one
+    streaming pass that inflates at most DEVKIT_MAX bytes, each member at most its own limit."""
+    found: dict[str, bytes] = {}
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+        with tarfile.open(fileobj=BoundedReader(stream, DEVKIT_MAX, str(path)), mode="r|") as tar:
+            for member in tar:
+                suffix = next((w for w in wanted if member.name.endswith(w) and w not in found), None)
+                if suffix is None or not member.isfile():
+                    continue
+                if member.size > wanted[suffix]:
+                    raise LayoutError(f"{path}: its {member.name} is {member.size} bytes, over the "
+                                      f"{wanted[suffix] >> 20} MiB a devkit's takes; it is not one, or it is damaged")
+                found[suffix] = tar.extractfile(member).read(wanted[suffix] + 1)
+    return [found.get(w) for w in wanted]
 
 
 def parse_meta_mat(data: bytes, where: str) -> tuple[dict[int, str], dict[str, tuple[str, ...]], dict[str, int]]:
@@ -95,7 +114,8 @@ def parse_meta_mat(data: bytes, where: str) -> tuple[dict[int, str], dict[str, t
         import scipy.io
     except ImportError as exc:
         raise LayoutError(f"{where}: reading the devkit's meta.mat needs scipy; "
-                          "install it with: pip install 'imagenet-pack[devkit]'") from exc
+                          "install it with: pip install scipy (or, in a checkout of imagenet-pack, pip install -e "
+                          "'.[devkit]')") from exc
     try:
         synsets = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
         rows = [(int(s["ILSVRC2012_ID"]), str(s["WNID"]), str(s["words"]), int(s["num_children"]),

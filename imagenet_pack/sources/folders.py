@@ -56,23 +56,24 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 def _walk(folder: str, seen: set[tuple[int, int]]) -> Iterator[tuple[str, list[os.DirEntry], list[str]]]:
     """(folder, its non-folder entries, folder links that loop) for ``folder`` and every folder below it in
-    sorted order, following links once per real folder."""
-    entries = _listing(folder)
-    files, loops = [], []
-    subfolders = []
-    for entry in entries:
-        if _is_dir(entry):
-            st = entry.stat()
-            if (st.st_dev, st.st_ino) in seen:
-                loops.append(entry.name)
+    sorted depth-first order, following links once per real folder; a stack, not recursion, so no depth of
+    nesting can exhaust Python's."""
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        files, loops, subfolders = [], [], []
+        for entry in _listing(current):
+            if _is_dir(entry):
+                st = entry.stat()
+                if (st.st_dev, st.st_ino) in seen:
+                    loops.append(entry.name)
+                else:
+                    seen.add((st.st_dev, st.st_ino))
+                    subfolders.append(entry.path)
             else:
-                seen.add((st.st_dev, st.st_ino))
-                subfolders.append(entry.path)
-        else:
-            files.append(entry)
-    yield folder, files, loops
-    for sub in subfolders:
-        yield from _walk(sub, seen)
+                files.append(entry)
+        yield current, files, loops
+        stack.extend(reversed(subfolders))
 
 
 def _entry_kind(entry: os.DirEntry) -> tuple[os.stat_result | None, str | None]:

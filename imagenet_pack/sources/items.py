@@ -14,6 +14,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from pathlib import Path
+
+from ..errors import LayoutError
 from ..format import path_bytes
 
 # torchvision's IMG_EXTENSIONS, matched case-insensitively, so the same files are taken as ImageFolder takes.
@@ -100,6 +103,38 @@ def read_item(item: Item, max_bytes: int) -> tuple[bytes, tuple[int, int, int]]:
     finally:
         os.close(fd)
     return data, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def read_side_file(path: Path | str, limit: int, what: str) -> bytes:
+    """The bytes of a file the input's labels come from (a devkit's, Kaggle's CSV and mapping), read like an
+    image: a regular file only, never blocking, never more than ``limit`` bytes (more than any real one
+    holds). LayoutError in one line naming it otherwise."""
+    try:
+        data, _ = read_item(Item(str(path), 0, str(path)), limit)
+    except NotRegularFile as exc:
+        raise LayoutError(f"{path}: {exc.strerror}; the {what} must be a regular file") from None
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise LayoutError(f"{path}: over the {limit >> 20} MiB a {what} takes ({exc.strerror}); it is not one, "
+                              "or it is damaged") from None
+        raise LayoutError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    return data
+
+
+class BoundedReader:
+    """A file-like reader that raises LayoutError once more than ``limit`` bytes were read through it: what
+    a compressed archive inflates to is bounded, whatever its headers claim."""
+
+    def __init__(self, raw, limit: int, what: str):
+        self.raw, self.left, self.limit, self.what = raw, limit, limit, what
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(self.left + 1 if size is None or size < 0 else min(size, self.left + 1))
+        self.left -= len(data)
+        if self.left < 0:
+            raise LayoutError(f"{self.what}: inflates to more than {self.limit >> 20} MiB, far more than a real one; "
+                              "it is not one, or it is damaged")
+        return data
 
 
 def _read_at_most(fd: int, limit: int) -> bytes:

@@ -3,21 +3,25 @@ flat validation folder) and ``LOC_synset_mapping.txt`` (the class list and names
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from ..errors import LayoutError
 from .folders import flat_val, folder_entries, scan_class_folders
-from .items import SplitSource
+from .items import SplitSource, read_side_file
 from .synsets import builtin_names, parse_synset_mapping
 
 KAGGLE_DATA = Path("ILSVRC/Data/CLS-LOC")
+# Kaggle's LOC_synset_mapping.txt is 31 KB and LOC_val_solution.csv a few MB: past these, it is not theirs
+MAPPING_MAX, SOLUTION_MAX = 1 << 20, 64 << 20
 
 
 def kaggle_splits(src: Path) -> dict:
     """Split name -> a function building it (None where the split is absent)."""
     mapping = src / "LOC_synset_mapping.txt"
     try:
-        names = parse_synset_mapping(mapping.read_text("utf-8")) if mapping.is_file() else builtin_names()
+        names = parse_synset_mapping(read_side_file(mapping, MAPPING_MAX, "synset mapping").decode("utf-8")) \
+            if mapping.exists() else builtin_names()
     except UnicodeDecodeError as exc:
         raise LayoutError(f"{mapping}: not a UTF-8 text file ({exc})") from exc
     wnids = sorted(names)
@@ -48,7 +52,8 @@ def kaggle_splits(src: Path) -> dict:
 def _kaggle_labels(path: Path) -> dict[str, str]:
     """ImageId -> wnid: the first token of PredictionString (``wnid xmin ymin xmax ymax ...``)."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        text = read_side_file(path, SOLUTION_MAX, "validation solution CSV").decode("utf-8")
+        with io.StringIO(text, newline="") as handle:
             rows = csv.DictReader(handle)
             if rows.fieldnames is None or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
                 raise LayoutError(f"{path}: expected the columns ImageId,PredictionString")

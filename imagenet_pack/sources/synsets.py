@@ -1,8 +1,11 @@
 """The built-in table of the 1000 ILSVRC2012 classes: wnid -> class names, in the standard 0-999 order.
 
-``synsets.txt`` is Kaggle's ``LOC_synset_mapping.txt`` (one ``<wnid> <name>, <name>, ...`` line per class,
-sorted by wnid, so the line number is torchvision's class index). It gives every database class names even
-when the input carries none.
+``synsets.txt`` has one ``<wnid> <name>, <name>, ...`` line per class (the format of Kaggle's
+``LOC_synset_mapping.txt``), sorted by wnid, so the line number is torchvision's class index, and the names
+are the devkit's ``meta.mat`` words, split on ", ": exactly ``torchvision.datasets.ImageNet.classes``. (Kaggle's
+file renames three classes to tell them apart: ``crane_bird``, ``maillot_1``, ``maillot_2``; this table keeps
+the devkit's ``crane``, ``maillot``, ``maillot, tank suit``.) It is the one source of class names for these
+1000 wnids whatever the input layout, so a database's ``classes`` do not depend on how it was downloaded.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def builtin_names() -> dict[str, tuple[str, ...]]:
 
 
 def class_names(wnids: list[str], known: dict[str, tuple[str, ...]] | None = None) -> list[tuple[str, ...]]:
-    """Names for each wnid: from ``known`` first, then the built-in table, else the wnid itself."""
+    """Names for each wnid: the built-in table's (torchvision's) for the 1000 ILSVRC2012 classes, whatever
+    the input says; for any other wnid the input's (``known``: a devkit's or a mapping file's), else the wnid."""
     table = builtin_names()
     known = known or {}
-    return [known.get(w) or table.get(w) or (w,) for w in wnids]
+    return [table.get(w) or known.get(w) or (w,) for w in wnids]

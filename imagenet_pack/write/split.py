@@ -14,6 +14,7 @@ from ..format import Record, ShardMeta, encode_record
 from ..layout import find_shards, shard_dir, shard_of
 from ..lmdbfile import DATA_FILE
 from ..meter import ProgressMeter
+from ..pool import WorkerDied
 from ..sources.items import Item, SplitSource, read_item
 from .ownership import make_own_folder, owned_files
 from .report import SplitReport, audit
@@ -95,12 +96,23 @@ class SplitConversion:
         meter = ProgressMeter(total, f"convert {self.source.split}", "img", enabled=self.options.progress,
                               initial=total - len(todo))
         read, started = 0, time.perf_counter()
-        for n, result in enumerate(self._results(todo, pool)):
-            value, tail = self._encode(result) if result.stored else (None, None)
-            writers[result.shard].add(result.item, value, tail, result.row)
-            read += result.nbytes
-            meter.update(1, f"{read / 1e6 / max(time.perf_counter() - started, 1e-9):.1f} MB/s" if n % 64 == 0 else None)
-        meter.close()
+        try:
+            for n, result in enumerate(self._results(todo, pool)):
+                value, tail = self._encode(result) if result.stored else (None, None)
+                writers[result.shard].add(result.item, value, tail, result.row)
+                read += result.nbytes
+                meter.update(1, f"{read / 1e6 / max(time.perf_counter() - started, 1e-9):.1f} MB/s"
+                             if n % 64 == 0 else None)
+        except WorkerDied as exc:
+            for w in writers.values():  # what came back before it is kept: the rerun starts after it
+                w.flush()
+            names = [task[2].path for task in exc.tasks]
+            raise ImagenetPackError(
+                f"{exc} while reading {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} (the out-of-memory "
+                "killer, if the system log says so: use fewer --workers); everything before them is kept, rerun "
+                "the same command to resume") from None
+        finally:
+            meter.close()
         for w in writers.values():
             w.flush()
         return len(todo)

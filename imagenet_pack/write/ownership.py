@@ -3,8 +3,13 @@
 * Files it creates or writes there (locks, reports) are opened without following symbolic links and must be
   regular files of one link owned by this user; reports are written to a new file and renamed into place,
   which replaces a link planted at the report's path instead of writing through it.
-* Before LMDB opens a shard (LMDB opens its files by name, following links), the split and shard folders and
-  the LMDB files in them are checked: real folders and regular files, no links.
+* LMDB opens a shard's files by name, following links, and takes no descriptor, so a check of those names
+  before LMDB opens them would race with whoever can change the folder. The race is made impossible by
+  construction instead: the split and shard folders must be real folders owned by this user that no other
+  user can write in (made so by us, or refused), each is opened once (not following links) and LMDB is
+  given that open folder (``/proc/self/fd/N``), so renaming folders above it changes nothing; its
+  ``data.mdb`` and ``lock.mdb``, checked through the open folder (regular files of one link, ours), can then
+  be changed by nobody but this user between the check and LMDB's open.
 * ``--overwrite`` removes only :func:`owned_files`: LMDB files in folders we name, each an environment that
   holds our metadata or conversion state, or nothing at all (LMDB was stopped before its first commit).
 """
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from ..errors import OutputExistsError, UnsafeOutputError
 from ..format import META_KEY, PROGRESS_KEY
-from ..layout import LMDB_FILES, close_shard, meta_values, parse_shard_name
+from ..layout import LMDB_FILES, close_shard, meta_values, parse_shard_name, temporary_name
 from ..lmdbfile import DATA_FILE, holds_nothing
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -42,18 +47,27 @@ def open_own_file(path: Path) -> int:
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write ``path`` as a new file renamed into place (never writing through a link planted there)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write ``path`` whole, as a new file renamed into place (never writing through a link planted there):
+    every byte is written (``os.write`` may write fewer than it is given: on a nearly full disk it does), the
+    file and then its folder are flushed to disk; any failure is an error and leaves the old file as it was."""
+    tmp = temporary_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
         if path.is_dir() and not path.is_symlink():
             raise UnsafeOutputError(f"{path}: is a folder; the report cannot be written there")
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except OSError as exc:
         raise UnsafeOutputError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     finally:
@@ -62,7 +76,7 @@ def write_file(path: Path, data: bytes) -> None:
 
 
 def make_own_folder(path: Path) -> None:
-    """Create ``path`` (and missing parents) or check it: a real folder, not a link to one."""
+    """Create ``path`` (and missing parents) or check it: see :func:`check_own_folder`."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path, 0o755)
@@ -70,24 +84,50 @@ def make_own_folder(path: Path) -> None:
         pass
     except OSError as exc:
         raise UnsafeOutputError(f"{path}: cannot create this folder ({exc.strerror or exc})") from None
-    st = os.lstat(path)
+    check_own_folder(path, os.lstat(path))
+
+
+def check_own_folder(path: Path, st: os.stat_result) -> None:
+    """UnsafeOutputError unless ``st`` (``path``'s, not following a link) is a real folder of this user's in
+    which no other user can create, rename or remove a file."""
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafeOutputError(f"{path}: is {'a symbolic link' if stat.S_ISLNK(st.st_mode) else 'not a folder'}; "
                                 "imagenet-pack writes databases only into folders it made: remove it")
+    if st.st_uid != os.geteuid():
+        raise UnsafeOutputError(f"{path}: belongs to user {st.st_uid}, not to this one ({os.geteuid()}); "
+                                "imagenet-pack writes databases only into its own folders: remove it, or run as "
+                                "its owner")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeOutputError(f"{path}: other users can write in it (mode {stat.S_IMODE(st.st_mode):o}), so they "
+                                "could swap its files while imagenet-pack writes them: chmod go-w it")
 
 
-def check_shard_folder(path: Path) -> None:
-    """Before LMDB opens the shard at ``path`` for writing: a real folder whose LMDB files, where present,
-    are regular files of one link (LMDB would follow a link and write through it)."""
+def open_shard_folder(path: Path) -> tuple[int, str]:
+    """(descriptor, path for LMDB) of the shard folder ``path``, made or checked (:func:`make_own_folder`),
+    opened without following a link, and its LMDB files, where present, checked through it: regular files
+    of one link owned by this user. The path for LMDB names the open folder itself where the system can
+    (``/proc/self/fd/N``): see the module docstring."""
     make_own_folder(path)
-    for name in LMDB_FILES:
-        try:
-            st = os.lstat(path / name)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise UnsafeOutputError(f"{path / name}: is not a regular file of one link (a symbolic link, a hard "
-                                    "link or a special file); imagenet-pack never writes through one: remove it")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UnsafeOutputError(f"{path}: cannot open this folder ({exc.strerror or exc})") from None
+    try:
+        check_own_folder(path, os.fstat(fd))  # the folder opened is the one checked
+        for name in LMDB_FILES:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+                raise UnsafeOutputError(f"{path / name}: is not a regular file of one link of this user's (a "
+                                        "symbolic link, a hard link, a special file or another user's); "
+                                        "imagenet-pack never writes through one: remove it")
+    except BaseException:
+        os.close(fd)
+        raise
+    pinned = f"/proc/self/fd/{fd}"
+    return fd, pinned if os.path.isdir(pinned) else str(path)
 
 
 def owned_files(split_dir: Path) -> list[Path]:
@@ -96,9 +136,11 @@ def owned_files(split_dir: Path) -> list[Path]:
     if split_dir.is_symlink():
         raise UnsafeOutputError(f"{split_dir}: is a symbolic link; imagenet-pack writes and removes databases "
                                 "only in folders it made: remove the link")
+    check_own_folder(split_dir, os.lstat(split_dir))
     files, foreign = [], []
     for entry in sorted(split_dir.iterdir()):
         if entry.is_dir() and not entry.is_symlink() and parse_shard_name(entry.name):
+            check_own_folder(entry, os.lstat(entry))
             inner = sorted(entry.iterdir())
             foreign += [f for f in inner if f.name not in LMDB_FILES or not _plain(f)]
             files += [f for f in inner if f.name in LMDB_FILES and _plain(f)]
@@ -115,7 +157,9 @@ def owned_files(split_dir: Path) -> list[Path]:
 
 
 def _plain(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink()
+    """A regular file of one link of this user's (not through a link)."""
+    st = os.lstat(path)
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid()
 
 
 def written_by_us(path: Path) -> bool:

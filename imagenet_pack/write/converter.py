@@ -15,14 +15,15 @@ from typing import Callable
 
 from ..codec import DEFAULT_QUALITY
 from ..errors import ImagenetPackError
-from ..layout import MAX_SHARDS, report_path
+from ..format import MAX_SHARDS
+from ..layout import check_names, report_path
 from ..machine import default_workers
 from ..sources.detect import discover
 from ..sources.folders import SPLITS
 from ..sources.items import SplitSource
 from .lock import check_no_overlap, hold_lock
 from .ownership import remove_database
-from .pool import OrderedPool
+from ..pool import OrderedPool
 from .prepare import PrepareOptions
 from .report import ConvertReport, SplitReport, report_from_metas, write_report
 from .resume import find_complete
@@ -96,6 +97,7 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     if dst.exists() and not dst.is_dir():
         raise ImagenetPackError(f"{dst}: exists and is not a folder; DST is the folder the databases go in")
     check_no_overlap(src, dst)
+    check_names(dst, options.splits, options.shards, options.only_shards)
     sources, notes = discover(src, options.splits, options.layout)
     for note in notes:
         echo(note)

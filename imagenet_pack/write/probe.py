@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..jpegstream import SOS, count_scans, header_segments
+
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _OTHER_MAGIC = {b"GIF87a": "gif", b"GIF89a": "gif", b"BM": "bmp", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
@@ -33,7 +35,7 @@ class Header:
     frame: str = ""  # JPEG: baseline / extended / progressive / lossless / arithmetic / hierarchical
     precision: int = 8
     complete: bool = True  # has its end marker (JPEG EOI after the scan, PNG IEND)
-    scans: int = 0  # JPEG: start-of-scan markers (decode time grows with each)
+    scans: int = 0  # JPEG: start-of-scan markers, counted as the decoder meets them (decode time grows with each)
 
 
 class ProbeError(ValueError):
@@ -117,29 +119,16 @@ _OTHER_SIZE = {"bmp": _bmp_size, "gif": _gif_size, "webp": _webp_size, "tiff": _
 
 
 def _probe_jpeg(data: bytes) -> Header:
-    pos, size, sof, first_scan = 2, len(data), None, None
-    while pos + 4 <= size:
-        if data[pos] != 0xFF:
-            raise ProbeError(f"corrupt JPEG header: expected a marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD8 or 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            pos += 2
-            continue
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        if length < 2:
-            raise ProbeError(f"corrupt JPEG header: segment length {length} at byte {pos}")
-        if marker in _COMMON_SOF or marker in _OTHER_SOF:
-            if pos + 10 > size:
-                break
-            precision, height, width, components = struct.unpack_from(">BHHB", data, pos + 4)
-            sof = (_COMMON_SOF.get(marker) or _OTHER_SOF[marker], precision, height, width, components)
-        if marker == 0xDA:  # start of scan: entropy-coded data follows
-            first_scan = pos
-            break
-        pos += 2 + length
+    sof, first_scan = None, None
+    for segment in header_segments(data):  # as libjpeg reads them: stray bytes and FF 00 skipped, not jumped
+        if segment.marker in _COMMON_SOF or segment.marker in _OTHER_SOF:
+            if segment.start + 6 > segment.end:
+                raise ProbeError(f"corrupt JPEG header: frame header cut short at byte {segment.at}")
+            precision, height, width, components = struct.unpack_from(">BHHB", data, segment.start)
+            sof = (_COMMON_SOF.get(segment.marker) or _OTHER_SOF[segment.marker], precision, height, width,
+                   components)
+        elif segment.marker == SOS:
+            first_scan = segment.at
     if sof is None:
         raise ProbeError("truncated or corrupt JPEG: no frame header (SOF) before the image data")
     frame, precision, height, width, components = sof
@@ -148,8 +137,7 @@ def _probe_jpeg(data: bytes) -> Header:
     # Inside entropy-coded data every 0xFF is followed by 0x00 or a restart marker, so an end-of-image
     # marker after the first scan means the file reaches its end; a cut-off file has none.
     complete = first_scan is not None and data.rfind(b"\xff\xd9") > first_scan
-    scans = data.count(b"\xff\xda", first_scan) if first_scan is not None else 0  # 0xFF in scan data is stuffed
-    return Header("jpeg", width, height, components, frame, precision, complete, scans)
+    return Header("jpeg", width, height, components, frame, precision, complete, count_scans(data))
 
 
 def _probe_png(data: bytes) -> Header:

@@ -11,6 +11,7 @@ the writer reads back (its state, its rows) it reads through the bounds-checked 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, P
                       ShardMeta, encode_arrays, encode_checksums, encode_key, encode_length, encode_paths)
 from ..layout import close_shard
 from ..lmdbfile import LmdbFile
-from .ownership import check_shard_folder
+from .ownership import open_shard_folder
 from .state import Problem, Progress, Row, decode_rows, encode_rows, rows_key
 
 DEFAULT_BATCH_BYTES = 64 << 20
@@ -33,17 +34,18 @@ class ShardWriter:
 
     def __init__(self, path: Path, fingerprint: str, *, map_size: int, batch_bytes: int = DEFAULT_BATCH_BYTES):
         self.path, self.batch_bytes = path, batch_bytes
-        check_shard_folder(path)
-        close_shard(path)  # this process's read-only view of it, if any: it is about to change
+        self.folder, pinned = open_shard_folder(path)  # held open: LMDB writes in exactly this folder
+        close_shard(path)  # this process's reader of it, if any: it is about to change
         try:
-            self.env = lmdb.open(str(path), map_size=max(map_size, 1 << 20), max_dbs=3, subdir=True,
+            self.env = lmdb.open(pinned, map_size=max(map_size, 1 << 20), max_dbs=3, subdir=True,
                                  readahead=False, meminit=False)
         except lmdb.Error as exc:
+            os.close(self.folder)
             raise ImagenetPackError(f"{path}: cannot open the shard for writing ({exc})") from exc
         try:
             self._open_tables(fingerprint)
         except BaseException:
-            self.env.close()
+            self.close()
             raise
         self._pending: list[tuple[int, bytes | None, bytes | None, Row | Problem]] = []  # item, value, tail, row
         self._pending_bytes = 0
@@ -209,6 +211,9 @@ class ShardWriter:
 
     def close(self) -> None:
         self.env.close()
+        if self.folder >= 0:
+            os.close(self.folder)
+            self.folder = -1
 
 
 def _write_error(path: Path, exc: lmdb.Error, batch_bytes: int) -> ImagenetPackError:

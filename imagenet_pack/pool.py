@@ -1,4 +1,5 @@
 """Worker processes that map a function over tasks and hand the results back in order; they stop at once.
+Used by the converter (read and validate files) and by ``verify`` (check records).
 
 ``multiprocessing.Pool`` prints a traceback from every worker on Ctrl-C, can hang in ``terminate()`` with
 results in flight, and leaves workers running when its parent is killed. These workers read and decode
@@ -19,6 +20,17 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Iterator
 
 _PR_SET_PDEATHSIG = 1
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while it held ``tasks`` (killed by a signal, e.g. the out-of-memory killer's
+    SIGKILL, or exited): the caller says which of its inputs were in flight."""
+
+    def __init__(self, pid: int, exitcode: int | None, tasks: list):
+        self.pid, self.exitcode, self.tasks = pid, exitcode, tasks
+        how = (f"was killed by signal {-exitcode} ({signal.Signals(-exitcode).name})" if exitcode and exitcode < 0
+               and -exitcode in signal.valid_signals() else f"exited with code {exitcode}")
+        super().__init__(f"worker process {pid} {how}")
 
 
 def die_with_parent() -> None:
@@ -69,6 +81,7 @@ class OrderedPool:
     def map(self, tasks: Iterable[Any]) -> Iterator[Any]:
         chunks = _chunks(tasks, self.chunk)
         pending: dict[int, list] = {}  # chunk number -> results, received out of order
+        held: dict[int, dict[int, list]] = {i: {} for i in range(len(self.workers))}  # worker -> its chunks
         outstanding = {i: 0 for i in range(len(self.workers))}
         limit = 4 * len(self.workers)  # chunks handed out and not yet yielded
         sent = next_out = 0
@@ -83,6 +96,7 @@ class OrderedPool:
                         exhausted = True
                         return
                     self.workers[i][1].send((sent, chunk))
+                    held[i][sent] = chunk
                     outstanding[i] += 1
                     sent += 1
 
@@ -100,8 +114,11 @@ class OrderedPool:
                 try:
                     number, results = conn.recv()
                 except EOFError:
-                    raise RuntimeError(f"converter worker {self.workers[i][0].pid} died "
-                                       f"(exit code {self.workers[i][0].exitcode})") from None
+                    process = self.workers[i][0]
+                    process.join(1)
+                    raise WorkerDied(process.pid, process.exitcode,
+                                     [task for _, chunk in sorted(held[i].items()) for task in chunk]) from None
+                del held[i][number]
                 pending[number] = results
                 outstanding[i] -= 1
             feed()

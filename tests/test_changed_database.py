@@ -1,0 +1,146 @@
+"""A database that changes under its readers: copied over in place, rewritten, replaced, removed, or being
+converted right now. Every way of reading an open dataset says so in one line (never a signal, never old
+metadata paired with new records), and a reader of a database a conversion is writing is told that one is
+running, not to start one."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from imagenet_pack import FormatError, LmdbImageNet, convert
+from imagenet_pack.synthetic import make_sample_tree
+
+from helpers import opts, small_tree
+
+READ_EVERY_WAY = textwrap.dedent(r"""
+    import sys, torch
+    from imagenet_pack import ImagenetPackError, LmdbImageNet, RandomResizedCropDecoder, build_loader
+    ds = LmdbImageNet(sys.argv[1], "train", decoder=RandomResizedCropDecoder(16, seed=1))
+    ds[0]; ds.targets; ds.paths
+    print("opened", flush=True)
+    sys.stdin.readline()  # the test changes the database now
+    ways = {"item": lambda: ds[len(ds) - 1], "targets": lambda: ds.targets, "sizes": lambda: ds.sizes,
+            "paths": lambda: ds.paths, "record": lambda: ds.read_record(1),
+            "device batch": lambda: ds.encoded_batch([0, 1]),
+            "loader": lambda: next(iter(build_loader(ds, 2, workers=1))),
+            "pickled": lambda: __import__("pickle").loads(__import__("pickle").dumps(ds))[1]}
+    for name, way in ways.items():
+        try:
+            way()
+            print(name, "READ", sep="|", flush=True)
+        except ImagenetPackError as exc:
+            print(name, f"error, {str(exc).count(chr(10))} newlines: {exc}", sep="|", flush=True)
+""")
+
+
+def _copy_smaller_over(db: Path, tmp: Path) -> None:
+    small = small_tree(tmp / "small", classes=2, per_class=2, seed=5)
+    convert(small, tmp / "smalldb", opts(splits=("train",)))
+    shutil.copyfile(tmp / "smalldb" / "train" / "data.mdb", db / "train" / "data.mdb")  # in place, as cp does
+
+
+def _rewrite_in_place(db: Path, tmp: Path) -> None:
+    data = (db / "train" / "data.mdb").read_bytes()
+    with open(db / "train" / "data.mdb", "r+b") as out:  # the same bytes, written again: the same size
+        out.write(data)
+
+
+def _replace_by_rename(db: Path, tmp: Path) -> None:
+    other = small_tree(tmp / "other", classes=4, per_class=6, seed=9)
+    convert(other, tmp / "otherdb", opts(splits=("train",)))
+    os.replace(tmp / "otherdb" / "train" / "data.mdb", db / "train" / "data.mdb")
+
+
+def _overwrite(db: Path, tmp: Path) -> None:
+    other = small_tree(tmp / "other", classes=4, per_class=6, seed=9)  # same names, other images
+    convert(other, db, opts(splits=("train",), overwrite=True))
+
+
+def _remove(db: Path, tmp: Path) -> None:
+    os.unlink(db / "train" / "data.mdb")
+
+
+CHANGES = {"copied over, smaller": _copy_smaller_over, "rewritten in place": _rewrite_in_place,
+           "replaced by rename": _replace_by_rename, "convert --overwrite": _overwrite, "removed": _remove}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_an_open_dataset_whose_database_changed_says_so_every_way_it_is_read(tree, tmp_path, change):
+    db = tmp_path / "db"
+    convert(tree, db, opts(splits=("train",)))
+    reader = subprocess.Popen([sys.executable, "-c", READ_EVERY_WAY, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "opened"
+    time.sleep(0.01)  # a modification time of its own, even on coarse clocks
+    CHANGES[change](db, tmp_path)
+    out, err = reader.communicate("go\n", timeout=120)
+    assert reader.returncode == 0, err[-2000:]  # no signal, nothing but the package's errors
+    lines = dict(line.split("|", 1) for line in out.splitlines())
+    assert set(lines) == {"item", "targets", "sizes", "paths", "record", "device batch", "loader", "pickled"}
+    for way, said in lines.items():
+        assert said.startswith("error, 0 newlines: "), (way, said)
+        assert "changed since it was opened" in said, (way, said)
+
+
+def _start_conversion(src: Path, dst: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imagenet_pack.cli", "convert", str(src), str(dst), "--workers",
+                             "1", "--no-progress", "--commit-mb", "1", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop_when(process: subprocess.Popen, ready) -> None:
+    """Stop ``process`` (SIGSTOP) as soon as ``ready()``; it must still be converting then."""
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.002)
+    os.kill(process.pid, signal.SIGSTOP)
+    assert process.poll() is None, "the conversion finished before it could be stopped: give it more images"
+
+
+def test_readers_of_a_database_being_converted_are_told_a_conversion_is_running(tmp_path):
+    src = make_sample_tree(tmp_path / "src", classes=4, train_per_class=40, val_per_class=1)
+    dst = tmp_path / "db"
+    writer = _start_conversion(src, dst, "--splits", "train")
+    try:
+        _stop_when(writer, lambda: (dst / "train" / "data.mdb").is_file() and
+                   (dst / "train" / "data.mdb").stat().st_size > 1 << 16)
+        with pytest.raises(FormatError, match=rf"`imagenet-pack convert` \(pid {writer.pid}\) is writing it now"):
+            LmdbImageNet(dst, "train")
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+    assert writer.wait(timeout=120) == 0
+    assert len(LmdbImageNet(dst, "train")) == 160
+
+
+def test_an_overwrite_running_under_an_open_dataset_is_never_served_half_written(tmp_path):
+    first = make_sample_tree(tmp_path / "a", classes=4, train_per_class=40, val_per_class=1, seed=1)
+    second = make_sample_tree(tmp_path / "b", classes=4, train_per_class=40, val_per_class=1, seed=2)  # same names
+    dst = tmp_path / "db"
+    convert(first, dst, opts(splits=("train",)))
+    old = LmdbImageNet(dst, "train")
+    old[0]
+    inode = (dst / "train" / "data.mdb").stat().st_ino
+    writer = _start_conversion(second, dst, "--splits", "train", "--overwrite")
+    try:
+        _stop_when(writer, lambda: (dst / "train" / "data.mdb").exists() and
+                   (dst / "train" / "data.mdb").stat().st_ino != inode)
+        with pytest.raises(FormatError, match="changed since it was opened.*is writing it now"):
+            old[1]
+        with pytest.raises(FormatError, match=rf"`imagenet-pack convert` \(pid {writer.pid}\) is writing it now"):
+            LmdbImageNet(dst, "train")
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+    assert writer.wait(timeout=120) == 0
+    with pytest.raises(FormatError, match="changed since it was opened"):
+        old[1]
+    new = LmdbImageNet(dst, "train")
+    assert len(new) == 160 and new.read_record(0).image == (second / new.paths[0]).read_bytes()
