@@ -109,10 +109,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                    help="commit (and make resumable) every this many MB of images (default: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
-    p = verbs["info"] = sub.add_parser("info", help="describe a converted database")
+    p = verbs["info"] = sub.add_parser(
+        "info", help="describe a converted database",
+        description="Say what each split of ROOT holds: records, classes, shards, bytes, format version, how the "
+        "images were stored, what was fixed or skipped. Exits 1 if a split cannot be opened.")
     p.add_argument("root", type=Path, help="the database directory (DST of convert: it holds train/ and val/)")
 
-    p = verbs["verify"] = sub.add_parser("verify", help="check every record of a database")
+    p = verbs["verify"] = sub.add_parser(
+        "verify", help="check every record of a database",
+        description="Check the length key, the metadata and its checksums, and every record's checksum, target and "
+        "size; with --decode also decode every image (libjpeg's warnings count as damage), with --source compare "
+        "every record with the file it came from. Prints each problem and exits 1 if there is any.")
     p.add_argument("root", type=Path, help="the database directory (DST of convert: it holds train/ and val/)")
     p.add_argument("--decode", action="store_true", help="also decode every image (libjpeg's warnings are damage)")
     p.add_argument("--source", type=Path, default=None, help="also compare every record with this source input")
@@ -153,12 +160,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--compare", type=Path, nargs="*", default=(), metavar="DB",
                    help="--accuracy also on these databases of the same images (other store options)")
 
-    p = verbs["demo"] = sub.add_parser("demo", help="generate a small ImageNet-shaped sample, convert it, read it "
-                                                    "back, time it")
+    p = verbs["demo"] = sub.add_parser(
+        "demo", help="generate a small ImageNet-shaped sample, convert it, read it back, time it",
+        description="Generate ImageNet-like JPEGs (about 500x375, 10 classes by default), convert them, read them "
+        "back through a DataLoader, and time torchvision's ImageFolder against LmdbImageNet side by side. Writes "
+        "into a temporary folder, or --dir (new or empty).")
     p.add_argument("--dir", type=Path, default=None,
                    help="keep the sample and database here: a new or empty folder (default: a temp dir)")
     p.add_argument("--classes", type=positive_int, default=10, help="classes to generate (default: 10)")
-    p.add_argument("--per-class", type=positive_int, default=30, help="train images per class (val gets a third)")
+    p.add_argument("--per-class", type=positive_int, default=30,
+                   help="train images per class; val gets a third (default: 30)")
     p.add_argument("--workers", type=positive_int, default=None, help="DataLoader and converter workers (default: all cores)")
     return parser, verbs
 
@@ -205,23 +216,9 @@ def _convert(args: argparse.Namespace, usage: Usage) -> int:
                              progress=not args.no_progress, batch_bytes=args.commit_mb << 20,
                              only_shards=args.only_shards)
     report = convert(args.src, args.dst, options, echo=lambda line: print(line, flush=True))
-    print(f"{'split':<6} {'found':>8} {'stored':>8} {'fixed':>6} {'skipped':>8} {'ignored':>8} {'this run':>9} "
-          f"{'img/s':>7} {'db/src':>7}")
-    for r in report.splits:
-        rate = f"{r.rate:.0f}" if r.rate else "-"
-        ratio = f"{r.storage_ratio:.3f}" if r.storage_ratio else "-"
-        print(f"{r.split:<6} {r.found:>8} {r.stored:>8} {len(r.fixed):>6} {len(r.skipped):>8} {len(r.ignored):>8} "
-              f"{r.converted:>9} {rate:>7} {ratio:>7}")
-        for path, reason in r.skipped:
-            print(f"  skipped {path}: {reason}")
-        for path, reason in r.fixed[:20]:
-            print(f"  fixed   {path}: {reason}")
-    print(f"report: {report.report_path} (every fixed, skipped and ignored file, JSON lines)")
+    print("\n".join(report.table()))
     if not report.ok:
-        bad = sum(len(r.skipped) for r in report.splits)
-        print(f"imagenet-pack: error: {bad} image(s) could not be read (listed above); the database is not "
-              "finished. Fix them and rerun the same command (they are read again), or rerun with --skip-bad to "
-              "accept the loss (removing files changes the input: that needs --overwrite).", file=sys.stderr)
+        print(f"imagenet-pack: error: {report.unfinished()}", file=sys.stderr)
         return 1
     return 0
 
@@ -249,22 +246,11 @@ def _verify(args: argparse.Namespace, usage: Usage) -> int:
     return 1
 
 
-def check_output_file(path: Path, option: str) -> None:
-    """ImagenetPackError unless a file can be written at ``path`` (its folder exists and is writable)."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ImagenetPackError(f"{path}: is a folder; {option} takes a file name")
-    if not folder.is_dir():
-        raise ImagenetPackError(f"{path}: no folder {folder} to write it in ({option})")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ImagenetPackError(f"{path}: this user cannot write it ({option})")
-
-
 @_verb("bench")
 def _bench(args: argparse.Namespace, usage: Usage) -> int:
     from .bench.loaders import run_bench
     from .bench.options import BenchOptions
-    from .bench.report import format_table, plot, require_matplotlib, write_json
+    from .bench.report import check_output, format_table, plot, require_matplotlib, write_json
     # every option and output is checked before the first image is read: a run can take hours
     if args.images is not None and not args.images.is_dir():
         raise ImagenetPackError(f"{args.images}: no such folder (--images)")
@@ -277,7 +263,7 @@ def _bench(args: argparse.Namespace, usage: Usage) -> int:
         require_matplotlib()
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
-            check_output_file(path, option)
+            check_output(path, option)
     device = args.device
     if device is None:
         import torch

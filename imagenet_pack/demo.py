@@ -8,7 +8,8 @@ from typing import Callable
 
 from torch.utils.data import DataLoader
 
-from .bench.timing import measure, ratio, standard_train_transform
+from .bench.report import RATIO_NOTE, rate_cells
+from .bench.timing import measure, standard_train_transform
 from .write import ConvertOptions, convert
 from .errors import ImagenetPackError
 from .machine import default_workers
@@ -57,10 +58,14 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
         for backend in installed_backends()[1:]:  # the region decoders installed here
             entries[f"LmdbImageNet, fused, region decode ({backend})"] = (
                 LmdbImageNet(dst, "train", decoder=RandomResizedCropDecoder(224, backend=backend)), None)
-        echo("\ntiming, interleaved: an epoch of each per round, median of 3 rounds after a warm-up")
+        echo("\ntiming, interleaved: an epoch of each per round, 3 rounds after a warm-up")
         results = measure(entries, workers, rounds=3, batch_size=32)
         echo(f"throughput, RandomResizedCrop(224) + flip, {workers} workers, {len(train)} images "
              "(the fused entries leave normalisation to the GPU):")
-        for r in results:
-            echo(f"  {r['name']:<48} {r['images_per_s']:8.0f} images/s  {ratio(r, results[0]):5.2f}x")
+        cells = [rate_cells(r, results[0]) for r in results]
+        rates_w = max(len("images/s, each round -> median"), *(len(c[0]) for c in cells))
+        echo(f"  {'entry':<48}  {'images/s, each round -> median':<{rates_w}}  x ImageFolder")
+        for r, (rates, times) in zip(results, cells):
+            echo(f"  {r['name']:<48}  {rates:<{rates_w}}  {times}")
+        echo("  " + RATIO_NOTE.replace("x baseline", "x ImageFolder").replace("the baseline's", "ImageFolder's"))
     return {r["name"]: r["images_per_s"] for r in results}

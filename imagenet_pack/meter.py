@@ -1,11 +1,15 @@
 """A progress meter for long commands: tqdm's bar on a terminal, a plain line every ``interval`` seconds
-elsewhere (a log file, a CI job), so progress is visible either way."""
+elsewhere (a log file, a CI job, a terminal too narrow for a bar, which tqdm would draw as nothing), so
+progress is visible either way. Rates count this run's work only (a resumed run starts where it left off)."""
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
 from tqdm import tqdm
+
+MIN_COLUMNS = 20  # narrower than this (0 on some pseudo-terminals), progress is printed as lines
 
 
 class ProgressMeter:
@@ -14,9 +18,9 @@ class ProgressMeter:
     def __init__(self, total: int, desc: str, unit: str, *, enabled: bool = True, initial: int = 0,
                  interval: float = 10.0):
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
-        self.done, self.started, self.last = initial, time.perf_counter(), time.perf_counter()
+        self.done, self.initial, self.started, self.last = initial, initial, time.perf_counter(), time.perf_counter()
         self.enabled, self.bar = enabled, None
-        if enabled and sys.stderr.isatty():
+        if enabled and sys.stderr.isatty() and shutil.get_terminal_size().columns >= MIN_COLUMNS:
             self.bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, smoothing=0.1)
 
     def update(self, n: int = 1, note: str | None = None) -> None:
@@ -30,7 +34,7 @@ class ProgressMeter:
 
     def _line(self, note: str | None) -> None:
         self.last = now = time.perf_counter()
-        rate = self.done / max(now - self.started, 1e-9)
+        rate = (self.done - self.initial) / max(now - self.started, 1e-9)  # this run's work only
         share = f" ({self.done / self.total:.0%})" if self.total else ""
         print(f"{self.desc}: {self.done}/{self.total} {self.unit}{share}, {rate:.0f} {self.unit}/s"
               + (f", {note}" if note else ""), file=sys.stderr, flush=True)

@@ -79,7 +79,7 @@ def verify(root: Path | str, *, decode: bool = False, source: Path | str | None 
             except FormatError as exc:
                 report.problems.append(str(exc))
     meter = ProgressMeter(sum(t.stop - t.start for t in tasks), "verify", "records", enabled=progress)
-    pool = OrderedPool(workers, _check) if workers > 1 and len(tasks) > 1 else None
+    pool = OrderedPool(workers, _check, chunk=1) if workers > 1 and len(tasks) > 1 else None  # steady progress
     try:
         for checked, problems in (pool.map(tasks) if pool else map(_check, tasks)):
             report.checked += checked

@@ -122,6 +122,10 @@ def test_targets_equal_torchvision(layouts, layout, tmp_path):
     by_name = {name: data for _, name, data in layouts["val"]}
     assert all(val.read_record(i).image == by_name[Path(p).name] for i, p in enumerate(val.paths))
     assert val.classes[0] == ("tench", "Tinca tinca")
+    # one table of names whatever the layout: torchvision ImageNet's (the devkit's words)
+    for wnid, names in (("n02012849", ("crane",)), ("n03126707", ("crane",)), ("n03710637", ("maillot",)),
+                        ("n03710721", ("maillot", "tank suit"))):
+        assert val.classes[val.wnid_to_idx[wnid]] == names
 
 
 def test_detection(layouts):

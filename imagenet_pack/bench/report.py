@@ -2,11 +2,25 @@
 from __future__ import annotations
 
 import json
+import os
+import statistics
 from pathlib import Path
 
 from ..errors import ImagenetPackError
 
 PLOT_INSTALL = "pip install -e '.[plot]'"
+
+
+def check_output(path: Path, option: str) -> None:
+    """ImagenetPackError unless a file can be written at ``path`` (its folder exists and is writable): said
+    before measuring, not after."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ImagenetPackError(f"{path}: is a folder; {option} takes a file name")
+    if not folder.is_dir():
+        raise ImagenetPackError(f"{path}: no folder {folder} to write it in ({option})")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ImagenetPackError(f"{path}: this user cannot write it ({option})")
 
 
 def require_matplotlib() -> None:
@@ -17,18 +31,40 @@ def require_matplotlib() -> None:
         raise ImagenetPackError(f"--plot needs matplotlib: {PLOT_INSTALL} (or pip install matplotlib)") from None
 
 
+RATIO_NOTE = ("x baseline: the median over rounds of (entry's images/s / the baseline's in the same round); a "
+              "slow spell of a shared machine moves one round of every entry alike, so this is steadier than "
+              "a ratio of the medians")
+
+
+def rate_cells(result: dict, baseline: dict | None) -> tuple[str, str]:
+    """(images/s of each round -> their median, the ratio to ``baseline`` with the per-round ratios): the
+    two cells every timing table shows, so its figures can be checked against each other at a glance."""
+    rounds = result["rounds_images_per_s"]
+    rates = " ".join(f"{v:.0f}" for v in rounds) + (f" -> {result['images_per_s']:.0f}" if len(rounds) > 1 else "")
+    if baseline is None:
+        return rates, "-"
+    per_round = [e / b for e, b in zip(rounds, baseline["rounds_images_per_s"])]
+    median = result.get("ratio_to_baseline") or statistics.median(per_round)
+    return rates, f"{median:.2f}" + (f" ({' '.join(f'{v:.2f}' for v in per_round)})" if len(per_round) > 1 else "")
+
+
 def format_table(report: dict) -> str:
     """The results as text, ratios against the baseline of the same kind measured in the same run."""
     per_round = report["images_per_round"] or "epoch of"
+    baselines = {r["name"].split("-")[0]: r for r in report["results"] if r["name"].endswith("-baseline")}
+    cells = [rate_cells(r, baselines.get(r["name"].split("-")[0]) if r["ratio_to_baseline"] is not None else None)
+             for r in report["results"]]
     width = max([len("entry")] + [len(r["name"]) for r in report["results"]])
+    rates_w, ratio_w = (max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(("images/s, each round "
+                                                                                         "-> median", "x baseline")))
     lines = [f"{report['workers']} workers on {report['machine']['cores']} cores ({report['machine']['cpu']}), "
-             f"batch {report['batch_size']}, {per_round} images per round, median of {report['rounds']} "
-             "interleaved rounds",
-             f"{'entry':<{width}} {'images/s':>9} {'x baseline':>11} {'worker MB private / shared':>27}"]
-    for r in report["results"]:
-        ratio = f"{r['ratio_to_baseline']:.2f}" if r["ratio_to_baseline"] is not None else "-"
+             f"batch {report['batch_size']}, {per_round} images per round, {report['rounds']} interleaved rounds",
+             RATIO_NOTE,
+             f"{'entry':<{width}}  {'images/s, each round -> median':<{rates_w}}  {'x baseline':<{ratio_w}}  "
+             "worker MB private / shared"]
+    for r, (rates, ratio) in zip(report["results"], cells):
         memory = f"{r['worker_private_mb']:.0f} / {r['worker_shared_mb']:.0f}"
-        lines.append(f"{r['name']:<{width}} {r['images_per_s']:>9.0f} {ratio:>11} {memory:>27}")
+        lines.append(f"{r['name']:<{width}}  {rates:<{rates_w}}  {ratio:<{ratio_w}}  {memory:>26}")
     first = report["time_to_first_batch"]
     lines.append("time to first batch from process start: " + ", ".join(
         f"{name[:-2].replace('_', ' ')} {seconds:.2f} s" for name, seconds in first.items()))
@@ -72,9 +108,9 @@ def chart(report: dict):
     axes.set_xlim(0, max(r["ratio_to_baseline"] for r in rows) * 1.3)
     axes.set_xlabel("images/s, x the torchvision ImageFolder baseline of the same kind (train or val)")
     machine = report["machine"]
-    axes.set_title(f"imagenet-pack bench, {report['date']}: {machine['cores']} cores ({machine['cpu']}), "
+    axes.set_title(f"imagenet-pack bench, {report['date']}: {machine['cores']} cores ({machine['cpu']})\n"
                    f"{report['workers']} workers, batch {report['batch_size']}, "
-                   f"{report['images_per_round'] or 'epochs of'} images per round", fontsize=9)
+                   f"{report['images_per_round'] or 'epochs of'} images per round", fontsize=9, wrap=True)
     axes.invert_yaxis()
     figure.tight_layout()
     return figure

@@ -86,6 +86,10 @@ def _devkit_splits(src: Path) -> dict:
     val_dir = src / "val"
 
     def val() -> SplitSource:
+        if not is_flat(val_dir):
+            raise LayoutError(f"{val_dir}: holds class folders (or no images), not the flat "
+                              "ILSVRC2012_val_*.JPEG files the devkit layout labels; for class folders use "
+                              "--layout folders, or leave --layout out to detect the layout")
         entries, ignored = folder_entries(val_dir)
         return flat_val("val", entries, lambda n: devkit.val_wnid(val_number(n, str(val_dir)), n), wnids,
                         devkit.names, f"flat validation folder {val_dir}/ labelled by {devkit.where}", ignored)
@@ -93,7 +97,7 @@ def _devkit_splits(src: Path) -> dict:
     return {
         "train": (lambda: _with_counts(scan_class_folders(src / "train", "train", wnids, devkit.names),
                                        devkit.train_counts)) if (src / "train").is_dir() else None,
-        "val": val,
+        "val": val if val_dir.is_dir() else None,
     }
 
 

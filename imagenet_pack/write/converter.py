@@ -88,7 +88,8 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
         BusyError: another conversion is running on ``dst``.
 
     A run killed anywhere is resumed by the same call. The same call over its own complete database with
-    unchanged sources is a no-op (``ConvertReport.noop``) that writes nothing. With ``only_shards``, only those
+    unchanged sources is a no-op (``ConvertReport.noop``) that writes nothing (but its report, if that was
+    removed) and takes no lock, so it also works on a read-only database. With ``only_shards``, only those
     shards are written (and checked, and replaced with ``overwrite``): hosts sharing storage can each write
     some shards of one database, which equals a one-host conversion.
     """
@@ -101,6 +102,9 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     sources, notes = discover(src, options.splits, options.layout)
     for note in notes:
         echo(note)
+    done = _complete_splits(dst, options, sources) if dst.is_dir() else {}
+    if set(done) == set(sources):  # the same command over its own complete database: nothing to write
+        return _already_complete(dst, options, sources, done, notes, echo)
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -116,17 +120,32 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
             gc.unfreeze()
 
 
+def _complete_splits(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource]) -> dict[str, list]:
+    """split -> metadata of its selected shards, for the splits complete for this input and these options
+    (read only: nothing is written or locked to find out)."""
+    if options.overwrite:
+        return {}
+    return {split: metas for split, source in sources.items()
+            if (metas := find_complete(dst / split, options.fingerprint(source), source, options.selected))
+            is not None}
+
+
+def _already_complete(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource], done: dict,
+                      notes: list[str], echo: Callable[[str], None]) -> ConvertReport:
+    report_file = report_path(dst, options.only_shards)
+    reports = [_complete(dst, split, sources[split], done[split], options) for split in sources]
+    if not report_file.is_file():
+        write_report(report_file, reports)
+    echo(f"{dst}: already complete for this input and these options; nothing to do")
+    return ConvertReport(reports, report_file, notes, noop=True)
+
+
 def _convert(dst: Path, options: ConvertOptions, sources: dict[str, SplitSource], notes: list[str],
              echo: Callable[[str], None]) -> ConvertReport:
+    done = _complete_splits(dst, options, sources)  # again, under the lock
+    if set(done) == set(sources):
+        return _already_complete(dst, options, sources, done, notes, echo)
     report_file = report_path(dst, options.only_shards)
-    done = {split: metas for split, source in sources.items() if not options.overwrite and
-            (metas := find_complete(dst / split, options.fingerprint(source), source, options.selected)) is not None}
-    if set(done) == set(sources):  # the same command over its own complete database: nothing to do
-        reports = [_complete(dst, split, sources[split], done[split], options) for split in sources]
-        if not report_file.is_file():
-            write_report(report_file, reports)
-        echo(f"{dst}: already complete for this input and these options; nothing to do")
-        return ConvertReport(reports, report_file, notes, noop=True)
     workers = options.workers or default_workers()
     pool = OrderedPool(workers, prepare_task, init_worker, (options.prepare,)) if workers > 1 else None
     reports: list[SplitReport] = []

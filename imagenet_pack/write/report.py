@@ -1,7 +1,8 @@
 """What a conversion did, told honestly: per-split counts, every fixed, skipped and ignored file, audit warnings.
 
 :func:`write_report` writes ``DST/convert-report.jsonl`` (one JSON object per file that was not stored as it
-was), :func:`audit` compares a full ILSVRC2012 split with its canonical counts.
+was, and per class whose count differs from ILSVRC2012's), :func:`audit` compares a full ILSVRC2012 split
+with its canonical counts (one warning line on the terminal).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class SplitReport:
     complete: bool = False
     already_complete: bool = False
     warnings: list[str] = field(default_factory=list)
+    class_counts: list[tuple[str, int, int]] = field(default_factory=list)  # wnid, images, ILSVRC2012's
 
     @property
     def storage_ratio(self) -> float:
@@ -62,29 +64,46 @@ class ConvertReport:
     def ok(self) -> bool:
         return all(s.complete for s in self.splits)
 
+    def table(self) -> list[str]:
+        """The run in words: a row per split, each skipped file and the first fixed ones, where the report is."""
+        lines = [f"{'split':<6} {'found':>8} {'stored':>8} {'fixed':>6} {'skipped':>8} {'ignored':>8} "
+                 f"{'this run':>9} {'img/s':>7} {'db/src':>7}"]
+        for r in self.splits:
+            rate = f"{r.rate:.0f}" if r.rate else "-"
+            ratio = f"{r.storage_ratio:.3f}" if r.storage_ratio else "-"
+            lines.append(f"{r.split:<6} {r.found:>8} {r.stored:>8} {len(r.fixed):>6} {len(r.skipped):>8} "
+                         f"{len(r.ignored):>8} {r.converted:>9} {rate:>7} {ratio:>7}")
+            lines += [f"  skipped {path}: {reason}" for path, reason in r.skipped]
+            lines += [f"  fixed   {path}: {reason}" for path, reason in r.fixed[:20]]
+        return lines + [f"report: {self.report_path} (every fixed, skipped and ignored file, JSON lines)"]
 
-def audit(source: SplitSource) -> list[str]:
-    """Compare a full ILSVRC2012 split (1000 classes) with the canonical counts; warnings name the classes."""
+    def unfinished(self) -> str:
+        """Why the database is not finished, and the two ways on."""
+        bad = sum(len(r.skipped) for r in self.splits)
+        return (f"{bad} image(s) could not be stored (listed above; everything else is converted); the database is "
+                "not finished. Rerun with --skip-bad to finish it without them (nothing is read again), or fix "
+                "them and rerun the same command (a changed file is read again, and every file after it).")
+
+
+def audit(source: SplitSource) -> tuple[list[str], list[tuple[str, int, int]]]:
+    """Compare a full ILSVRC2012 split (1000 classes) with the canonical counts: (one warning line, logged
+    once; every class whose count differs, as (wnid, images, ILSVRC2012's), for the report)."""
     if len(source.wnids) != 1000 or source.split not in CANONICAL_COUNTS:
-        return []
-    warnings = []
-    expected = CANONICAL_COUNTS[source.split]
-    if len(source.items) != expected:
-        warnings.append(f"{source.split}: {len(source.items)} images, ILSVRC2012 has {expected}")
+        return [], []
     counts = [0] * len(source.wnids)
     for item in source.items:
         counts[item.target] += 1
     per_class = source.expected_counts or (
         {w: CANONICAL_VAL_PER_CLASS for w in source.wnids} if source.split == "val" else None)
-    if per_class:
-        differ = [f"{w} ({c} vs {per_class[w]})" for w, c in zip(source.wnids, counts)
-                  if w in per_class and c != per_class[w]]
-        if differ:
-            warnings.append(f"{source.split}: {len(differ)} classes differ from ILSVRC2012's counts: "
-                            + ", ".join(differ[:20]) + (" ..." if len(differ) > 20 else ""))
-    for w in warnings:
-        log.warning(w)
-    return warnings
+    differ = [(w, c, per_class[w]) for w, c in zip(source.wnids, counts) if per_class and w in per_class
+              and c != per_class[w]]
+    expected = CANONICAL_COUNTS[source.split]
+    if len(source.items) == expected and not differ:
+        return [], []
+    line = (f"{source.split}: {len(source.items)} images, ILSVRC2012 has {expected}" +
+            (f"; {len(differ)} of its 1000 classes hold another count (each listed in the report)" if differ else ""))
+    log.warning(line)
+    return [line], differ
 
 
 def report_from_metas(source: SplitSource, metas: list[ShardMeta]) -> SplitReport:
@@ -95,7 +114,7 @@ def report_from_metas(source: SplitSource, metas: list[ShardMeta]) -> SplitRepor
     report.fixed = [f for m in metas for f in m.fixed]
     report.skipped = [f for m in metas for f in m.skipped]
     report.found = len(source.items) + len(source.ignored)
-    report.warnings = audit(source)
+    report.warnings, report.class_counts = audit(source)
     return report
 
 
@@ -109,4 +128,7 @@ def write_report(path: Path, reports: list[SplitReport]) -> None:
                 lines.append(json.dumps({"split": r.split, "path": file, "action": action, "reason": reason}))
         for warning in r.warnings:
             lines.append(json.dumps({"split": r.split, "action": "warning", "reason": warning}))
+        for wnid, images, canonical in r.class_counts:
+            lines.append(json.dumps({"split": r.split, "action": "count", "wnid": wnid, "images": images,
+                                     "ilsvrc2012": canonical}))
     write_file(path, "".join(line + "\n" for line in lines).encode("utf-8"))

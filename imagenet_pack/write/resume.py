@@ -77,8 +77,9 @@ def changed_files(value: bytes | None, checksums: bytes | None, meta: ShardMeta,
 
 def rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> list[str]:
     """Make ``writer``'s shard convert again what changed: an interrupted shard from the first file that
-    failed before (it may have been fixed) or changed since it was converted; a finished one (of a run not
-    yet complete) from its start if any of its files changed. Says which files changed."""
+    changed since it was converted, or that failed before and has changed since (it may have been fixed; an
+    unchanged one would fail the same way, so it stays failed and nothing after it is read again); a
+    finished one (of a run not yet complete) from its start if any of its files changed. Says which."""
     if writer.is_finished:
         changed = changed_files(*writer.read_meta(STAMPS_KEY, CHECKSUMS_KEY), writer.finished, source, rng,
                                 writer.path)
@@ -88,16 +89,20 @@ def rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> l
                     f"({_names(changed)}); converting the shard again"]
         return []
     rows = writer.rows()
-    changed = [row for row in rows if source.items[rng[row.item]].stamp != row.stamp]
-    first = min([p.item for p in writer.state.problems] + [r.item for r in changed], default=None)
+    changed = [row.item for row in rows if source.items[rng[row.item]].stamp != row.stamp]
+    retried = [p.item for p in writer.state.problems if source.items[rng[p.item]].stamp != p.stamp]
+    first = min(changed + retried, default=None)
     if first is None:
         return []
     writer.rewind(first)
-    if not changed:
-        return []
-    names = [source.items[rng[r.item]].path for r in changed]
-    return [f"{writer.path}: {len(changed)} file(s) changed since they were converted ({_names(names)}); "
-            f"converted again from {source.items[rng[first]].path}"]
+    notes = []
+    if changed:
+        notes.append(f"{writer.path}: {len(changed)} file(s) changed since they were converted "
+                     f"({_names([source.items[rng[i]].path for i in changed])})")
+    if retried:
+        notes.append(f"{writer.path}: {len(retried)} file(s) that could not be stored changed since "
+                     f"({_names([source.items[rng[i]].path for i in retried])}): reading them again")
+    return notes + [f"{writer.path}: converting again from {source.items[rng[first]].path}"]
 
 
 def _names(paths: list[str]) -> str:

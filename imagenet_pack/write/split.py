@@ -66,7 +66,8 @@ class SplitConversion:
                 w.close()
         report.converted, report.seconds = converted, time.perf_counter() - started
         report.source_bytes, report.db_bytes = self.sizes()
-        report.warnings = notes + audit(self.source)
+        warnings, report.class_counts = audit(self.source)
+        report.warnings = notes + warnings
         return report
 
     def sizes(self) -> tuple[int, int]:

@@ -34,10 +34,17 @@ class Row(NamedTuple):
 
 
 class Problem(NamedTuple):
-    """An item that was not stored, and why."""
+    """An item that was not stored, why, and its source's size and mtime when it was read (a rerun reads it
+    again only if they changed: the same bytes would fail the same way)."""
 
     item: int
     reason: str
+    source_size: int = -1
+    source_mtime: int = -1
+
+    @property
+    def stamp(self) -> tuple[int, int]:
+        return self.source_size, self.source_mtime
 
 
 @dataclass(frozen=True)
@@ -52,14 +59,16 @@ class Progress:
 
     def to_msgpack(self) -> bytes:
         return msgpack.packb({"fingerprint": self.fingerprint, "next_item": self.next_item, "count": self.count,
-                              "batches": self.batches, "problems": [[p.item, text(p.reason)] for p in self.problems]},
+                              "batches": self.batches,
+                              "problems": [[p.item, text(p.reason), *p.stamp] for p in self.problems]},
                              use_bin_type=True)
 
     @classmethod
     def from_msgpack(cls, value: bytes, where: str) -> Progress:
         try:
             state = msgpack.unpackb(value, raw=False)
-            problems = tuple(Problem(checked_int(i, "item"), str(r)) for i, r in state["problems"])
+            problems = tuple(Problem(checked_int(p[0], "item"), str(p[1]), checked_int(p[2], "size", -1),
+                                     checked_int(p[3], "mtime", -1 << 62)) for p in state["problems"])
             return cls(str(state["fingerprint"]), checked_int(state["next_item"], "next_item"),
                        checked_int(state["count"], "count"), checked_int(state["batches"], "batches"), problems)
         except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:

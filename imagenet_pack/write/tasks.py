@@ -53,21 +53,22 @@ def prepare_task(task: tuple[int, int, Item]) -> Result:
     try:
         data, read_id = read_item(item, options.max_bytes)
     except NotRegularFile as exc:
-        return _skipped(shard, position, f"{exc.strerror}: not read", 0)
+        return _skipped(shard, position, item, f"{exc.strerror}: not read", 0)
     except OSError as exc:
-        return _skipped(shard, position, f"cannot read: {exc.strerror or exc}", 0)
+        return _skipped(shard, position, item, f"cannot read: {exc.strerror or exc}", 0)
     try:
         p = prepare(data, options)
     except Exception as exc:  # noqa: BLE001 - any failure on one file (OpenCV, MemoryError, ...) skips that file
-        return _skipped(shard, position, f"cannot decode: {type(exc).__name__}: {str(exc).strip()[:200]}", len(data))
+        return _skipped(shard, position, item, f"cannot decode: {type(exc).__name__}: {str(exc).strip()[:200]}",
+                        len(data))
     if p.image is None:
-        return _skipped(shard, position, p.skip or "not stored", len(data))
+        return _skipped(shard, position, item, p.skip or "not stored", len(data))
     image = None if p.image is data and not _IN_PARENT else p.image
     return Result(shard=shard, item=position, stored=True, image=image, image_crc=zlib.crc32(p.image),
                   read_id=read_id, height=p.height, width=p.width,
                   row=Row(position, p.height, p.width, p.fixed, *item.stamp), nbytes=len(data))
 
 
-def _skipped(shard: int, position: int, reason: str, nbytes: int) -> Result:
+def _skipped(shard: int, position: int, item: Item, reason: str, nbytes: int) -> Result:
     return Result(shard=shard, item=position, stored=False, image=None, image_crc=0, read_id=(), height=0, width=0,
-                  row=Problem(position, reason), nbytes=nbytes)
+                  row=Problem(position, reason, *item.stamp), nbytes=nbytes)
