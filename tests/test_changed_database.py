@@ -29,7 +29,7 @@ READ_EVERY_WAY = textwrap.dedent(r"""
     sys.stdin.readline()  # the test changes the database now
     ways = {"item": lambda: ds[len(ds) - 1], "targets": lambda: ds.targets, "sizes": lambda: ds.sizes,
             "paths": lambda: ds.paths, "record": lambda: ds.read_record(1),
-            "device batch": lambda: ds.encoded_batch([0, 1]),
+            "device batch": lambda: next(build_loader(ds, 2, workers=1, gpu_share=1.0, device="cpu").batches()),
             "loader": lambda: next(iter(build_loader(ds, 2, workers=1))),
             "pickled": lambda: __import__("pickle").loads(__import__("pickle").dumps(ds))[1]}
     for name, way in ways.items():

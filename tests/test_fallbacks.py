@@ -5,6 +5,7 @@ import torch
 
 from imagenet_pack import LmdbImageNet, RandomResizedCropDecoder, build_loader
 from imagenet_pack.loader import BatchRing, ring
+from imagenet_pack.loader.ring import WorkerBatch
 from imagenet_pack.read import decoders
 from imagenet_pack.read.crops import Plan
 
@@ -41,10 +42,10 @@ def test_without_the_storage_use_count_output_buffers_are_never_reused(monkeypat
     batch_ring = BatchRing([], 2, 4, (3, 8, 8))
     batch_ring.buffers[0].fill_(1)
     batch_ring.buffers[1].fill_(2)
-    first, _ = batch_ring.take(0, [0, 1, 2, 3], pin=False)
+    first, _ = batch_ring.take(WorkerBatch(0, [0, 1, 2, 3], 4, False, 0.0), pin=False)
     del first  # nothing shares it any more, but without a use count that cannot be known: a fresh buffer
-    second, _ = batch_ring.take(1, [0, 1, 2, 3], pin=False)
+    second, _ = batch_ring.take(WorkerBatch(1, [0, 1, 2, 3], 4, False, 0.0), pin=False)
     assert bool((second == 2).all())
     assert not batch_ring._spares or all(free < 0 for _, free in batch_ring._spares)
-    third, _ = batch_ring.take(0, [0, 1, 2, 3], pin=False)
+    third, _ = batch_ring.take(WorkerBatch(0, [0, 1, 2, 3], 4, False, 0.0), pin=False)
     assert bool((third == 1).all()) and bool((second == 2).all()) and third.data_ptr() != second.data_ptr()

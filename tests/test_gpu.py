@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from imagenet_pack import CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader
-from imagenet_pack.gpu.decode import GpuBatchDecoder
-from imagenet_pack.gpu.stage import resolve_device
+from imagenet_pack.bench.feed import device_path_cost, stage_batch
+from imagenet_pack.gpu.decode import REGIONS_FROM_NVJPEG, GpuBatchDecoder, nvjpeg_version
+from imagenet_pack.gpu.device import resolve_device
 from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
 
 import helpers
@@ -39,9 +40,12 @@ def test_every_device_index_is_kept():
 def test_gpu_decode_on_cuda_is_within_a_level_of_the_cpu_fused_decoder(photo_db):
     fused = _fused(photo_db)
     items = [(i, 0) for i in range(len(fused))]
-    records, plans, wheres = fused.encoded_batch(items)
-    images = GpuBatchDecoder(96, "cuda")(records, plans, wheres)
+    staged, _ = stage_batch(fused, items)
+    decoder = GpuBatchDecoder(96, "cuda", batch_size=len(items))
+    images = decoder(staged)
     torch.cuda.synchronize()
+    version = nvjpeg_version()
+    assert decoder.regions == (version is not None and version >= REGIONS_FROM_NVJPEG)
     assert images.device.type == "cuda" and images.dtype == torch.uint8
     reference = torch.stack([fused[item][0] for item in items]).cuda()
     d = (images.float() - reference.float()).abs()
@@ -86,6 +90,30 @@ def test_the_steady_state_feed_never_synchronises_the_host(photo_db):
     try:
         for x, y in batches:
             (x.float().mean() + y.float().mean()).detach()  # the loop's own work, queued only
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.skipif(not NVIMGCODEC_AVAILABLE, reason="nvImageCodec not installed")
+def test_the_device_path_costs_the_host_few_calls_and_no_pageable_copy(photo_db):
+    """Per batch of the GPU decode mode: a bounded number of CUDA runtime calls (not a few per image) and no
+    copy from pageable memory (each would make the host wait)."""
+    loader = build_loader(_fused(photo_db), 16, seed=1, workers=1, gpu_share=1.0, device="cuda")
+    cost = device_path_cost(loader, batches=3)
+    assert cost["pageable_copies"] == 0, cost
+    assert cost["cuda_runtime_calls"] <= 100, cost
+
+
+@pytest.mark.skipif(not NVIMGCODEC_AVAILABLE, reason="nvImageCodec not installed")
+def test_the_hybrid_steady_state_never_synchronises_the_host(photo_db):
+    loader = build_loader(_fused(photo_db), 8, seed=1, workers=1, gpu_share=0.5, device="cuda")
+    batches = iter(CudaPrefetcher(loader, "cuda", dtype=torch.bfloat16))
+    next(batches), next(batches)  # the first batches set up constants, streams, decoders, staging
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in batches:
+            (x.float().mean() + y.float().mean()).detach()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()

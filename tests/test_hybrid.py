@@ -1,21 +1,26 @@
 """GPU decode mode and the hybrid feed, on the CPU device (the same code CUDA runs, with nvImageCodec's CPU
-decoder): exact edges, float32 resampling, errors handled per image, the batch split, the share."""
+decoder): records staged by the workers, the batched resample, errors handled per image, the merge, the
+share."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from imagenet_pack import CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader
-from imagenet_pack.gpu import decode as gpu_decode
+from imagenet_pack.bench.feed import edge_errors, stage_batch
 from imagenet_pack.gpu.decode import GpuBatchDecoder
-from imagenet_pack.gpu.hybrid import SharePolicy
-from imagenet_pack.gpu.stage import resolve_device
+from imagenet_pack.gpu.device import resolve_device
+from imagenet_pack.loader.ring import WorkerBatch
+from imagenet_pack.read import staged as columns
 from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
+from imagenet_pack.read.staged import StagedRecords
 
 import helpers
 
@@ -27,84 +32,49 @@ def photo_db(tmp_path_factory) -> Path:
     return helpers.photo_db(tmp_path_factory.mktemp("photos"), copies=2)
 
 
-def _edges(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    d = (a.float() - b.float()).abs()
-    return {"mean": d.mean().item(), "top": d[:, :, 0].mean().item(), "bottom": d[:, :, -1].mean().item(),
-            "left": d[:, :, :, 0].mean().item(), "right": d[:, :, :, -1].mean().item()}
-
-
 @pytest.mark.parametrize("backend", ["nvimgcodec", "torchvision"])
 def test_gpu_decode_mode_equals_the_fused_cpu_decoder_up_to_the_edges(photo_db, backend):
     """The whole device path on a CPU device against the CPU fused decoder on the same records and plans:
     within a level on average and on every edge row and column (no zero padding from a larger image bleeds
-    into a smaller one's last rows)."""
+    into a smaller one's last rows, in a batch of boxes of many sizes)."""
     if backend == "nvimgcodec" and not NVIMGCODEC_AVAILABLE:
         pytest.skip("nvImageCodec not installed")
     fused = LmdbImageNet(photo_db, "train", decoder=RandomResizedCropDecoder(96, seed=2, dct_scaling=False))
     items = [(i, 0) for i in range(len(fused))]
-    records, plans, wheres = fused.encoded_batch(items)
-    with pytest.warns(UserWarning, match="deprecated") if backend == "torchvision" else _nothing():
+    staged, _ = stage_batch(fused, items)
+    with pytest.warns(UserWarning, match="deprecated") if backend == "torchvision" else contextlib.nullcontext():
         decoder = GpuBatchDecoder(96, "cpu", backend=backend)
-    images = decoder(records, plans, wheres)
+    assert decoder.regions == (backend == "nvimgcodec")  # torchvision decodes whole images: the box is cut after
+    images = decoder(staged)
     assert images.dtype == torch.uint8 and images.shape == (16, 3, 96, 96)
     assert images.is_contiguous(memory_format=torch.channels_last) and decoder.fallbacks == 0
     reference = torch.stack([fused[item][0] for item in items])
-    errors = _edges(images, reference)
+    errors = edge_errors(images, reference)
     assert errors["mean"] <= 1.0 and max(errors.values()) <= 1.5, errors
-    assert _edges(images.flip(-1), reference)["mean"] > 5, "a wrong flip or box would not pass"
-
-
-def _nothing():
-    import contextlib
-    return contextlib.nullcontext()
-
-
-def test_the_resample_runs_in_float32_whatever_the_device(photo_db, monkeypatch):
-    """CUDA's kernels compute positions, weights and sums in the input's type: float16 would quantise and
-    overflow on large crops, so the resample is float32 there too (checked on the path CUDA takes)."""
-    seen = []
-    real = F.interpolate
-
-    def recording(x, *args, **kwargs):
-        seen.append((x.dtype, kwargs.get("antialias")))
-        return real(x, *args, **kwargs)
-
-    monkeypatch.setattr(gpu_decode.F, "interpolate", recording)
-    ds = LmdbImageNet(photo_db, "train", decoder=RandomResizedCropDecoder(32, seed=1))
-    records, plans, wheres = ds.encoded_batch([(0, 0), (1, 0)])
-    GpuBatchDecoder(32, "cpu")(records, plans, wheres)
-    assert seen == [(torch.float32, True)] * 2
-    source = open(gpu_decode.__file__).read()
-    assert "float16" not in source.split('"""', 2)[2] and "half" not in re.sub(r"#.*", "", source.split('"""', 2)[2])
-
-
-def test_a_device_without_index_is_this_process_s_current_gpu(monkeypatch):
-    """Each rank decodes on its own GPU: "cuda" resolves to the current device (set per rank), not GPU 0."""
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert resolve_device("cuda") == torch.device("cuda", 3)
-    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")
+    assert edge_errors(images.flip(-1), reference)["mean"] > 5, "a wrong flip or box would not pass"
+    assert torch.equal(decoder(staged), images)  # the staged batch is read, never changed
 
 
 @needs_nvimgcodec
 def test_what_the_device_decoder_fails_on_or_returns_at_another_size_goes_to_opencv(photo_db, monkeypatch):
     ds = LmdbImageNet(photo_db, "train", decoder=RandomResizedCropDecoder(32, seed=1))
-    records, plans, wheres = ds.encoded_batch([(i, 0) for i in range(4)])
-    reference = GpuBatchDecoder(32, "cpu")(records, plans, wheres)
+    staged, _ = stage_batch(ds, [(i, 0) for i in range(4)])
+    reference = GpuBatchDecoder(32, "cpu")(staged)
     nv, decoder, params = GpuBatchDecoder(32, "cpu")._decoder()
     real_stream = nv.CodeStream
 
     def picky(data):  # a header it cannot parse, for record 1
-        if data == records[1].image:
+        if bytes(data) == bytes(staged.record(1)):
             raise RuntimeError("nvImageCodec: cannot parse the header")
         return real_stream(data)
 
     monkeypatch.setattr(nv, "CodeStream", picky)
     guarded = GpuBatchDecoder(32, "cpu")
-    assert torch.equal(guarded(records, plans, wheres), reference) and guarded.fallbacks == 1
+    assert torch.equal(guarded(staged), reference) and guarded.fallbacks == 1
     monkeypatch.setattr(nv, "CodeStream", real_stream)
 
     class Short:  # what a decoder gives back for a header that lies: one row short
-        shape = (plans[2].box[2] - 1, plans[2].box[3], 3)
+        shape = (int(staged.table[2, columns.BOX_HEIGHT]) - 1, int(staged.table[2, columns.BOX_WIDTH]), 3)
 
     class Lying:
         def decode(self, streams, **kw):
@@ -114,7 +84,32 @@ def test_what_the_device_decoder_fails_on_or_returns_at_another_size_goes_to_ope
 
     sized = GpuBatchDecoder(32, "cpu")
     sized._nv = (nv, Lying(), params)
-    assert torch.equal(sized(records, plans, wheres), reference) and sized.fallbacks == 1
+    assert torch.equal(sized(staged), reference) and sized.fallbacks == 1
+
+
+def test_workers_stage_records_and_plans_and_decode_what_does_not_fit(db_session):
+    """A worker's staging: each record's bytes and the plan the fused decoder draws for it; a record that does
+    not fit what is left of the room is decoded by the worker into its batch row instead."""
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    items = [(i, 3) for i in range(6)]
+    roomy, images = stage_batch(ds, items)
+    assert roomy.rows == 6 and (roomy.table[:, columns.LENGTH] > 0).all()
+    for row, (index, epoch) in enumerate(items):
+        record = ds.read_record(index)
+        assert bytes(roomy.record(row)) == record.image and roomy.table[row, columns.TARGET] == record.target
+        plan = ds.decoder.law.plan(record.height, record.width, index, epoch)
+        table = roomy.table[row]
+        assert tuple(table[[columns.BOX_TOP, columns.BOX_LEFT, columns.BOX_HEIGHT, columns.BOX_WIDTH]]) == plan.box
+        assert bool(table[columns.FLIP]) == plan.flip
+    tight = StagedRecords(np.empty(int(roomy.table[:2, columns.LENGTH].sum()), np.uint8),
+                          np.zeros_like(roomy.table))
+    images = torch.zeros((6, 16, 16, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    targets = ds.stage_records(items, tight, images)
+    assert list(tight.on_device) == [0, 1] and targets == list(roomy.table[:, columns.TARGET])
+    for row in range(2, 6):  # decoded by the worker, exactly as the CPU loader would
+        assert torch.equal(images[row], ds[items[row]][0])
+    out = GpuBatchDecoder(16, "cpu")(tight, images.clone())
+    assert torch.equal(out[2:], images[2:]) and torch.equal(out[:2], GpuBatchDecoder(16, "cpu")(roomy)[:2])
 
 
 @needs_nvimgcodec
@@ -132,51 +127,65 @@ def test_hybrid_feed_keeps_order_crops_and_exact_resume(db_session):
     decoder = GpuBatchDecoder(16, "cpu")
     for b, ((images, _), (cpu_images, _)) in enumerate(zip(batches, cpu_only)):
         assert torch.equal(images[:3], cpu_images[:3])  # the CPU workers' share: identical
-        records, plans, wheres = ds.encoded_batch([(i, 0) for i in order[6 * b + 3:6 * b + 6]])
-        assert torch.equal(images[3:], decoder(records, plans, wheres))  # the device's share
+        staged, _ = stage_batch(ds, [(i, 0) for i in order[6 * b + 3:6 * b + 6]])
+        assert torch.equal(images[3:], decoder(staged))  # the device's share
     resumed = build_loader(ds, 6, workers=2, seed=4, gpu_share=0.5, device="cpu", persistent_workers=False)
     first = next(iter(CudaPrefetcher(resumed, "cpu")))[1].tolist()
     state = resumed.state_dict()
-    assert state["gpu_share"] == 0.5
+    assert state["gpu_share_segments"] == [[0, 0, 0.5]]
     again = build_loader(ds, 6, workers=2, seed=4, gpu_share=0.5, device="cpu", persistent_workers=False)
     again.load_state_dict(state)
     assert [first] + [t.tolist() for _, t in again] == [t.tolist() for _, t in cpu_only]
 
 
-def test_the_workers_are_handed_item_numbers_not_jpeg_bytes(db_session):
-    """The device's share is read from LMDB by the process that decodes it: what a worker returns for a
-    batch is its slot, its rows' targets and the remaining items, never image bytes."""
+def test_the_workers_send_back_no_bytes_and_the_main_process_reads_no_record(db_session, monkeypatch):
+    """What a worker returns for a batch is a WorkerBatch (slot, targets, rows, seconds), never image bytes;
+    the device's rows come staged in the ring, so the main process never reads the database."""
+    import imagenet_pack.lmdbfile as lmdbfile
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     loader = build_loader(ds, 6, workers=1, gpu_share=0.5, device="cpu", persistent_workers=False)
     raw = next(iter(loader.loader.loader))
-    slot, targets, rest = raw
-    assert isinstance(slot, int) and len(targets) == 3 and all(isinstance(i, tuple) and len(i) == 2 for i in rest)
+    assert isinstance(raw, WorkerBatch) and len(raw.targets) == 6 and raw.cpu_rows == 3 and raw.seconds > 0
+    reads, main = [], os.getpid()
+    for name in ("read", "locate"):
+        real = getattr(lmdbfile.LmdbFile, name)
+
+        def counted(*a, _real=real, **k):  # the forked workers inherit this: they count nothing here
+            if os.getpid() == main:
+                reads.append(a)
+            return _real(*a, **k)
+        monkeypatch.setattr(lmdbfile.LmdbFile, name, counted)
+    images, targets = next(iter(build_loader(ds, 6, workers=1, gpu_share=1.0, device="cpu",
+                                             persistent_workers=False)))
+    assert not reads and images.shape == (6, 3, 16, 16) and len(targets) == 6
 
 
-def test_the_auto_share_is_what_the_run_shows_fixed_from_a_known_batch_and_saved():
-    """"auto" on a GPU: the first batches go to the workers alone; the share is the fraction of time the loop
-    waited, plus a margin, from the first batch not yet dispatched; a resumed run restores it exactly."""
-    policy = SharePolicy("auto", torch.device("cuda", 0))
-    assert policy.share is None and policy.cpu_rows(0, 0, 8) == 8
-    clock = iter(range(100))
-    import imagenet_pack.gpu.hybrid as hybrid
-    real = hybrid.time.perf_counter
-    hybrid.time.perf_counter = lambda: float(next(clock))  # one second per delivery, 0.3 s of it waiting
-    try:
-        for k in range(SharePolicy.WARMUP + SharePolicy.WINDOW + 1):
-            policy.cpu_rows(0, 8 * (k + 4), 8)  # the loader dispatches ahead of the deliveries
-            policy.observe(8, 0.3)
-    finally:
-        hybrid.time.perf_counter = real
-    assert policy.share == 23 / 64  # ceil((0.3 + 0.05) * 64) / 64
-    since = policy.since
-    assert since == (0, 8 * (SharePolicy.WARMUP + SharePolicy.WINDOW + 5))
-    assert policy.cpu_rows(0, since[1] - 8, 8) == 8 and policy.cpu_rows(0, since[1], 8) == 8 - round(8 * 23 / 64)
-    restored = SharePolicy("auto", torch.device("cuda", 0))
-    restored.restore(policy.state())
-    assert (restored.share, restored.since) == (policy.share, since) and restored.cpu_rows(1, 0, 8) == 8 - round(8 * 23 / 64)
-    # on a CPU device the "device" is the workers' own cores: nothing to share
-    assert SharePolicy("auto", torch.device("cpu")).share == 0.0
+def test_staging_buffers_are_made_once_and_reused(db_session, monkeypatch):
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    loader = build_loader(ds, 4, workers=1, gpu_share=0.5, device="cpu", persistent_workers=False)
+    made = []
+    real = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: made.append(a) or real(*a, **k))
+    buffers = set()
+    for batch in loader.batches():
+        buffers.add(batch.images.untyped_storage().data_ptr())
+        loader.to_device(batch, torch.device("cpu"))
+    host = [a for a in made if a and isinstance(a[0], tuple) and len(a[0]) == 1 and a[0][0] > 1 << 16]
+    assert len(buffers) <= 4 and not host  # four staging buffers, reused; no staging allocated per batch
+
+
+def test_a_device_without_index_is_this_process_s_current_gpu(monkeypatch):
+    """Each rank decodes on its own GPU: "cuda" resolves to the current device (set per rank), not GPU 0."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")
+
+
+def test_only_the_device_module_asks_what_the_device_is():
+    gpu = Path(__file__).resolve().parent.parent / "imagenet_pack"
+    asking = [p for p in gpu.rglob("*.py") if p.name != "device.py" and re.search(r'\.type\s*[!=]=\s*"cuda"',
+                                                                                   p.read_text())]
+    assert not asking, asking
 
 
 def test_nothing_in_the_loader_imports_the_device_side():
@@ -206,8 +215,9 @@ def test_the_device_path_never_reads_a_device_value_on_the_host(db_session, monk
     from imagenet_pack.gpu.normalize import normalize
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     hybrid = build_loader(ds, 6, workers=1, gpu_share=0.5, device="cpu", persistent_workers=False)
-    raw = next(iter(hybrid.batches()))
-    assert len(raw) == 3 and len(raw[2]) == 3  # three rows left to the device
+    batches = hybrid.batches()
+    raw, again = next(batches), next(batches)
+    assert raw.cpu_rows == 3 and raw.staged.rows == 3  # three rows left to the device
     expected = hybrid.to_device(raw, torch.device("cpu"))
 
     def sync(name):
@@ -226,7 +236,8 @@ def test_the_device_path_never_reads_a_device_value_on_the_host(db_session, monk
                 raise AssertionError(f"boolean-mask Tensor.{_name} in the device path: a host sync on CUDA")
             return _original(self, index, *rest)
         monkeypatch.setattr(torch.Tensor, name, checked)
-    images, targets = hybrid.to_device(raw, torch.device("cpu"))
+    images, targets = hybrid.to_device(again, torch.device("cpu"))
     normalize(images, channels_last=True)
     monkeypatch.undo()
-    assert torch.equal(images, expected[0]) and torch.equal(targets, expected[1])
+    assert images.shape == expected[0].shape and targets.shape == expected[1].shape
+    assert threading.active_count() >= 1

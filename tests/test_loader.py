@@ -75,5 +75,5 @@ def test_a_hybrid_feed_needs_workers_and_a_fused_decoder(db_session):
         build_loader(ds, 6, workers=0, gpu_share=0.5, device="cpu")
     with pytest.raises(ValueError, match="needs an LmdbImageNet with a fused decoder"):
         build_loader(LmdbImageNet(db_session, "train"), 6, workers=1, gpu_share=0.5, device="cpu")
-    with pytest.raises(ValueError, match=r"gpu_share must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"gpu_share must be a share from 0 to 1"):
         build_loader(ds, 6, workers=1, gpu_share=1.5, device="cpu")

@@ -111,10 +111,10 @@ class FakeEvent:
 
 
 def test_the_cuda_path_makes_batches_on_its_own_stream_and_hands_them_over_with_events(monkeypatch):
-    """The code CUDA runs, with torch.cuda's stream calls recorded: every batch is produced inside the side
-    stream's context, in the look-ahead's thread; the training loop's stream waits on that batch's event
-    before the loop sees it, and each tensor is recorded on the loop's stream (so its memory is not reused
-    while the loop reads it)."""
+    """The code CUDA runs, with torch.cuda's stream calls recorded: every batch is produced inside one of two
+    side streams' contexts, alternating (host work for one batch overlaps device work for the one before), in
+    the look-ahead's thread; the training loop's stream waits on that batch's event before the loop sees it,
+    and each tensor is recorded on the loop's stream (so its memory is not reused while the loop reads it)."""
     loop, side, current = FakeStream("loop"), [], threading.local()
     recorded: list = []
 
@@ -141,10 +141,10 @@ def test_the_cuda_path_makes_batches_on_its_own_stream_and_hands_them_over_with_
 
     out = []
     for tensors, item, _ in stage.run_ahead(iter(range(5)), produce, FakeCuda(), depth=2):
-        assert len(loop.waited) == item + 1 and loop.waited[-1].recorded_on is side[0]  # waited for this one
+        assert len(loop.waited) == item + 1 and loop.waited[-1].recorded_on is side[item % 2]  # for this one
         assert all(stream is loop for t, stream in recorded[-2:]) and recorded[-2][0] is tensors[0]
         out.append(item)
-    assert out == list(range(5))
+    assert out == list(range(5)) and len(side) == 2
     assert all(name == "side" and thread == "imagenet-pack-ahead" for _, name, thread in produced)
 
 

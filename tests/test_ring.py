@@ -5,6 +5,7 @@ import torch
 
 from imagenet_pack import LmdbImageNet, RandomResizedCropDecoder, build_loader
 from imagenet_pack.loader import BatchRing
+from imagenet_pack.loader.ring import WorkerBatch
 
 
 def test_batch_ring_batches_equal_in_process_ones_and_survive_being_kept(db_session):
@@ -27,12 +28,12 @@ def test_batch_ring_reuses_an_output_buffer_only_once_nothing_shares_it():
     ring = BatchRing([], 2, 4, (3, 8, 8))
     ring.buffers[0].fill_(1)
     ring.buffers[1].fill_(2)
-    first, _ = ring.take(0, [0, 1, 2, 3], pin=False)
+    first, _ = ring.take(WorkerBatch(0, [0, 1, 2, 3], 4, False, 0.0), pin=False)
     address = first.data_ptr()
     row = first[1]  # a view keeps the buffer in use after the batch itself is dropped
     del first
-    second, _ = ring.take(1, [0, 1, 2, 3], pin=False)
+    second, _ = ring.take(WorkerBatch(1, [0, 1, 2, 3], 4, False, 0.0), pin=False)
     assert second.data_ptr() != address and bool((row == 1).all()) and bool((second == 2).all())
     del row
-    third, _ = ring.take(1, [0, 1, 2, 3], pin=False)
+    third, _ = ring.take(WorkerBatch(1, [0, 1, 2, 3], 4, False, 0.0), pin=False)
     assert third.data_ptr() == address and bool((third == 2).all())

@@ -167,10 +167,11 @@ def _store(root: Path, split: str) -> str:
 
 def _gpu_batches(dataset, device: str, indices: list[int]) -> Iterator[torch.Tensor]:
     from ..gpu.decode import GpuBatchDecoder
-    decoder = GpuBatchDecoder(224, device)
+    from .feed import stage_batch
+    decoder = GpuBatchDecoder(224, device, batch_size=_BATCH)
     for start in range(0, len(indices), _BATCH):
-        records, plans, wheres = dataset.encoded_batch(indices[start:start + _BATCH])
-        yield decoder(records, plans, wheres).cpu()
+        staged, images = stage_batch(dataset, indices[start:start + _BATCH])
+        yield decoder(staged, images.to(device)).cpu()
 
 
 def _predict(model, batches: Iterable[torch.Tensor], mean, std, progress: Callable[[int], None]) -> torch.Tensor:

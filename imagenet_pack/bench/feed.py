@@ -18,12 +18,14 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..gpu.decode import NVIMGCODEC_KINDS, GpuBatchDecoder
 from ..gpu.prefetch import CudaPrefetcher
-from ..gpu.stage import resolve_device
+from ..gpu.device import is_cuda, resolve_device
 from ..loading import build_loader
 from ..read.pixels import NVIMGCODEC_AVAILABLE
+from ..read.staged import StagedRecords
 
 WARMUP = 3
 
@@ -47,7 +49,7 @@ def train_rate(model, optimizer, batches: Iterator, steps: int, device: torch.de
     """images/s and data-wait fraction over ``steps`` steps after :data:`WARMUP` warm-up steps, all from one
     pass of ``batches`` (no epoch restart inside the window). Data wait: the time the loop is blocked on
     ``next(batches)``; kernels queued before keep the GPU busy meanwhile."""
-    amp = device.type == "cuda"
+    amp = is_cuda(device)
     seen, waited, start = 0, 0.0, 0.0
     for step in range(steps + WARMUP):
         if step == WARMUP:
@@ -74,36 +76,48 @@ def train_rate(model, optimizer, batches: Iterator, steps: int, device: torch.de
     return seen / elapsed, waited / elapsed
 
 
-def feed_table(dataset, *, arch: str = "resnet50", batch_size: int = 256, steps: int = 20, workers: int,
-               device: torch.device | str = "cuda", sync_debug: bool = False) -> list[dict]:
-    """Train ``arch`` from each feed (see the module docstring) over ``dataset`` (fused decoder): a row each."""
+FEEDS = {"synthetic": None, "cpu": 0.0, "gpu": 1.0, "hybrid": "auto"}  # name -> gpu_share (None: on the device)
+FEED_NAMES = {"synthetic": "synthetic on device (compute bound)", "cpu": "CPU fused decode",
+              "gpu": "GPU decode mode", "hybrid": "hybrid, auto share"}
+
+
+def train_from_feed(dataset, feed: str, *, arch: str = "resnet50", batch_size: int = 256, steps: int = 20,
+                    workers: int, device: torch.device | str = "cuda", sync_debug: bool = False) -> dict:
+    """Train ``arch`` from one feed of :data:`FEEDS` over ``dataset`` (fused decoder): images/s, data wait,
+    the share the feed ended with."""
     import torchvision
     device = resolve_device(device)
-    cuda = device.type == "cuda"
-    size = dataset.batch_shape[1]
+    cuda = is_cuda(device)
     model = torchvision.models.get_model(arch, num_classes=1000).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.randn(batch_size, 3, size, size, device=device)
-    if cuda:
-        images = images.contiguous(memory_format=torch.channels_last)
-    targets = torch.randint(0, 1000, (batch_size,), device=device)
-    synthetic = iter([(images, targets)] * (steps + WARMUP))
-    bound = train_rate(model, optimizer, synthetic, steps, device, sync_debug)[0]
-    rows = [{"feed": "synthetic on device (compute bound)", "images_per_s": bound, "of_bound": 1.0,
-             "data_wait": 0.0, "gpu_share": None}]
-    for name, share in (("CPU fused decode", 0.0), ("GPU decode mode", 1.0), ("hybrid, auto share", "auto")):
-        loader = build_loader(dataset, batch_size, workers=workers, gpu_share=share, device=device)
-        if len(loader) < steps + WARMUP:
-            raise ValueError(f"{len(dataset)} records make {len(loader)} batches of {batch_size}: fewer than the "
-                             f"{steps + WARMUP} steps of a window; use a larger database")
-        batches = iter(CudaPrefetcher(loader, device, channels_last=cuda))
-        rate, wait = train_rate(model, optimizer, batches, steps, device, sync_debug)
-        rows.append({"feed": name, "images_per_s": rate, "of_bound": rate / bound, "data_wait": wait,
-                     "gpu_share": getattr(loader, "gpu_share", 0.0)})
-    return rows
+    if FEEDS[feed] is None:
+        size = dataset.batch_shape[1]
+        images = torch.randn(batch_size, 3, size, size, device=device)
+        images = images.contiguous(memory_format=torch.channels_last) if cuda else images
+        targets = torch.randint(0, 1000, (batch_size,), device=device)
+        rate, wait = train_rate(model, optimizer, iter([(images, targets)] * (steps + WARMUP)), steps, device,
+                                sync_debug)
+        return {"feed": FEED_NAMES[feed], "images_per_s": rate, "data_wait": wait, "gpu_share": None}
+    loader = build_loader(dataset, batch_size, workers=workers, gpu_share=FEEDS[feed], device=device)
+    if len(loader) < steps + WARMUP:
+        raise ValueError(f"{len(dataset)} records make {len(loader)} batches of {batch_size}: fewer than the "
+                         f"{steps + WARMUP} steps of a window; use a larger database")
+    batches = iter(CudaPrefetcher(loader, device, channels_last=cuda))
+    rate, wait = train_rate(model, optimizer, batches, steps, device, sync_debug)
+    batches.close()
+    return {"feed": FEED_NAMES[feed], "images_per_s": rate, "data_wait": wait, "gpu_share": loader.gpu_share}
+
+
+def feed_table(dataset, *, arch: str = "resnet50", batch_size: int = 256, steps: int = 20, workers: int,
+               device: torch.device | str = "cuda", sync_debug: bool = False) -> list[dict]:
+    """Train ``arch`` from each feed (see the module docstring) over ``dataset``: a row each, the synthetic
+    bound first and every row's fraction of it."""
+    rows = [train_from_feed(dataset, feed, arch=arch, batch_size=batch_size, steps=steps, workers=workers,
+                            device=device, sync_debug=sync_debug) for feed in FEEDS]
+    return [{**row, "of_bound": row["images_per_s"] / rows[0]["images_per_s"]} for row in rows]
 
 
 def edge_errors(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -113,36 +127,92 @@ def edge_errors(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
             "left column": d[:, :, :, 0].mean().item(), "right column": d[:, :, :, -1].mean().item()}
 
 
+def stage_batch(ds, items: list) -> tuple[StagedRecords, torch.Tensor]:
+    """``items`` of ``ds`` staged in this process's memory as the workers stage them, and a batch holding the
+    rows decoded here instead (none unless some record is too large to stage)."""
+    staged = StagedRecords.allocate(len(items))
+    side = ds.batch_shape[1]
+    images = torch.zeros((len(items), side, side, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    ds.stage_records(items, staged, images)
+    return staged, images
+
+
 def decode_benchmark(ds, batch: int, device: torch.device | str) -> dict[str, dict]:
-    """Per decoder: images/s of GpuBatchDecoder on one in-memory batch (median of 5 after a warm-up), and its
-    pixels against the CPU fused decoder's on the same records and plans (:func:`edge_errors`)."""
+    """Per decoder: images/s of GpuBatchDecoder on one staged batch (median of 5 after a warm-up), the images
+    it gave to OpenCV, and its pixels against the CPU fused decoder's on the same records and plans
+    (:func:`edge_errors`)."""
     device = resolve_device(device)
     items = [(i % len(ds), 0) for i in range(batch)]
-    records, plans, wheres = ds.encoded_batch(items)
+    staged, _ = stage_batch(ds, items)
     reference = torch.stack([ds[item][0] for item in items])
     variants = {}
     if NVIMGCODEC_AVAILABLE:
-        variants["nvimgcodec (all kinds)"] = dict(backend="nvimgcodec")
-        if device.type == "cuda":
-            variants.update({f"nvimgcodec {k}": dict(backend="nvimgcodec", kinds=(k,)) for k in NVIMGCODEC_KINDS})
+        variants["nvimgcodec (engine, then hybrid)"] = dict(backend="nvimgcodec")
+        if is_cuda(device):
+            variants.update({f"nvimgcodec {k} only": dict(backend="nvimgcodec", kinds=(k,)) for k in NVIMGCODEC_KINDS})
+            variants["nvimgcodec, GPU Huffman for all"] = dict(
+                backend="nvimgcodec", options="nvjpeg_cuda_decoder:hybrid_huffman_threshold=0")
     variants["torchvision.io.decode_jpeg"] = dict(backend="torchvision")
     out = {}
     for name, kwargs in variants.items():
         try:
-            decoder = GpuBatchDecoder(ds.batch_shape[1], device, **kwargs)
-            first = decoder(records, plans, wheres)
+            decoder = GpuBatchDecoder(ds.batch_shape[1], device, batch_size=batch, **kwargs)
+            first = decoder(staged)
             fallbacks = decoder.fallbacks
             times = []
             for _ in range(5):
-                if device.type == "cuda":
+                if is_cuda(device):
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                decoder(records, plans, wheres)
-                if device.type == "cuda":
+                decoder(staged)
+                if is_cuda(device):
                     torch.cuda.synchronize(device)
                 times.append(time.perf_counter() - t0)
             out[name] = {"images_per_s": batch / statistics.median(times), "fallbacks": fallbacks,
-                         **edge_errors(first.cpu(), reference)}
+                         "regions": decoder.regions, **edge_errors(first.cpu(), reference)}
         except Exception as exc:  # noqa: BLE001 - a decoder kind this GPU lacks: say so, go on
             out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
     return out
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def device_path_cost(loader, batches: int = 3) -> dict[str, float]:
+    """What the device path of a hybrid ``loader`` costs the host per batch, over ``batches`` batches made by
+    its workers: torch operations, host milliseconds, and on CUDA the CUDA runtime calls and host-to-device
+    copies from pageable memory the profiler saw (a pageable copy makes the host wait)."""
+    device = loader.device
+    staged = []
+    for batch in loader.batches():
+        staged.append(batch)
+        if len(staged) == batches:
+            break
+    counter = _CountOps()
+    with counter:
+        loader.to_device(staged[0], device)
+    started = time.perf_counter()
+    runtime = pageable = 0
+    if is_cuda(device):  # the profiler's view of the CUDA runtime (there is none to see on a CPU device)
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as profile:
+            for batch in staged:
+                loader.to_device(batch, device)
+            torch.cuda.synchronize(device)
+        events = profile.events()
+        runtime = sum(1 for e in events if e.name.startswith("cuda") and e.device_type == torch.autograd.DeviceType.CPU)
+        pageable = sum(1 for e in events if "Pageable" in e.name)
+    else:
+        for batch in staged:
+            loader.to_device(batch, device)
+    host_ms = (time.perf_counter() - started) * 1000 / len(staged)
+    runtime, pageable = runtime / len(staged), pageable / len(staged)
+    loader.finish_epoch()
+    return {"torch_ops": counter.ops, "host_ms": host_ms, "cuda_runtime_calls": runtime, "pageable_copies": pageable}

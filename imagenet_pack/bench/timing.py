@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImagenetPackError
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD
-from ..loader.ring import BatchSource
+from ..read.dataset import LmdbImageNet
 from ..loading import build_loader
 
 
@@ -47,7 +47,7 @@ def timing_loader(dataset: Dataset, *, workers: int, batch_size: int = 32) -> tu
     """The batches to time and the DataLoader under them: datasets that decode batches in place (fused
     decoders) through :func:`build_loader`, as users run them; the rest through a plain shuffling DataLoader,
     as torchvision's reference training script does."""
-    if isinstance(dataset, BatchSource) and dataset.batch_shape is not None:
+    if isinstance(dataset, LmdbImageNet) and dataset.batch_shape is not None:
         epochs = build_loader(dataset, batch_size, workers=workers)
         return epochs, epochs.loader
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,

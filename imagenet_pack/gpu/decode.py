@@ -1,65 +1,84 @@
-"""GPU decode mode: a batch of stored JPEGs decoded, cropped, resized and flipped on the device.
+"""GPU decode mode: the staged rows of a batch decoded, cropped, resized and flipped on the device.
 
-:class:`GpuBatchDecoder` follows the same :class:`~imagenet_pack.read.crops.Plan` per sample as the fused CPU
-decoders (same law, same seeds) and writes uint8 (N, 3, S, S) channels-last batches, ready for
-:func:`imagenet_pack.gpu.normalize`:
+:class:`GpuBatchDecoder` takes records staged by the workers (:mod:`imagenet_pack.read.staged`: their bytes and
+the plans the fused CPU decoders would draw, same law and seeds) and writes each sample into its row of a
+uint8 (N, 3, S, S) channels-last batch, ready for :func:`imagenet_pack.gpu.normalize`:
 
-1. decode: with nvImageCodec, one batched call decodes only each plan's box, on the hardware JPEG engine,
-   CUDA or the CPU (whichever its backends offer for the device; on a CPU device its CPU-only decoder, which
-   is how the code is tested without a GPU), on the caller's current stream; the images reach torch
-   without a copy (DLPack). Without nvImageCodec, ``torchvision.io.decode_jpeg`` decodes whole images
-   (deprecated in torchvision 0.29: a one-line warning says so). An image the device decoder refuses, fails
-   on, or returns at another size than its box is decoded by OpenCV on the CPU instead, and counted in
-   :attr:`GpuBatchDecoder.fallbacks`.
-2. resample: each image on its own, so every crop ends at its own image's edge (torchvision's resize
-   replicates edge pixels: nothing from another image or from padding bleeds in): antialiased bilinear in
-   float32 (``F.interpolate(antialias=True)``, the kernel of torchvision's tensor resize) into its row of one
-   preallocated batch, then the plan's window and flip. Float32 throughout: in half precision CUDA's
-   kernels would quantise sample positions and overflow sums on large crops.
+1. decode, one batched nvImageCodec call on the caller's stream. On CUDA its decoders in the order the
+   hardware likes: the hardware JPEG engine (A100, H100 and later) first, the hybrid CPU+GPU decoder behind it
+   for what the engine refuses (progressive and unusual files), with buffers preallocated at the batch size
+   and a bounded number of CPU threads (the loader's workers need the cores); decoded images are reused
+   across batches. On a CPU device its CPU decoder, which is how the code is tested without a GPU. nvJPEG
+   before 13.2 decodes the edge of a region with fancy (libjpeg's) chroma upsampling wrongly, so there whole
+   images are decoded and the box is taken by the resample: the same pixels, never a warning; from 13.2 on
+   only each box is decoded. Without nvImageCodec, ``torchvision.io.decode_jpeg`` decodes whole images
+   (deprecated in torchvision 0.29: a one-line warning says so). An image the device refuses, fails on, or
+   returns at another size is decoded by OpenCV instead, counted in :attr:`GpuBatchDecoder.fallbacks`.
+2. resample, :func:`.resample.resample_boxes`: the whole batch in a number of operations that does not
+   depend on its size.
 
-No host synchronisation anywhere: sizes, windows and flips are known on the host from the plans, and the
-only host-to-device copies (a fallback image) come from pinned memory.
+No host synchronisation: sizes, windows and flips are on the host already (the plans), and what the device
+reads from the host (the plans, a fallback's pixels) comes from pinned memory.
 """
 from __future__ import annotations
 
+import ctypes
+import glob
+import importlib.util
+import os
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..format import Record
-from ..read.crops import Plan
 from ..read.pixels import NVIMGCODEC_AVAILABLE, decode_box, nvimgcodec
-from .stage import resolve_device
+from ..read.staged import BOX_HEIGHT, BOX_LEFT, BOX_TOP, BOX_WIDTH, HEIGHT, WIDTH, StagedRecords
+from .device import host_empty, is_cuda, resolve_device, stream_handle
+from .resample import resample_boxes
 
 GPU_BACKENDS = ("nvimgcodec", "torchvision", "auto")
-# nvImageCodec's decoders by name: the hardware JPEG engine (A100, H100), CUDA kernels, CPU Huffman + CUDA
-NVIMGCODEC_KINDS = {"hw": "HW_GPU_ONLY", "cuda": "GPU_ONLY", "hybrid": "HYBRID_CPU_GPU"}
+# nvImageCodec's JPEG decoders on a GPU, in the order they are tried: the hardware engine, CPU Huffman + CUDA
+NVIMGCODEC_KINDS = {"hw": "HW_GPU_ONLY", "hybrid": "HYBRID_CPU_GPU"}
+REGIONS_FROM_NVJPEG = (13, 2)  # the first nvJPEG whose region decode keeps fancy upsampling right at the edges
 
 
-def resample_into(image: torch.Tensor, plan: Plan, size: int, dest: torch.Tensor) -> None:
-    """``image`` (its plan's box, H x W x 3 uint8, on the device) resized, windowed and flipped into ``dest``
-    (3 x size x size uint8), in float32 on the current stream."""
-    x = image.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
-    y = F.interpolate(x, size=plan.resize, mode="bilinear", antialias=True, align_corners=False)[0]
-    top, left = plan.offset
-    y = y[:, top:top + size, left:left + size]
-    if plan.flip:
-        y = y.flip(-1)
-    dest.copy_(y.round_().clamp_(0, 255))
+def nvjpeg_version() -> tuple[int, int, int] | None:
+    """The version of the nvJPEG library nvImageCodec loads (asked with ``nvjpegGetProperty``), or None when
+    none is found."""
+    spec = importlib.util.find_spec("nvidia")
+    found = [path for base in (spec.submodule_search_locations or [] if spec else [])
+             for path in sorted(glob.glob(os.path.join(base, "**", "libnvjpeg.so*"), recursive=True))]
+    for name in found + ["libnvjpeg.so.13", "libnvjpeg.so.12"]:
+        try:
+            library = ctypes.CDLL(name)
+        except OSError:
+            continue
+        parts = []
+        for prop in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+            value = ctypes.c_int()
+            if library.nvjpegGetProperty(prop, ctypes.byref(value)) != 0:
+                break
+            parts.append(value.value)
+        if len(parts) == 3:
+            return parts[0], parts[1], parts[2]
+    return None
 
 
 class GpuBatchDecoder:
-    """Decode a batch on ``device``: uint8 (N, 3, size, size), channels-last. ``backend``: "nvimgcodec",
-    "torchvision", or "auto" (nvImageCodec where installed); ``kinds`` limits nvImageCodec on a GPU to some of
-    its decoders (``NVIMGCODEC_KINDS``: "hw", "cuda", "hybrid"; default: every one it has, best first)."""
+    """Decode staged rows on ``device`` into size x size uint8 samples. ``backend``: "nvimgcodec",
+    "torchvision", or "auto" (nvImageCodec where installed). On CUDA: ``kinds`` limits nvImageCodec to some of
+    its decoders (``NVIMGCODEC_KINDS``: "hw", "hybrid"; default both, the engine first), ``batch_size``
+    sizes its preallocation, ``threads`` bounds its CPU threads (default: a quarter of the cores, at most 4),
+    ``options`` adds nvImageCodec decoder options (e.g. ``nvjpeg_cuda_decoder:hybrid_huffman_threshold=0``
+    for GPU Huffman decoding of every image)."""
 
-    def __init__(self, size: int = 224, device: torch.device | str = "cuda", backend: str = "auto",
-                 kinds: tuple[str, ...] | None = None):
+    def __init__(self, size: int = 224, device: torch.device | str = "cuda", backend: str = "auto", *,
+                 kinds: tuple[str, ...] | None = None, batch_size: int = 256, threads: int | None = None,
+                 options: str = ""):
         if backend not in GPU_BACKENDS:
             raise ValueError(f"unknown GPU decode backend {backend!r}; choose one of {GPU_BACKENDS}")
-        if kinds is not None and not set(kinds) <= set(NVIMGCODEC_KINDS):
+        if kinds is not None and not (kinds and set(kinds) <= set(NVIMGCODEC_KINDS)):
             raise ValueError(f"unknown nvImageCodec decoder kinds {kinds}; choose from {tuple(NVIMGCODEC_KINDS)}")
         if backend == "auto":
             backend = "nvimgcodec" if NVIMGCODEC_AVAILABLE else "torchvision"
@@ -68,100 +87,151 @@ class GpuBatchDecoder:
                           "pip install nvidia-nvimgcodec-cu12[nvjpeg] (or -cu13, as torch's CUDA; in a checkout: pip "
                           "install -e '.[gpu-cu12]') for nvImageCodec", stacklevel=2)
         self.size, self.device, self.backend, self.kinds = size, resolve_device(device), backend, kinds
+        self.batch_size, self.options = batch_size, options
+        self.threads = threads or max(1, min(4, (os.cpu_count() or 4) // 4))
+        # regions where the decoder gets them right; whole images (the box cut by the resample) elsewhere
+        version = nvjpeg_version() if is_cuda(self.device) and backend == "nvimgcodec" else None
+        self.regions = backend == "nvimgcodec" and (not is_cuda(self.device) or (version or (0,)) >= REGIONS_FROM_NVJPEG)
         self.fallbacks = 0  # images the device decoder refused, decoded on the CPU instead
-        self._nv = None
+        self._nv: tuple | None = None
+        self._reused: dict[int, list] = {}  # per stream: the images of its last batch, decoded into again
 
-    def __call__(self, records: list[Record], plans: list[Plan], wheres: list[str] | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-        """``out`` (N, 3, size, size) uint8 on the device, made here when not given, holding each record's
-        sample as its plan says, queued on the current stream."""
+    def __call__(self, staged: StagedRecords, out: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+        """Write staged row r's sample into row ``first + r`` of ``out`` (N, 3, size, size) uint8 on the device
+        (made here when not given), queued on the current stream; rows the workers decoded (``LENGTH`` 0)
+        are left as they are. Returns ``out``."""
         if out is None:
-            out = torch.empty((len(records), self.size, self.size, 3), dtype=torch.uint8,
+            out = torch.empty((first + staged.rows, self.size, self.size, 3), dtype=torch.uint8,
                               device=self.device).permute(0, 3, 1, 2)
-        wheres = wheres or [f"record {i} of the batch" for i in range(len(records))]
-        for i, (image, plan) in enumerate(zip(self.decode(records, plans, wheres), plans)):
-            resample_into(image, plan, self.size, out[i])
+        rows = staged.on_device
+        if not len(rows):
+            return out
+        images, boxed = self.decode(staged, rows)
+        # the plans, from the staging buffer (pinned: an asynchronous copy); a copy on a CPU device too
+        plans = torch.from_numpy(staged.table[:staged.rows]).to(self.device, non_blocking=True, copy=True)
+        whole = len(rows) == staged.rows
+        if not whole:  # rows the workers decoded sit between: pick the others (rare: a batch of huge files)
+            index = torch.from_numpy(rows).to(self.device)
+            plans = plans.index_select(0, index)
+        if boxed.all():  # every image is its box alone: the box starts at its origin
+            plans[:, BOX_TOP] = 0
+            plans[:, BOX_LEFT] = 0
+        else:
+            for k in np.flatnonzero(boxed):  # a few CPU fallbacks among whole images
+                plans[int(k), BOX_TOP] = 0
+                plans[int(k), BOX_LEFT] = 0
+        samples = resample_boxes(images, plans, self.size)
+        rows_out = out.permute(0, 2, 3, 1)
+        if whole:
+            rows_out[first:first + staged.rows].copy_(samples)
+        else:
+            rows_out.index_copy_(0, index + first, samples)
         return out
 
-    def decode(self, records: list[Record], plans: list[Plan], wheres: list[str]) -> list[torch.Tensor]:
-        """Each plan's box as an H x W x 3 uint8 tensor on the device."""
+    def decode(self, staged: StagedRecords, rows: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
+        """The decoded image of each of ``rows`` (HxWx3 uint8 on the device: its box, or the whole image),
+        and which of them are their box alone."""
+        table = staged.table
         if self.backend == "nvimgcodec":
-            images = self._decode_nvimgcodec(records, plans)
+            images = self._decode_nvimgcodec(staged, rows)
         else:
-            images = self._decode_torchvision(records, plans)
-        return [image if image is not None else self._cpu_decode(record, plan, where)
-                for image, record, plan, where in zip(images, records, plans, wheres)]
+            images = self._decode_torchvision(staged, rows)
+        boxed = np.zeros(len(rows), bool)
+        out = []
+        for k, (row, image) in enumerate(zip(rows, images)):
+            if image is None:
+                top, left, h, w = table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]].tolist()
+                image = self._cpu_decode(staged, row, (top, left, h, w))
+                boxed[k] = True
+            elif self.regions:
+                boxed[k] = True
+            out.append(image)
+        return out, boxed
+
+    def _expected(self, table: np.ndarray, row: int) -> tuple[int, int]:
+        return (int(table[row, BOX_HEIGHT]), int(table[row, BOX_WIDTH])) if self.regions else \
+            (int(table[row, HEIGHT]), int(table[row, WIDTH]))
 
     def _decoder(self):
         if self._nv is None:
             nv, cpu_decoder, params = nvimgcodec()
-            if self.device.type != "cuda":
+            if not is_cuda(self.device):
                 decoder = cpu_decoder
-            elif self.kinds is None:
-                decoder = nv.Decoder(device_id=self.device.index)
             else:
-                decoder = nv.Decoder(device_id=self.device.index, backends=[
-                    nv.Backend(getattr(nv.BackendKind, NVIMGCODEC_KINDS[k])) for k in self.kinds])
+                kinds = self.kinds or tuple(NVIMGCODEC_KINDS)
+                options = (f":fancy_upsampling=1 nvjpeg_hw_decoder:preallocate_batch_size={self.batch_size} "
+                           f"nvjpeg_hw_decoder:preallocate_width_hint=512 nvjpeg_hw_decoder:preallocate_height_hint=512 "
+                           f"{self.options}").strip()
+                decoder = nv.Decoder(device_id=self.device.index, max_num_cpu_threads=self.threads, options=options,
+                                     backends=[nv.Backend(getattr(nv.BackendKind, NVIMGCODEC_KINDS[k])) for k in kinds])
             self._nv = (nv, decoder, params)
         return self._nv
 
-    def _decode_nvimgcodec(self, records: list[Record], plans: list[Plan]) -> list[torch.Tensor | None]:
+    def _decode_nvimgcodec(self, staged: StagedRecords, rows: np.ndarray) -> list[torch.Tensor | None]:
         nv, decoder, params = self._decoder()
-        images: list[torch.Tensor | None] = [None] * len(records)
+        table = staged.table
         streams, index = [], []
-        for i, (record, plan) in enumerate(zip(records, plans)):
-            top, left, h, w = plan.box
+        for k, row in enumerate(rows):
+            top, left, h, w = (int(v) for v in table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]])
             try:  # a header it cannot parse: that image alone goes to the CPU
-                stream = nv.CodeStream(record.image)
-                if (stream.height, stream.width) == (record.height, record.width) and stream.num_channels in (1, 3):
-                    streams.append(stream.get_sub_code_stream(region=nv.Region(top, left, top + h, left + w)))
-                    index.append(i)
+                stream = nv.CodeStream(np.frombuffer(staged.record(row), np.uint8))
+                if (stream.height, stream.width) != (table[row, HEIGHT], table[row, WIDTH]) or \
+                        stream.num_channels not in (1, 3):
+                    continue
+                streams.append(stream.get_sub_code_stream(region=nv.Region(top, left, top + h, left + w))
+                               if self.regions else stream)
+                index.append(k)
             except Exception:  # noqa: BLE001 - nvImageCodec's own error types
                 continue
-        stream_handle = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+        handle = stream_handle(self.device)
+        reused = self._reused.get(handle, [])
+        kwargs = {"images": reused[:len(streams)]} if len(reused) >= len(streams) > 0 else {}
         try:
-            decoded = decoder.decode(streams, params=params, cuda_stream=stream_handle)
+            decoded = decoder.decode(streams, params=params, cuda_stream=handle, **kwargs)
         except Exception:  # noqa: BLE001 - one bad image must not cost the batch: try them one by one
-            decoded = [self._decode_one(decoder, s, params, stream_handle) for s in streams]
-        for i, image in zip(index, decoded):
-            top, left, h, w = plans[i].box
-            if image is not None and tuple(image.shape) == (h, w, 3):
-                images[i] = self._to_torch(image)
+            decoded = [self._decode_one(decoder, s, params, handle) for s in streams]
+        if is_cuda(self.device) and all(image is not None for image in decoded) and len(decoded) >= len(reused):
+            self._reused[handle] = list(decoded)  # decoded into again by this stream's next batch
+        images: list[torch.Tensor | None] = [None] * len(rows)
+        for k, image in zip(index, decoded):
+            if image is not None and tuple(image.shape) == (*self._expected(table, rows[k]), 3):
+                images[k] = self._to_torch(image)
         return images
 
     @staticmethod
-    def _decode_one(decoder, stream, params, stream_handle):
+    def _decode_one(decoder, stream, params, handle):
         try:
-            return decoder.decode(stream, params=params, cuda_stream=stream_handle)
+            return decoder.decode(stream, params=params, cuda_stream=handle)
         except Exception:  # noqa: BLE001
             return None
 
-    def _decode_torchvision(self, records: list[Record], plans: list[Plan]) -> list[torch.Tensor | None]:
+    def _decode_torchvision(self, staged: StagedRecords, rows: np.ndarray) -> list[torch.Tensor | None]:
         import torchvision.io as tio
-        data = [torch.frombuffer(bytearray(r.image), dtype=torch.uint8) for r in records]
+        data = [torch.frombuffer(bytearray(staged.record(row)), dtype=torch.uint8) for row in rows]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
                 full = list(tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=self.device))
             except RuntimeError:
-                full = [None] * len(records)
-        images: list[torch.Tensor | None] = []
-        for image, record, plan in zip(full, records, plans):
-            top, left, h, w = plan.box
-            ok = image is not None and tuple(image.shape) == (3, record.height, record.width)
-            images.append(image[:, top:top + h, left:left + w].permute(1, 2, 0) if ok else None)
-        return images
+                full = [None] * len(rows)
+        table = staged.table
+        return [image.permute(1, 2, 0) if image is not None and
+                tuple(image.shape) == (3, table[row, HEIGHT], table[row, WIDTH]) else None
+                for image, row in zip(full, rows)]
 
-    def _to_torch(self, image) -> torch.Tensor:
-        if self.device.type == "cuda":
+    def _to_torch(self, image: Any) -> torch.Tensor:
+        if is_cuda(self.device):
             return torch.from_dlpack(image)  # the decoder's device buffer, no copy, ordered on this stream
         return torch.from_numpy(np.asarray(image.cpu()))
 
-    def _cpu_decode(self, record: Record, plan: Plan, where: str) -> torch.Tensor:
-        """OpenCV's decode of the plan's box (DecodeError if it fails too), moved to the device."""
+    def _cpu_decode(self, staged: StagedRecords, row: int, box: tuple[int, int, int, int]) -> torch.Tensor:
+        """OpenCV's decode of the box (DecodeError if it fails too), moved to the device from pinned memory."""
         self.fallbacks += 1
-        pixels = torch.from_numpy(np.ascontiguousarray(
-            decode_box(record.image, plan.box, 1, (record.height, record.width), f"{where} (GPU decode fallback)")))
-        if self.device.type == "cuda":
-            return pixels.pin_memory().to(self.device, non_blocking=True)
-        return pixels
+        table = staged.table
+        pixels = decode_box(bytes(staged.record(row)), box, 1, (int(table[row, HEIGHT]), int(table[row, WIDTH])),
+                            f"staged record {row} (GPU decode fallback)")
+        if not is_cuda(self.device):
+            return torch.from_numpy(np.ascontiguousarray(pixels))
+        host = host_empty(pixels.shape, torch.uint8, self.device)
+        np.copyto(host.numpy(), pixels)
+        return host.to(self.device, non_blocking=True)

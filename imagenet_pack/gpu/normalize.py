@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .device import pins, record_event
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -20,14 +22,10 @@ def _constants(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Ten
     if key not in _CONSTANTS:
         scale = torch.tensor([1 / (255 * s) for s in std], dtype=torch.float32).view(1, 3, 1, 1)
         shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, 3, 1, 1)
-        copied = None
-        if device.type == "cuda":
+        if pins(device):
             scale, shift = scale.pin_memory(), shift.pin_memory()
         scale, shift = scale.to(device, non_blocking=True), shift.to(device, non_blocking=True)
-        if device.type == "cuda":
-            copied = torch.cuda.Event()
-            copied.record(torch.cuda.current_stream(device))
-        _CONSTANTS[key] = (scale, shift, copied)
+        _CONSTANTS[key] = (scale, shift, record_event(device))
     scale, shift, copied = _CONSTANTS[key]
     if copied is not None:
         torch.cuda.current_stream(device).wait_event(copied)

@@ -7,7 +7,8 @@ from typing import Iterable, Iterator
 import torch
 
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
-from .stage import feed_ahead, resolve_device
+from .device import resolve_device
+from .stage import feed_ahead
 
 
 class CudaPrefetcher:

@@ -1,18 +1,19 @@
-"""Work run ahead of the training loop on its own CUDA stream, in a background thread.
+"""Work run ahead of the training loop on CUDA streams of its own, in a background thread.
 
 :func:`run_ahead` takes host-side batches from a loader and, in a thread of its own, turns each into device
-tensors on a dedicated stream (copies, GPU decoding, normalisation: whatever ``produce`` queues), keeping up
-to ``depth`` batches ready. Each is handed to the training loop with an event: the loop's stream waits for
-that batch's work only, never for the decode of later ones, and every tensor is recorded on the loop's
-stream, so the caching allocator never hands its memory to the next batch while the loop still reads it.
-nvImageCodec and torch release the GIL while they work, so the thread runs beside the training loop.
+tensors (copies, GPU decoding, normalisation: whatever ``produce`` queues), keeping up to ``depth`` batches
+ready. Consecutive batches alternate between two streams, so the host work for one (staging, the decoder's
+host side) overlaps the device work still queued for the one before. Each batch is handed to the training
+loop with an event: the loop's stream waits for that batch's work only, never for the decode of later ones,
+and every tensor is recorded on the loop's stream, so the caching allocator never hands its memory to the
+next batch while the loop still reads it. nvImageCodec and torch release the GIL while they work, so the
+thread runs beside the training loop.
 
 On a CPU device the same code runs (the thread, the queue, the order), without streams or events: the CPU
 tests drive the code path CUDA runs.
 """
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -22,15 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..loader.loader import Feed, copy_batch
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    """``device`` with its index: "cuda" is the current CUDA device of this process (a rank's own GPU once
-    ``torch.cuda.set_device`` ran), not GPU 0."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
+from .device import new_stream, on_stream, record_event
 
 
 class _End:
@@ -47,8 +40,7 @@ def run_ahead(items: Iterator[Any], produce: Callable[[Any], tuple[torch.Tensor,
     """``(produce(item), item, seconds waited)`` for each of ``items``, in order, ``depth`` items ahead; the
     tensors are ready to use on the caller's current stream. Leaving the loop early stops the thread (the
     items it produced ahead are dropped: an :class:`~imagenet_pack.loader.loader.Feed` delivers them again)."""
-    cuda = device.type == "cuda"
-    stream = torch.cuda.Stream(device=device) if cuda else None
+    streams = [new_stream(device), new_stream(device)]
     ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
@@ -62,17 +54,13 @@ def run_ahead(items: Iterator[Any], produce: Callable[[Any], tuple[torch.Tensor,
 
     def work() -> None:
         try:
-            with torch.cuda.device(device) if cuda else contextlib.nullcontext(), \
-                    torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-                for item in items:
-                    if stop.is_set():
-                        return
+            for k, item in enumerate(items):
+                if stop.is_set():
+                    return
+                with on_stream(device, streams[k % 2]):
                     out = produce(item)
-                    done = None
-                    if cuda:
-                        done = torch.cuda.Event()
-                        done.record(stream)
-                    put((out, item, done))
+                    done = record_event(device)
+                put((out, item, done))
             put(_End())
         except BaseException as error:  # noqa: BLE001 - handed to the training loop's thread
             put(_Failed(error))
@@ -121,4 +109,4 @@ def feed_ahead(loader: Any, device: torch.device, finish: Callable[[torch.Tensor
             feed.deliver(len(targets), waited)
         yield images, targets
     if feed is not None:
-        feed.epoch_done()
+        feed.finish_epoch()

@@ -8,13 +8,14 @@ fixed-size decoder (the fused ones) the workers decode each batch straight into 
 shared memory allocated once.
 
 A look-ahead (:class:`~imagenet_pack.gpu.prefetch.CudaPrefetcher`) runs ahead of the training loop through
-the :class:`Feed` protocol: it takes :meth:`EpochLoader.batches` (not counted) and reports each batch the loop
+the :class:`Feed` interface: it takes :meth:`EpochLoader.batches` (not counted) and reports each batch the loop
 receives with :meth:`EpochLoader.deliver`. Batches it held ahead and never handed on are not lost: the next
 iteration starts from the first sample not delivered.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol, runtime_checkable
+import abc
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -23,24 +24,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImagenetPackError
 from ..machine import default_workers
-from .ring import BatchRing, BatchSource, NumberedBatches, Split, as_is, shared_empty
+from ..read.dataset import LmdbImageNet
+from .ring import BatchRing, NumberedBatches, Split, as_is, shared_empty
 from .sampler import EpochSampler
 
 
-@runtime_checkable
-class Feed(Protocol):
-    """What a look-ahead needs of a loader: host-side batches it may run ahead on, a way to say which the
-    training loop received, and the copy of a batch to the device (which a hybrid feed also decodes on)."""
+class Feed(abc.ABC):
+    """What a look-ahead needs of a loader (an :class:`EpochLoader`, or the hybrid feed): host-side batches it
+    may run ahead on, a way to say which the training loop received, and the copy of a batch to the device
+    (which a hybrid feed also decodes on)."""
 
+    @abc.abstractmethod
     def batches(self) -> Iterator[Any]:
         """This epoch's remaining batches as the workers made them, from the first sample not delivered."""
 
+    @abc.abstractmethod
     def deliver(self, samples: int, waited: float = 0.0) -> None:
         """The training loop received ``samples`` more samples, after waiting ``waited`` seconds for them."""
 
-    def epoch_done(self) -> None:
-        """Every batch of the epoch was delivered: move to the next epoch."""
+    @abc.abstractmethod
+    def finish_epoch(self) -> None:
+        """Move to the next epoch (after the last batch, or when the loop leaves an epoch early)."""
 
+    @abc.abstractmethod
     def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and int64 targets of ``batch`` on ``device``, queued on the current stream."""
 
@@ -89,8 +95,10 @@ def worker_init(worker_id: int) -> None:
         cv2.setNumThreads(1)
 
 
-class EpochLoader:
+class EpochLoader(Feed):
     """Iterate once per epoch; see the module docstring. ``loader`` is the underlying DataLoader."""
+
+    gpu_share = 0.0  # of each batch decoded on a device: none, the workers decode every row
 
     def __init__(self, loader: DataLoader, sampler: EpochSampler, batch_size: int, drop_last: bool,
                  ring: BatchRing | None = None, pin: bool = False):
@@ -111,25 +119,24 @@ class EpochLoader:
         for batch in self.batches():
             self.deliver(len(batch[1]))
             yield batch
-        self.epoch_done()
+        self.finish_epoch()
 
-    def batches(self) -> Iterator[Any]:
+    def results(self) -> Iterator[Any]:
+        """This epoch's remaining batches as the DataLoader returns them (a ring's :class:`WorkerBatch`), from
+        the first sample not delivered; a worker's error as its one line."""
         self.sampler.skip = self.delivered
         try:
-            for batch in self.loader:
-                if self.ring is not None:
-                    slot, targets, rest = batch
-                    images, targets = self.ring.take(slot, targets, pin=self.pin)
-                    batch = (images, targets, rest) if rest else (images, targets)
-                yield batch
+            yield from self.loader
         except ImagenetPackError as exc:
             raise worker_error(exc) from None
 
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, int64 targets) of this epoch's remaining batches, in memory of the caller's own."""
+        for result in self.results():
+            yield self.ring.take(result, pin=self.pin) if self.ring is not None else result
+
     def deliver(self, samples: int, waited: float = 0.0) -> None:
         self.delivered += samples
-
-    def epoch_done(self) -> None:
-        self.finish_epoch()
 
     def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return copy_batch(batch, device)
@@ -150,27 +157,27 @@ class EpochLoader:
 
 def epoch_loader(dataset: Dataset, batch_size: int, *, train: bool = True, workers: int | None = None,
                  seed: int = 0, prefetch_factor: int = 4, persistent_workers: bool = True,
-                 rank: int | None = None, world_size: int | None = None, split: Split | None = None) -> EpochLoader:
+                 rank: int | None = None, world_size: int | None = None, split: Split | None = None,
+                 pin: bool = False) -> EpochLoader:
     """A uint8-batch loader over ``dataset`` (use a fused decoder or ``decoder="tensor"``).
 
     ``train`` shuffles every epoch, pads ranks to equal length and drops the last partial batch; eval keeps
-    the order and gives every sample to exactly one rank. Memory is pinned when CUDA is available. With
-    workers and a :class:`BatchSource` dataset the batches go through a :class:`BatchRing` of
-    ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``split`` (a hybrid feed's) says how
-    many rows of each batch the workers decode; the rest are left to the device.
+    the order and gives every sample to exactly one rank. ``pin``: batches in pinned memory (for a CUDA
+    device). With workers and a dataset with a ``batch_shape`` the batches go through a :class:`BatchRing`
+    of ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``split`` (a hybrid feed's) says how
+    many rows of each batch the workers decode; they stage the rest in the ring for the device.
     """
     workers = default_workers() if workers is None else workers
     cv2.setNumThreads(1)  # in the parent, before any worker forks (see worker_init)
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
-    pin = torch.cuda.is_available()
     common = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
                   persistent_workers=persistent_workers and workers > 0,
                   prefetch_factor=prefetch_factor if workers else None)
-    shape = dataset.batch_shape if isinstance(dataset, BatchSource) else None
+    shape = dataset.batch_shape if isinstance(dataset, LmdbImageNet) else None  # any other dataset: collated
     if split is not None and (not workers or shape is None):
         raise ValueError("a hybrid feed needs loader workers and an LmdbImageNet with a fused decoder")
     if workers and shape is not None:
-        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape)
+        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape, staged=split is not None)
         loader = DataLoader(ring, batch_sampler=NumberedBatches(sampler, batch_size, drop_last=train, split=split),
                             collate_fn=as_is, **common)
         return EpochLoader(loader, sampler, batch_size, drop_last=train, ring=ring, pin=pin)

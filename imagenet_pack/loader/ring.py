@@ -1,34 +1,38 @@
 """Shared-memory batch buffers that DataLoader workers decode into, allocated once and reused.
 
 Returned the usual way, every batch travels in a fresh shared-memory segment (created, faulted in, its file
-descriptor passed over a socket, unmapped): ~0.2 ms per 224 px image on 2 cores, a tenth of a fused decode.
-A :class:`BatchRing` instead has the workers write each batch into one of a few buffers made once and send
-back only the slot number and the targets.
+descriptor passed over a socket, unmapped). A :class:`BatchRing` instead has the workers write each batch
+into one of a few buffers made once and send back only a :class:`WorkerBatch`: the slot, the targets, how
+long the decoding took. For a hybrid feed each slot also has room for the device's rows staged as records
+and plans (:mod:`imagenet_pack.read.staged`), so the process that decodes them never reads the database.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset
 
+from ..read.staged import BYTES_PER_ROW, COLUMNS, LENGTH, StagedRecords
 from .sampler import EpochSampler
 
 Item = Any  # a sampler item: an index, or an (index, epoch) pair
 
 
-@runtime_checkable
 class BatchSource(Protocol):
     """A dataset that decodes batches in place (``LmdbImageNet`` with a fused decoder): what a
     :class:`BatchRing` needs."""
 
-    @property
-    def batch_shape(self) -> tuple[int, int, int] | None: ...
+    batch_shape: tuple[int, int, int] | None
 
     def decode_into(self, items: list[Item], images: torch.Tensor) -> list[int]:
         """Decode ``items`` into the rows of ``images`` (N, C, H, W); return their targets."""
+
+    def stage_records(self, items: list[Item], staged: StagedRecords, images: torch.Tensor) -> list[int]:
+        """Stage ``items`` for a decoder elsewhere (those that do not fit: decoded into ``images``)."""
 
 # private: an uninitialised shared-memory storage (the public share_memory_() first fills private memory and
 # then copies it there: 1.2 s against 0.4 s for 1.3 GB); the fallback gives the same tensor, slower
@@ -77,21 +81,37 @@ class NumberedBatches:
             yield NumberedBatch(items, number, cpu)
 
 
+class WorkerBatch(NamedTuple):
+    """What a worker sends back for a batch: no pixels, no bytes."""
+
+    slot: int
+    targets: list[int]  # of every row
+    cpu_rows: int  # rows decoded into the slot's images (the first ones); the rest are staged ...
+    fallback: bool  # ... except those that did not fit, decoded into their image rows too
+    seconds: float  # the worker's time decoding its rows (what a row costs the CPU, for a hybrid share)
+
+
 class BatchRing(Dataset):
     """Workers decode each batch into one of ``slots`` shared-memory batch buffers allocated once, and send
-    back only the slot number and the targets.
+    back a :class:`WorkerBatch`; with ``staged`` each slot can also hold the device's rows as records.
 
-    ``dataset`` is a :class:`BatchSource`. Reuse is safe because
-    DataLoader keeps at most ``prefetch_factor * workers`` batches dispatched and not yet returned, so with one slot more than that a new batch never lands in the slot of a batch
-    still pending or being returned; and :meth:`take` copies each batch out of its slot (into pinned memory
-    for CUDA) before the user sees it, so a batch the user keeps is never overwritten.
+    ``dataset`` is a :class:`BatchSource`. Reuse is safe because DataLoader keeps at most
+    ``prefetch_factor * workers`` batches dispatched and not yet returned, so with one slot more than that a
+    new batch never lands in the slot of a batch still pending or being returned; and :meth:`take` copies
+    each batch out of its slot before the user sees it, so a batch the user keeps is never overwritten.
     """
 
-    def __init__(self, dataset: BatchSource, slots: int, batch_size: int, shape: tuple[int, int, int]):
+    def __init__(self, dataset: BatchSource, slots: int, batch_size: int, shape: tuple[int, int, int],
+                 staged: bool = False):
         self.dataset = dataset
         channels, height, width = shape
         # (slot, N, H, W, C): every batch channels-last, as the decoders write it
         self.buffers = shared_empty((slots, batch_size, height, width, channels))
+        # room for the device's rows: touched only as far as they fill it (shared memory is allocated lazily)
+        rows = batch_size if staged else 0
+        self.data = shared_empty((slots, rows * BYTES_PER_ROW)) if staged else torch.empty((slots, 0), dtype=torch.uint8)
+        self.table = shared_empty((slots, rows, len(COLUMNS)), torch.int64) if staged else \
+            torch.empty((slots, 0, len(COLUMNS)), dtype=torch.int64)
         self._spares: list[tuple[torch.Tensor, int]] = []  # (buffer handed out before, its use count when free)
 
     def __getstate__(self) -> dict:
@@ -100,21 +120,36 @@ class BatchRing(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, batch: NumberedBatch) -> tuple[int, list, list]:
-        """Decode the first ``batch.cpu_rows`` samples of ``batch`` into a slot: (slot, their targets, the
-        items left to the device, whose bytes the decoding process reads itself)."""
+    def __getitems__(self, batch: NumberedBatch) -> WorkerBatch:
+        """Decode the first ``batch.cpu_rows`` samples of ``batch`` into a slot and stage the rest there."""
         slot, cpu = batch.number % len(self.buffers), batch.cpu_rows
-        targets = self.dataset.decode_into(batch[:cpu], self.buffers[slot, :cpu].permute(0, 3, 1, 2))
-        return slot, targets, list(batch[cpu:])
+        images = self.buffers[slot].permute(0, 3, 1, 2)
+        started = time.perf_counter()
+        targets = self.dataset.decode_into(batch[:cpu], images[:cpu])
+        fallback = False
+        if cpu < len(batch):
+            staged = self.staged(slot)
+            targets += self.dataset.stage_records(batch[cpu:], staged, images[cpu:])
+            fallback = bool((staged.table[:staged.rows, LENGTH] == 0).any())
+        return WorkerBatch(slot, targets, cpu, fallback, time.perf_counter() - started)
 
-    def take(self, slot: int, targets: list, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Copy the batch in ``slot`` out to memory of the caller's own."""
-        source = self.buffers[slot, :len(targets)]
+    def staged(self, slot: int) -> StagedRecords:
+        """The staged records of ``slot`` (numpy views of the shared memory)."""
+        table = self.table[slot].numpy()
+        return StagedRecords(self.data[slot].numpy(), table, len(table))
+
+    def images(self, slot: int) -> torch.Tensor:
+        """The batch buffer of ``slot``, (N, H, W, C)."""
+        return self.buffers[slot]
+
+    def take(self, batch: WorkerBatch, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy the batch in its slot out to memory of the caller's own (every row decoded by the workers)."""
+        source = self.buffers[batch.slot, :len(batch.targets)]
         images = self._output(source.shape, pin)
         # numpy's single-threaded copy: torch's copy_ would wake the main process's OpenMP pool, whose
-        # threads then spin for a while and take CPU from the workers (~0.2 ms per image on 2 cores)
+        # threads then spin for a while and take CPU from the workers
         np.copyto(images.numpy(), source.numpy())
-        targets = torch.tensor(targets, dtype=torch.int64)
+        targets = torch.tensor(batch.targets, dtype=torch.int64)
         return images.permute(0, 3, 1, 2), targets.pin_memory() if pin else targets
 
     def _output(self, shape: torch.Size, pin: bool) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -35,6 +35,14 @@ class Plan(NamedTuple):
     resize: tuple[int, int]  # the box resized to (height, width) ...
     offset: tuple[int, int]  # ... of which the size x size window at (top, left) is the sample
     flip: bool
+
+
+class CropLaw(Protocol):
+    """What a fused decoder needs of a law (for type checkers): the output side and a plan per sample."""
+
+    size: int
+
+    def plan(self, height: int, width: int, index: int, epoch: int | None) -> Plan: ...
 
 
 def random_resized_crop_box(height: int, width: int, rng: random.Random,

@@ -11,9 +11,9 @@ from torch.utils.data import Dataset
 
 from ..format import Record
 from ..layout import shard_file
-from .crops import Plan
 from .decoders import Decoder, FusedDecoder, resolve_decoder
 from .reader import Shard, load_split, read_paths
+from .staged import StagedRecords
 
 
 class LmdbImageNet(Dataset):
@@ -63,6 +63,10 @@ class LmdbImageNet(Dataset):
         self.transform = transform
         self.target_transform = target_transform
         self.decoder = resolve_decoder(decoder)
+        # every sample's (C, H, W) when samples can be decoded straight into a batch tensor (a fused decoder,
+        # no transform): the loader's shared-memory batches and the GPU decode mode build on it
+        self.batch_shape: tuple[int, int, int] | None = \
+            self.decoder.output_shape if transform is None and isinstance(self.decoder, FusedDecoder) else None
         self.wnids = info.wnids
         self.wnid_to_idx = {wnid: i for i, wnid in enumerate(self.wnids)}
         self.classes = info.classes
@@ -111,33 +115,34 @@ class LmdbImageNet(Dataset):
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
         return self._sample(index)
 
-    @property
-    def batch_shape(self) -> tuple[int, int, int] | None:
-        """Every sample's (C, H, W) when samples can be decoded straight into a batch tensor: a fused decoder
-        and no transform. None otherwise."""
-        if self.transform is None and isinstance(self.decoder, FusedDecoder):
-            return self.decoder.output_shape
-        return None
-
     def decode_into(self, items: list[int | tuple[int, int]], images: Any) -> list[int]:
         """Decode the samples at ``items`` into the rows of ``images``, an (N, C, H, W) tensor (for a
         :attr:`batch_shape` only: the loader's shared-memory batches); returns their targets."""
         return [self._sample(item, out)[1] for item, out in zip(items, images)]
 
-    def encoded_batch(self, items: list[int | tuple[int, int]]) -> tuple[list[Record], list[Plan], list[str]]:
-        """The records of the samples at ``items``, the plan the fused decoder draws for each (same law, same
-        seeds) and where each record is: what the GPU decode mode needs for its share of a batch, read in the
-        process that decodes it (a memory-mapped read costs microseconds)."""
-        if not isinstance(self.decoder, FusedDecoder):
-            raise TypeError("encoded_batch needs a fused decoder (RandomResizedCropDecoder or CenterCropDecoder)")
-        records, plans, wheres = [], [], []
-        for item in items:
+    def stage_records(self, items: list[int | tuple[int, int]], staged: StagedRecords, images: Any) -> list[int]:
+        """Stage the samples at ``items`` for a decoder elsewhere (:mod:`.staged`): each record read and checked,
+        its bytes copied into ``staged.data``, its plan drawn as the fused decoder would (same law, same seeds)
+        into ``staged.table``; a record that does not fit is decoded here into its row of ``images`` instead.
+        Returns the targets. For a :attr:`batch_shape` only."""
+        law = self.decoder.law
+        table, free, targets = staged.table, 0, []
+        for row, (item, out) in enumerate(zip(items, images)):
             index, epoch = item if isinstance(item, tuple) else (item, None)
             record, where = self._read(self._checked_index(index))
-            records.append(record)
-            plans.append(self.decoder.law.plan(record.height, record.width, index, epoch))
-            wheres.append(where)
-        return records, plans, wheres
+            top, left, height, width = (plan := law.plan(record.height, record.width, index, epoch)).box
+            size = len(record.image)
+            if free + size > len(staged.data):  # no room: this one is decoded here, into its batch row
+                self._sample(item, out)
+                size = 0
+            else:
+                staged.data[free:free + size] = np.frombuffer(record.image, np.uint8)
+            table[row] = (free, size, record.target, record.height, record.width, top, left, height, width,
+                          *plan.resize, *plan.offset, plan.flip)
+            free += size
+            targets.append(record.target)
+        staged.rows = len(items)
+        return targets
 
     def _checked_index(self, index: int) -> int:
         index = operator.index(index)

@@ -12,7 +12,7 @@ window is cut from the image resized by torch's kernel, whichever way (exactness
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Union, runtime_checkable
+from typing import Any, Callable, Union
 
 import cv2
 import numpy as np
@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..errors import DecoderUnavailableError
 from ..format import Record
-from .crops import CenterCropLaw, Plan, RandomResizedCropLaw
+from .crops import CenterCropLaw, CropLaw, Plan, RandomResizedCropLaw
 from .pixels import NVIMGCODEC_AVAILABLE, NVIMGCODEC_MISSING, Box, check_box, decode_box, decode_full
 
 
@@ -47,20 +47,6 @@ class TensorDecoder:
 
 Decoder = Callable[[Record, int, Union[int, None], str], Any]
 DECODERS: dict[str, Callable[[], Decoder]] = {"pil": PilDecoder, "tensor": TensorDecoder}
-
-
-@runtime_checkable
-class FusedDecoder(Protocol):
-    """A decoder whose samples all have one shape and which can decode straight into a batch row: what the
-    loader's shared-memory batches and the GPU decode mode (which draws the same plans) build on."""
-
-    law: RandomResizedCropLaw | CenterCropLaw
-
-    @property
-    def output_shape(self) -> tuple[int, int, int]: ...
-
-    def __call__(self, record: Record, index: int, epoch: int | None, where: str,
-                 out: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 def resolve_decoder(decoder: str | Decoder) -> Decoder:
@@ -156,20 +142,17 @@ def decode_plan(record: Record, plan: Plan, size: int, where: str, backend: str 
     return target if dest is None or in_place else dest.copy_(target)
 
 
-# nvImageCodec's per-call cost outweighs what its region decode saves on small images: measured in the loader
-# pipeline on a --max-side 256 database, 3708 images/s against OpenCV's 4217 (full-size ImageNet: 1401 vs 1155)
+# below this many pixels nvImageCodec's per-call cost outweighs what its region decode saves (docs/PERFORMANCE.md)
 NVIMGCODEC_MIN_PIXELS = 1 << 17
 
 
-class _FusedDecoder:
-    """A plan per sample from ``law``, decoded by :func:`decode_plan` into size x size uint8."""
+class FusedDecoder:
+    """A plan per sample from ``law``, decoded by :func:`decode_plan` into size x size uint8: every sample
+    has one shape (:attr:`output_shape`), so a batch can be decoded straight into one tensor, and the GPU
+    decode mode can draw the same plans."""
 
-    def __init__(self, law: RandomResizedCropLaw | CenterCropLaw, backend: str, dct_scaling: bool):
+    def __init__(self, law: CropLaw, backend: str, dct_scaling: bool):
         self.law, self.backend, self.dct_scaling = law, check_backend(backend), dct_scaling
-
-    @property
-    def size(self) -> int:
-        return self.law.size
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
@@ -186,7 +169,7 @@ class _FusedDecoder:
         return decode_plan(record, plan, self.law.size, where, backend, out, self.dct_scaling)
 
 
-class RandomResizedCropDecoder(_FusedDecoder):
+class RandomResizedCropDecoder(FusedDecoder):
     """Train decoder: RandomResizedCrop(size, scale, ratio) + random horizontal flip, fused with decoding.
     ``dct_scaling`` decodes boxes at least twice the output size at 1/2-1/8 scale: measured on real ImageNet
     JPEGs, 5% of crops are that large, their pixels move 5 levels (of 255) from torchvision's and no
@@ -199,7 +182,7 @@ class RandomResizedCropDecoder(_FusedDecoder):
                          dct_scaling)
 
 
-class CenterCropDecoder(_FusedDecoder):
+class CenterCropDecoder(FusedDecoder):
     """Val decoder: torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)``, exactly (resize_size
     defaults to ``round(size / crop_ratio)``: 256 for 224). ``geometry="ffcv"``: FFCV's centre crop, resized
     (measured: ~30% faster, and 1-3% of a pretrained model's predictions differ from the reference's)."""

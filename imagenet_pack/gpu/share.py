@@ -1,0 +1,140 @@
+"""How much of each batch the device decodes: a share chosen from what each side can carry, revisited during the
+run, every decision saved.
+
+A share s sends the last ``round(s * N)`` rows of each batch to the device; the workers decode the rest. With
+``"auto"`` (on a CUDA device) :class:`SharePolicy` measures, over a window of recent batches:
+
+* what a row costs the workers: their own decode time, sent back with each batch; ``W`` workers then carry
+  ``C_cpu = W / cost`` images a second;
+* what a row costs the device stage: ``C_dev = 1 / cost`` (unbounded until it has decoded any);
+* what the training loop asks for: ``D``, images per second if data never lacked (a batch over the time
+  between two deliveries, less the time the loop waited for it).
+
+If the workers alone carry ``D`` with a margin, the share is 0 (the GPU stays free for training); else it is
+the smallest that lets them keep up, ``1 - C_cpu / (D (1 + margin))``, and never past the point where the
+device becomes the slower side, ``C_dev / (C_cpu + C_dev)``. Nothing is read from the first burst of a
+queue filled ahead: costs are measured where they are paid, not inferred from waits.
+
+A decision applies from the first batch not yet dispatched to the workers (a loader dispatches several
+ahead), and is kept as a segment ``(epoch, consumed, share)``: :meth:`SharePolicy.state` saves them all, so a
+resumed run splits every batch up to the last decision exactly as the interrupted run did, and decides
+anew after it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, NamedTuple
+
+import torch
+
+from ..format import checked_int
+from .device import is_cuda
+
+
+class Segment(NamedTuple):
+    """From the batch at (``epoch``, ``consumed``) on, ``share`` of each batch goes to the device."""
+
+    epoch: int
+    consumed: int
+    share: float
+
+
+def check_share(share: float | str) -> float | str:
+    """``share`` if it is a number from 0 to 1 or "auto", else ValueError in one line."""
+    if share != "auto" and (type(share) not in (int, float) or not 0.0 <= share <= 1.0):
+        raise ValueError(f"gpu_share must be a share from 0 to 1, or 'auto'; got {share!r}")
+    return share
+
+
+class SharePolicy:
+    """The share of ``size``-row batches decoded on ``device`` (see the module docstring); ``workers`` is the
+    loader's worker count, ``clock`` the time source (injected by tests)."""
+
+    WARMUP, WINDOW, MARGIN, STEPS = 2, 8, 0.1, 64  # deliveries ignored, deliveries per decision, margin, 1/STEPS
+
+    def __init__(self, share: float | str, device: torch.device, workers: int,
+                 clock: Callable[[], float] = time.perf_counter):
+        check_share(share)
+        self.auto = share == "auto" and is_cuda(device)  # on a CPU device the "device" is the workers' cores
+        self.segments = [Segment(0, 0, 0.0 if share == "auto" else float(share))]
+        self.workers, self.clock = max(1, workers), clock
+        self._dispatched = (0, 0)  # where the next batch handed to the workers starts
+        self._deliveries = 0
+        self._last: float | None = None
+        self._window = {"samples": 0, "seconds": 0.0, "cpu_rows": 0, "cpu_seconds": 0.0, "device_rows": 0,
+                        "device_seconds": 0.0}
+
+    @property
+    def share(self) -> float:
+        """The share decided last."""
+        return self.segments[-1].share
+
+    def share_at(self, epoch: int, at: int) -> float:
+        return next(s.share for s in reversed(self.segments) if (s.epoch, s.consumed) <= (epoch, at))
+
+    def cpu_rows(self, epoch: int, at: int, size: int) -> int:
+        """Rows of the batch of ``size`` starting at (``epoch``, ``at``) that the workers decode."""
+        self._dispatched = (epoch, at + size)
+        return size - int(round(size * self.share_at(epoch, at)))
+
+    def observe_workers(self, rows: int, seconds: float) -> None:
+        """The workers decoded ``rows`` rows of a batch in ``seconds``."""
+        self._window["cpu_rows"] += rows
+        self._window["cpu_seconds"] += seconds
+
+    def observe_device(self, rows: int, seconds: float) -> None:
+        """The device stage decoded ``rows`` rows in ``seconds``."""
+        self._window["device_rows"] += rows
+        self._window["device_seconds"] += seconds
+
+    def observe_delivery(self, samples: int, waited: float) -> None:
+        """The training loop received ``samples`` after waiting ``waited`` seconds for them."""
+        now = self.clock()
+        self._deliveries += 1
+        if self._last is not None and self._deliveries > self.WARMUP:
+            self._window["samples"] += samples
+            self._window["seconds"] += max(now - self._last - waited, 1e-9)
+        self._last = now
+        if self.auto and self._deliveries > self.WARMUP and (self._deliveries - self.WARMUP) % self.WINDOW == 0:
+            self._decide()
+
+    def _decide(self) -> None:
+        w = self._window
+        if w["samples"] and w["cpu_rows"]:
+            demand = w["samples"] / w["seconds"]
+            cpu = self.workers * w["cpu_rows"] / max(w["cpu_seconds"], 1e-9)
+            device = w["device_rows"] / max(w["device_seconds"], 1e-9) if w["device_rows"] else math.inf
+            if cpu >= demand * (1 + self.MARGIN):
+                share = 0.0
+            else:
+                balance = 1.0 if math.isinf(device) else device / (cpu + device)
+                share = min(1 - cpu / (demand * (1 + self.MARGIN)), balance)
+            share = math.ceil(share * self.STEPS - 1e-9) / self.STEPS
+            if share != self.share:
+                self.segments.append(Segment(*self._dispatched, share))
+        self._window = dict.fromkeys(self._window, 0)
+
+    def state(self) -> dict:
+        return {"gpu_share_segments": [list(s) for s in self.segments]}
+
+    def restore(self, state: dict) -> None:
+        """Take the decisions of a saved run; ValueError in one line for a malformed state."""
+        if "gpu_share_segments" not in state:
+            return
+        segments = state["gpu_share_segments"]
+        if not isinstance(segments, list) or not segments:
+            raise ValueError(f"loader state's gpu_share_segments is {segments!r}, not a list of [epoch, consumed, "
+                             "share]")
+        restored = []
+        for item in segments:
+            if not isinstance(item, (list, tuple)) or len(item) != 3:
+                raise ValueError(f"loader state's gpu_share segment {item!r} is not [epoch, consumed, share]")
+            epoch = checked_int(item[0], "gpu_share segment epoch")
+            consumed = checked_int(item[1], "gpu_share segment consumed")
+            if type(item[2]) not in (int, float) or not 0.0 <= item[2] <= 1.0:
+                raise ValueError(f"loader state's gpu_share segment {item!r}: its share is not from 0 to 1")
+            restored.append(Segment(epoch, consumed, float(item[2])))
+        if restored != sorted(restored) or restored[0][:2] != (0, 0):
+            raise ValueError("loader state's gpu_share segments do not start at (0, 0) in order")
+        self.segments = restored

@@ -1,0 +1,79 @@
+"""Host buffers a hybrid batch is staged in on its way to the device: allocated once, pinned, reused.
+
+A batch's slot in the workers' ring is released as soon as the main process has it (the DataLoader reuses it
+a few batches later), so :class:`Staging` copies it out at once into one of a few buffers of its own, made
+once at the batch size and pinned for a CUDA device: the images the workers decoded, the targets, the device
+rows' bytes and plans. Everything the device reads from the host then comes from pinned memory (its copies
+are asynchronous), and nothing is allocated per batch (a buffer whose batch's bytes outgrow it grows once). A buffer is handed out again only once the device has
+read it: :meth:`Staging.release` records an event after the batch's device work is queued, and
+:meth:`Staging.take` waits for it (in the look-ahead's thread, never the training loop's) before reusing.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ..loader.ring import BatchRing, WorkerBatch
+from ..read.staged import COLUMNS, LENGTH, OFFSET, StagedRecords
+from .device import host_empty, record_event
+
+STAGED_BYTES_PER_ROW = 160 << 10  # pinned room per row for staged bytes at first (ImageNet's average ~110 KB)
+
+
+class HostBatch(NamedTuple):
+    """One batch on the host, as the device stage takes it."""
+
+    images: torch.Tensor  # (rows, 3, H, W) uint8 channels-last: the rows the workers decoded, from row 0
+    targets: torch.Tensor  # (N,) int64: every row's
+    staged: StagedRecords | None  # rows cpu_rows.. of the batch, staged as records (None: none left)
+    cpu_rows: int
+    seconds: float  # the workers' time decoding their rows
+    buffer: int  # which staging buffer holds it
+
+
+class Staging:
+    """``count`` staging buffers for batches of ``batch_size`` rows of ``shape`` (C, H, W) bound for
+    ``device``, taken in turn (see the module docstring)."""
+
+    def __init__(self, count: int, batch_size: int, shape: tuple[int, int, int], device: torch.device):
+        channels, height, width = shape
+        self.device = device
+        self.images = [host_empty((batch_size, height, width, channels), torch.uint8, device) for _ in range(count)]
+        self.targets = [host_empty((batch_size,), torch.int64, device) for _ in range(count)]
+        self.data = [host_empty((batch_size * STAGED_BYTES_PER_ROW,), torch.uint8, device) for _ in range(count)]
+        self.tables = [host_empty((batch_size, len(COLUMNS)), torch.int64, device) for _ in range(count)]
+        self.read: list[torch.cuda.Event | None] = [None] * count  # when the device has read each buffer
+        self.next = 0
+
+    def take(self, ring: BatchRing, result: WorkerBatch) -> HostBatch:
+        """Copy the batch of ``result`` out of its ring slot into the next staging buffer."""
+        k = self.next
+        self.next = (k + 1) % len(self.images)
+        if self.read[k] is not None:
+            self.read[k].synchronize()  # the device read this buffer's last batch (long since, in practice)
+        size, cpu = len(result.targets), result.cpu_rows
+        rows = size if result.fallback else cpu  # rows staged but decoded by the worker sit among the images
+        images = self.images[k][:rows]
+        # numpy's copy, single-threaded: torch's would wake the OpenMP pool, which then spins on the workers' cores
+        np.copyto(images.numpy(), ring.images(result.slot)[:rows].numpy())
+        targets = self.targets[k][:size]
+        targets.numpy()[:] = result.targets
+        staged = None
+        if cpu < size:
+            source = ring.staged(result.slot)
+            table = self.tables[k][:size - cpu].numpy()
+            np.copyto(table, source.table[:size - cpu])
+            used = int((table[:, OFFSET] + table[:, LENGTH]).max())
+            if used > len(self.data[k]):  # a batch of unusually large files: this buffer grows, once
+                self.data[k] = host_empty((max(used, 2 * len(self.data[k])),), torch.uint8, self.device)
+            data = self.data[k].numpy()
+            np.copyto(data[:used], source.data[:used])
+            staged = StagedRecords(data, table, size - cpu)
+        return HostBatch(images.permute(0, 3, 1, 2), targets, staged, cpu, result.seconds, k)
+
+    def release(self, batch: HostBatch) -> None:
+        """The device work reading ``batch`` is queued on the current stream: its buffer may be reused once
+        that work is done."""
+        self.read[batch.buffer] = record_event(self.device)
