@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imagenet_pack import EpochSampler, LmdbImageNet
+from imagenet_pack import ConvertOptions, EpochSampler, LmdbImageNet
 from imagenet_pack.write.writer import ShardWriter
 from imagenet_pack.write.state import Row
 from imagenet_pack.format import Record, ShardMeta, encode_record
@@ -54,7 +54,8 @@ def write_database(root: Path, n: int, classes: int = 1000) -> float:
     started = time.perf_counter()
     jpeg = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))[1].tobytes()
     values = [encode_record(Record(jpeg, target, 8, 8))[0] for target in range(classes)]  # one per class
-    writer = ShardWriter(root / "train", "scale-bench", map_size=(len(values[0]) + 64) * n + (64 << 20))
+    writer = ShardWriter(root / "train", "scale-bench", map_size=(len(values[0]) + 64) * n + (64 << 20),
+                         batch_bytes=ConvertOptions().batch_bytes)
     for i in range(n):
         writer.add(i, values[i % classes], None, Row(i, 8, 8, None))
     writer.flush()

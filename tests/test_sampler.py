@@ -48,7 +48,7 @@ def test_sampler_resumes_on_another_world_size_with_every_sample_once(before, af
     assert len(seen) - n == ((-(n - before * steps * batch)) % after if pad else 0)  # padding only at the end
     # the consumed prefix of the epoch's order is the same whatever the world size
     assert sorted(seen[:before * steps * batch]) == sorted(old[0].order(2)[:before * steps * batch].tolist())
-    assert all(s.share() == s.share(0) >= len(s) for s in new)  # a full epoch's share, whatever is left
+    assert all(s.per_rank() == s.per_rank(0) >= len(s) for s in new)  # a full epoch's share, whatever is left
 
 
 def test_sampler_state_refuses_another_seed_or_length():

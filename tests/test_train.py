@@ -88,7 +88,8 @@ def test_preempted_and_resumed_on_another_world_size_sees_every_sample_once(db_s
 
 
 def test_gpu_check_runs_every_section_on_cpu(tmp_path):
-    """The prepared GPU check, on the CPU device: the decode micro-benchmark, the four feeds, exact resume."""
+    """The prepared GPU check, on the CPU device: the decode micro-benchmark, the device path's cost, the four
+    feeds (each in a fresh process), exact resume, the summary last."""
     images = tmp_path / "jpegs"
     make_sample_tree(images, classes=2, train_per_class=3, val_per_class=1, size=(48, 64))
     script = TRAIN.parent / "gpu_check.py"
@@ -100,9 +101,11 @@ def test_gpu_check_runs_every_section_on_cpu(tmp_path):
     for label in ("CPU fused decode", "GPU decode mode", "hybrid, auto share", "synthetic on device (compute bound)"):
         line = next(x for x in out.splitlines() if x.strip().startswith(label))
         assert float(line.split(label)[1].split()[0]) > 0, line
-    assert "torchvision.io.decode_jpeg" in out and "CPU fallbacks 0" in out
+    assert "torchvision.io.decode_jpeg" in out and "to OpenCV 0" in out
+    assert "torch operations" in out and "each feed in a fresh process" in out
     assert "--gpu-share auto: 6 steps, 24 samples: each once, in the epoch's order" in out
-    assert "gpu check: every check holds" in out
+    assert out.index("summary (CPU device") > out.index("--gpu-share auto:")  # the summary comes last
+    assert out.strip().endswith("gpu check: every check holds")
 
 
 def test_the_readme_smoke_run_ends_quickly_as_written(db_session, tmp_path):

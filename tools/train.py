@@ -34,6 +34,7 @@ import torchvision
 from imagenet_pack import (CenterCropDecoder, CudaPrefetcher, ImagenetPackError, LmdbImageNet,
                            RandomResizedCropDecoder, build_loader)
 from imagenet_pack.cli import positive_int
+from imagenet_pack.gpu.share import check_share
 from imagenet_pack.machine import default_workers
 from imagenet_pack.read.decoders import BACKENDS
 
@@ -41,16 +42,11 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def gpu_share(text: str) -> float | str:
-    """0 to 1, or "auto"."""
-    if text == "auto":
-        return text
+    """0 to 1, or "auto" (the hybrid feed's own rule, :func:`imagenet_pack.gpu.share.check_share`)."""
     try:
-        value = float(text)
+        return check_share(text if text == "auto" else float(text))
     except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, or auto; got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, or auto; got {text!r}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..gpu.decode import NVIMGCODEC_KINDS, GpuBatchDecoder
 from ..gpu.prefetch import CudaPrefetcher
 from ..gpu.device import is_cuda, resolve_device
-from ..loading import build_loader
+from ..feeds import build_loader
 from ..read.pixels import NVIMGCODEC_AVAILABLE
 from ..read.staged import StagedRecords
 

@@ -92,7 +92,7 @@ def first_batch_loader(kind: str, root: Path, workers: int, batch_size: int):
         from .timing import standard_train_transform
         return DataLoader(SourceFolder(root, transform=standard_train_transform()), batch_size=batch_size,
                           shuffle=True, num_workers=workers)
-    from ..loading import build_loader
+    from ..feeds import build_loader
     from ..read.dataset import LmdbImageNet
     from ..read.decoders import RandomResizedCropDecoder
     from ..read.reader import list_splits

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ImagenetPackError
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD
 from ..read.dataset import LmdbImageNet
-from ..loading import build_loader
+from ..feeds import build_loader
 
 
 def standard_train_transform():
@@ -49,7 +49,7 @@ def timing_loader(dataset: Dataset, *, workers: int, batch_size: int = 32) -> tu
     as torchvision's reference training script does."""
     if isinstance(dataset, LmdbImageNet) and dataset.batch_shape is not None:
         epochs = build_loader(dataset, batch_size, workers=workers)
-        return epochs, epochs.loader
+        return epochs, epochs.dataloader
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
                         shuffle=True)
     return loader, loader

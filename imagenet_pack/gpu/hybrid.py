@@ -39,20 +39,20 @@ class HybridLoader(Feed):
         self.dataset, self.device = dataset, resolve_device(device)
         workers = loader_options.get("workers")
         self.policy = SharePolicy(share, self.device, default_workers() if workers is None else workers)
-        self.loader = epoch_loader(dataset, batch_size, split=self.policy.cpu_rows, pin=pins(self.device),
+        self.epoch_loader = epoch_loader(dataset, batch_size, cpu_rows=self.policy.cpu_rows, pin=pins(self.device),
                                    **loader_options)
         self.decoder = GpuBatchDecoder(dataset.batch_shape[1], self.device, batch_size=batch_size)
         self.staging = Staging(4, batch_size, dataset.batch_shape, self.device)
-        self.sampler = self.loader.sampler
+        self.sampler = self.epoch_loader.sampler
         self._timing: list[tuple[int, Any, Any]] = []  # (rows, start, end) events of device work not yet read
 
     @property
     def epoch(self) -> int:
-        return self.loader.epoch
+        return self.epoch_loader.epoch
 
     @property
     def delivered(self) -> int:
-        return self.loader.delivered
+        return self.epoch_loader.delivered
 
     @property
     def gpu_share(self) -> float:
@@ -60,23 +60,23 @@ class HybridLoader(Feed):
         return self.policy.share
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.epoch_loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return feed_ahead(self, self.device)
 
     def batches(self) -> Iterator[HostBatch]:
         """This epoch's remaining batches, each staged on the host as one :class:`~.staging.HostBatch`."""
-        for result in self.loader.results():
+        for result in self.epoch_loader.results():
             self.policy.observe_workers(result.cpu_rows, result.seconds)
-            yield self.staging.take(self.loader.ring, result)
+            yield self.staging.take(self.epoch_loader.ring, result)
 
     def deliver(self, samples: int, waited: float = 0.0) -> None:
-        self.loader.deliver(samples)
+        self.epoch_loader.deliver(samples)
         self.policy.observe_delivery(samples, waited)
 
     def finish_epoch(self) -> None:
-        self.loader.finish_epoch()
+        self.epoch_loader.finish_epoch()
 
     def to_device(self, batch: HostBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The workers' rows copied and the staged rows decoded into one uint8 batch on this loader's device,
@@ -109,8 +109,8 @@ class HybridLoader(Feed):
             self.policy.observe_device(done, start.elapsed_time(end) / 1000)
 
     def state_dict(self) -> dict:
-        return {**self.loader.state_dict(), **self.policy.state()}
+        return {**self.epoch_loader.state_dict(), **self.policy.state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.loader.load_state_dict(state)
+        self.epoch_loader.load_state_dict(state)
         self.policy.restore(state)

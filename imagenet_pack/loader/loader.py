@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ImagenetPackError
 from ..machine import default_workers
 from ..read.dataset import LmdbImageNet
-from .ring import BatchRing, NumberedBatches, Split, as_is, shared_empty
+from .ring import BatchRing, CpuRows, NumberedBatches, as_is, shared_empty
 from .sampler import EpochSampler
 
 
@@ -96,13 +96,13 @@ def worker_init(worker_id: int) -> None:
 
 
 class EpochLoader(Feed):
-    """Iterate once per epoch; see the module docstring. ``loader`` is the underlying DataLoader."""
+    """Iterate once per epoch; see the module docstring. ``dataloader`` is the underlying DataLoader."""
 
     gpu_share = 0.0  # of each batch decoded on a device: none, the workers decode every row
 
-    def __init__(self, loader: DataLoader, sampler: EpochSampler, batch_size: int, drop_last: bool,
+    def __init__(self, dataloader: DataLoader, sampler: EpochSampler, batch_size: int, drop_last: bool,
                  ring: BatchRing | None = None, pin: bool = False):
-        self.loader, self.sampler, self.batch_size, self.drop_last = loader, sampler, batch_size, drop_last
+        self.dataloader, self.sampler, self.batch_size, self.drop_last = dataloader, sampler, batch_size, drop_last
         self.ring, self.pin = ring, pin
         self.delivered = 0  # samples of this rank's share of the epoch the training loop received this run
 
@@ -112,7 +112,7 @@ class EpochLoader(Feed):
 
     def __len__(self) -> int:
         """Batches in a full epoch (also after resuming mid-epoch)."""
-        n = self.sampler.share()
+        n = self.sampler.per_rank()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -126,7 +126,7 @@ class EpochLoader(Feed):
         the first sample not delivered; a worker's error as its one line."""
         self.sampler.skip = self.delivered
         try:
-            yield from self.loader
+            yield from self.dataloader
         except ImagenetPackError as exc:
             raise worker_error(exc) from None
 
@@ -157,14 +157,14 @@ class EpochLoader(Feed):
 
 def epoch_loader(dataset: Dataset, batch_size: int, *, train: bool = True, workers: int | None = None,
                  seed: int = 0, prefetch_factor: int = 4, persistent_workers: bool = True,
-                 rank: int | None = None, world_size: int | None = None, split: Split | None = None,
+                 rank: int | None = None, world_size: int | None = None, cpu_rows: CpuRows | None = None,
                  pin: bool = False) -> EpochLoader:
     """A uint8-batch loader over ``dataset`` (use a fused decoder or ``decoder="tensor"``).
 
     ``train`` shuffles every epoch, pads ranks to equal length and drops the last partial batch; eval keeps
     the order and gives every sample to exactly one rank. ``pin``: batches in pinned memory (for a CUDA
     device). With workers and a dataset with a ``batch_shape`` the batches go through a :class:`BatchRing`
-    of ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``split`` (a hybrid feed's) says how
+    of ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``cpu_rows`` (a hybrid feed's) says how
     many rows of each batch the workers decode; they stage the rest in the ring for the device.
     """
     workers = default_workers() if workers is None else workers
@@ -174,13 +174,13 @@ def epoch_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
                   persistent_workers=persistent_workers and workers > 0,
                   prefetch_factor=prefetch_factor if workers else None)
     shape = dataset.batch_shape if isinstance(dataset, LmdbImageNet) else None  # any other dataset: collated
-    if split is not None and (not workers or shape is None):
+    if cpu_rows is not None and (not workers or shape is None):
         raise ValueError("a hybrid feed needs loader workers and an LmdbImageNet with a fused decoder")
     if workers and shape is not None:
-        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape, staged=split is not None)
-        loader = DataLoader(ring, batch_sampler=NumberedBatches(sampler, batch_size, drop_last=train, split=split),
-                            collate_fn=as_is, **common)
-        return EpochLoader(loader, sampler, batch_size, drop_last=train, ring=ring, pin=pin)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_uint8, pin_memory=pin,
-                        drop_last=train, **common)
-    return EpochLoader(loader, sampler, batch_size, drop_last=train)
+        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape, staged=cpu_rows is not None)
+        batches = NumberedBatches(sampler, batch_size, drop_last=train, cpu_rows=cpu_rows)
+        return EpochLoader(DataLoader(ring, batch_sampler=batches, collate_fn=as_is, **common), sampler, batch_size,
+                           drop_last=train, ring=ring, pin=pin)
+    dataloader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_uint8,
+                            pin_memory=pin, drop_last=train, **common)
+    return EpochLoader(dataloader, sampler, batch_size, drop_last=train)

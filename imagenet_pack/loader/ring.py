@@ -19,7 +19,7 @@ from torch.utils.data import BatchSampler, Dataset
 from ..read.staged import BYTES_PER_ROW, COLUMNS, LENGTH, StagedRecords
 from .sampler import EpochSampler
 
-Item = Any  # a sampler item: an index, or an (index, epoch) pair
+Index = Any  # what a sampler yields: an index, or an (index, epoch) pair
 
 
 class BatchSource(Protocol):
@@ -28,11 +28,11 @@ class BatchSource(Protocol):
 
     batch_shape: tuple[int, int, int] | None
 
-    def decode_into(self, items: list[Item], images: torch.Tensor) -> list[int]:
-        """Decode ``items`` into the rows of ``images`` (N, C, H, W); return their targets."""
+    def decode_into(self, indices: list[Index], images: torch.Tensor) -> list[int]:
+        """Decode ``indices`` into the rows of ``images`` (N, C, H, W); return their targets."""
 
-    def stage_records(self, items: list[Item], staged: StagedRecords, images: torch.Tensor) -> list[int]:
-        """Stage ``items`` for a decoder elsewhere (those that do not fit: decoded into ``images``)."""
+    def stage_records(self, indices: list[Index], staged: StagedRecords, images: torch.Tensor) -> list[int]:
+        """Stage ``indices`` for a decoder elsewhere (those that do not fit: decoded into ``images``)."""
 
 # private: an uninitialised shared-memory storage (the public share_memory_() first fills private memory and
 # then copies it there: 1.2 s against 0.4 s for 1.3 GB); the fallback gives the same tensor, slower
@@ -49,36 +49,36 @@ def shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> to
 
 
 class NumberedBatch(list):
-    """The sampler items of one batch, the batch's number in this iteration (which picks its ring slot), and
-    how many of its first items the workers decode (the rest are the device's share of a hybrid feed)."""
+    """The sampler's indices of one batch, the batch's number in this iteration (which picks its ring slot),
+    and how many of its first rows the workers decode (the rest are staged for the device, a hybrid feed)."""
 
-    def __init__(self, items: list, number: int, cpu_rows: int):
-        super().__init__(items)
+    def __init__(self, indices: list, number: int, cpu_rows: int):
+        super().__init__(indices)
         self.number, self.cpu_rows = number, cpu_rows
 
 
 # (epoch, samples of the epoch the job had consumed when the batch starts, batch size) -> rows the workers decode
-Split = Callable[[int, int, int], int]
+CpuRows = Callable[[int, int, int], int]
 
 
 class NumberedBatches:
-    """A ``BatchSampler`` over ``sampler`` whose batches carry their number and their split, decided in the
+    """A ``BatchSampler`` over ``sampler`` whose batches carry their number and their CPU rows, decided in the
     main process as each batch is dispatched (so a share chosen mid-run applies from a known batch on)."""
 
-    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool, split: Split | None = None):
+    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool, cpu_rows: CpuRows | None = None):
         self.sampler, self.batch_size = sampler, batch_size
         self.batches = BatchSampler(sampler, batch_size, drop_last)
-        self.split = split
+        self.cpu_rows = cpu_rows
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[NumberedBatch]:
         epoch, first = self.sampler.epoch, self.sampler.skip
-        for number, items in enumerate(self.batches):
+        for number, indices in enumerate(self.batches):
             at = self.sampler.consumed(first + number * self.batch_size)
-            cpu = len(items) if self.split is None else self.split(epoch, at, len(items))
-            yield NumberedBatch(items, number, cpu)
+            cpu = len(indices) if self.cpu_rows is None else self.cpu_rows(epoch, at, len(indices))
+            yield NumberedBatch(indices, number, cpu)
 
 
 class WorkerBatch(NamedTuple):

@@ -70,8 +70,8 @@ class EpochSampler(Sampler):
             rest = np.concatenate([rest, np.resize(order, self.world_size - len(rest) % self.world_size)])
         return rest[self.rank::self.world_size]
 
-    def share(self, start: int = 0) -> int:
-        """Samples of this rank's share of an epoch of which the job consumed ``start`` before this run."""
+    def per_rank(self, start: int = 0) -> int:
+        """Samples of this rank's part of an epoch of which the job consumed ``start`` before this run."""
         left = max(0, self.length - start)
         if self.pad:
             return -(-left // self.world_size)
@@ -79,7 +79,7 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         """Samples this rank has left to iterate in the current epoch."""
-        return max(0, self.share(self.start) - self.skip)
+        return max(0, self.per_rank(self.start) - self.skip)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch

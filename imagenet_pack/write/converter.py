@@ -48,15 +48,15 @@ class ConvertOptions:
     layout: str = "auto"
     progress: bool = True
     initial_map_size: int | None = None  # None: estimated from the source size; the map grows when full
-    batch_bytes: int = 64 << 20
+    batch_bytes: int = 64 << 20  # a commit (a point a killed run resumes from) every this many bytes of images
     only_shards: tuple[int, ...] | None = None  # write only these of the ``shards`` (several hosts, one DST)
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= MAX_SHARDS:
-            raise ValueError(f"shards must be 1..{MAX_SHARDS}, got {self.shards}")
+            raise ValueError(f"--shards: at most {MAX_SHARDS} shards per split, got {self.shards}")
         if self.only_shards is not None and not all(0 <= s < self.shards for s in self.only_shards):
-            raise ValueError(f"only_shards {list(self.only_shards)} must lie in 0..{self.shards - 1} (--shards "
-                             f"{self.shards})")
+            raise ValueError(f"--only-shards {','.join(map(str, self.only_shards))}: shards are numbered "
+                             f"0..{self.shards - 1} with --shards {self.shards}")
         if self.max_side and self.short_side:
             raise ValueError("choose one of max_side (the longer side) and short_side (the shorter side)")
 

@@ -26,13 +26,11 @@ from ..lmdbfile import LmdbFile
 from .ownership import open_shard_folder
 from .state import Problem, Progress, Row, decode_rows, encode_rows, rows_key
 
-DEFAULT_BATCH_BYTES = 64 << 20
-
 
 class ShardWriter:
     """Appends records to one shard in item order; call :meth:`add` per item, then :meth:`finish`."""
 
-    def __init__(self, path: Path, fingerprint: str, *, map_size: int, batch_bytes: int = DEFAULT_BATCH_BYTES):
+    def __init__(self, path: Path, fingerprint: str, *, map_size: int, batch_bytes: int):
         self.path, self.batch_bytes = path, batch_bytes
         self.folder, pinned = open_shard_folder(path)  # held open: LMDB writes in exactly this folder
         close_shard(path)  # this process's reader of it, if any: it is about to change
