@@ -262,20 +262,14 @@ def _verify(args: argparse.Namespace, usage: Usage) -> int:
 def _bench(args: argparse.Namespace, usage: Usage) -> int:
     from .bench.loaders import run_bench
     from .bench.options import BenchOptions
-    from .bench.report import check_output, format_table, plot, require_matplotlib, write_json
+    from .bench.report import check_outputs, format_table, plot, write_json
     # every option and output is checked before the first image is read: a run can take hours
     if args.images is not None and not args.images.is_dir():
         raise ImagenetPackError(f"{args.images}: no such folder (--images)")
     for name, given in (("--arch", args.arch), ("--weights", args.weights), ("--compare", args.compare)):
         if given and not args.accuracy:
             usage(f"{name} is for --accuracy: add --accuracy, or leave {name} out")
-    if args.plot is not None:
-        if args.images is None:
-            usage("--plot draws the ratios to the ImageFolder baselines: add --images SRC")
-        require_matplotlib()
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is not None:
-            check_output(path, option)
+    check_outputs(args.json, args.plot, args.images)
     device = args.device
     if device is None:
         import torch

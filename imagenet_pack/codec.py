@@ -115,8 +115,23 @@ def resize_short_side(rgb: np.ndarray, short: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
 
 
+def max_side_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """The (height, width) of an image scaled so its longer side is ``longest`` (FFCV's ``max_resolution``)."""
+    scale = longest / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_max_side(rgb: np.ndarray, longest: int) -> np.ndarray:
     """The longer side scaled to ``longest`` with OpenCV's INTER_AREA (FFCV's ``max_resolution``)."""
-    scale = longest / max(rgb.shape[:2])
-    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    height, width = max_side_size(*rgb.shape[:2], longest)
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def stored_size(height: int, width: int, short_side: int | None, max_side: int | None) -> tuple[int, int]:
+    """The (height, width) a ``height`` x ``width`` image is stored at with these store options: resized when
+    larger than they allow (``--short-side``, ``--max-side``), else as it is."""
+    if short_side and min(height, width) > short_side:
+        return resized_size(height, width, short_side)
+    if max_side and max(height, width) > max_side:
+        return max_side_size(height, width, max_side)
+    return height, width

@@ -8,7 +8,7 @@ named databases:
   encoded JPEG bytes exactly as stored; ``crc32`` covers the image bytes *and* every other field, so no byte
   of a record can change without the reader noticing.
 * ``tails``: when a record's value would leave most of its last LMDB overflow page empty, its last bytes
-  (fewer than ``TAIL_MAX``) are stored here under the same key instead, where they pack densely into leaf
+  (at most ``TAIL_MAX``) are stored here under the same key instead, where they pack densely into leaf
   pages; ``image`` then holds the first bytes and ``size`` the full length.
 * ``meta``: ``meta`` = a msgpack map describing the shard and the split (:class:`ShardMeta`); ``targets``,
   ``sizes`` and ``stamps`` = plain little-endian arrays (class index and stored image size per record; source
@@ -58,9 +58,6 @@ def decode_key(key: bytes | memoryview) -> int:
     if len(key) != KEY_SIZE:
         raise CorruptRecordError(f"a record key is {len(key)} bytes, not {KEY_SIZE}; the database is damaged")
     return _KEY.unpack(bytes(key))[0]
-
-
-encode_length = encode_key
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``decode=True`` also decodes every image (as the converter validated it: libjpeg's warnings are damage) and
 checks its size; ``source`` compares every record with the file it came from (byte-equal for records stored
-as they were, same original size for re-encoded ones). Records are read one by one by key, so a damaged page
+as they were; for re-encoded ones, the size the store options give the source's header) and its target. Records are read one by one by key, so a damaged page
 costs the records on it, never the rest of the check (and, read through
 :class:`imagenet_pack.lmdbfile.LmdbFile`, never a signal); ``workers`` processes check records in parallel
 and report exactly what one would, in record order.
@@ -12,16 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .codec import DEFAULT_QUALITY, decode_checked
+from .codec import decode_checked, stored_size
 from .pool import OrderedPool, WorkerDied
-from .write.prepare import PrepareOptions, prepare
+from .probe import ProbeError, probe
 from .errors import FormatError, ImagenetPackError
 from .format import RECORDS_DB, decode_key
 from .meter import ProgressMeter
 from .layout import shard_file
 from .read.reader import Shard, finished_shards, list_splits, load_split, read_paths
 from .sources.detect import discover
-from .sources.items import Item, read_item
+from .sources.items import MAX_FILE_BYTES, Item, read_item
 
 _CHUNK = 256  # records per task
 
@@ -49,7 +49,7 @@ class _Task:
     resized: bool  # stored with --max-side/--short-side: re-encoded, so compared with its source by size
     decode: bool
     sources: tuple  # (path, Item or None, fixed) per record, when comparing with the source
-    prepare: PrepareOptions
+    store: tuple[int | None, int | None]  # the database's short_side and max_side: what size a source is stored at
 
 
 def verify(root: Path | str, *, decode: bool = False, source: Path | str | None = None, workers: int = 1,
@@ -114,9 +114,9 @@ def _shard_tasks(shard: Shard, meta, decode: bool, by_path: dict | None, report:
         fixed = {p for p, _ in meta.fixed}
         sources = [(p, by_path.get(p), p in fixed) for p in paths]
     resized = bool(meta.max_side or meta.short_side)
-    prep = PrepareOptions(meta.max_side, meta.short_side, meta.quality or DEFAULT_QUALITY)
+    store = (meta.short_side, meta.max_side)
     return [_Task(shard, start, min(start + _CHUNK, shard.count), len(meta.wnids), resized, decode,
-                  tuple(sources[start:start + _CHUNK]), prep) for start in range(0, shard.count, _CHUNK)]
+                  tuple(sources[start:start + _CHUNK]), store) for start in range(0, shard.count, _CHUNK)]
 
 
 def _check(task: _Task) -> tuple[int, list[str]]:
@@ -159,12 +159,15 @@ def _source_problems(record, source: tuple[str, Item | None, bool], size: tuple[
     if item is None:
         return [f"{where}: its source {path} is not in the source given"]
     try:
-        data, _ = read_item(item, task.prepare.max_bytes)
+        data, _ = read_item(item, MAX_FILE_BYTES)
     except OSError as exc:
         return [f"{where}: its source {path} cannot be read ({exc.strerror or exc})"]
-    if fixed or task.resized:
-        prepared = prepare(data, task.prepare)
-        same = prepared.image is not None and (prepared.height, prepared.width) == size
+    if fixed or task.resized:  # re-encoded when stored: the source's header must give the stored size
+        try:
+            header = probe(data)
+            same = stored_size(header.height, header.width, *task.store) == size
+        except ProbeError:
+            same = False
     else:
         same = data == record.image
     return [] if same and item.target == record.target else [f"{where}: differs from its source {path}"]

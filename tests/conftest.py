@@ -1,10 +1,15 @@
-"""Shared fixtures: tiny ImageNet-shaped trees of real JPEG files, built fresh for each test session."""
+"""Shared fixtures: tiny ImageNet-shaped trees of real JPEG files, built fresh for each test session; and the
+one rule for tests that need nvImageCodec (marked ``nvimgcodec``): skipped where it is not installed, failed
+instead where IMAGENET_PACK_REQUIRE_NVIMGCODEC=1 (CI installs it, so there nothing may skip silently)."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
 
 from imagenet_pack import convert
 from helpers import opts, small_tree
@@ -32,3 +37,10 @@ def tree(tree_session, tmp_path) -> Path:
 def db(db_session, tmp_path) -> Path:
     """A private copy of the session database, free to damage."""
     return Path(shutil.copytree(db_session, tmp_path / "imagenet-lmdb"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("nvimgcodec") and not NVIMGCODEC_AVAILABLE:
+        if os.environ.get("IMAGENET_PACK_REQUIRE_NVIMGCODEC") == "1":
+            pytest.fail("nvImageCodec (a test extra) is not installed, and IMAGENET_PACK_REQUIRE_NVIMGCODEC=1")
+        pytest.skip("nvImageCodec not installed")

@@ -40,6 +40,8 @@ READ_EVERY_WAY = textwrap.dedent(r"""
             print(name, f"error, {str(exc).count(chr(10))} newlines: {exc}", sep="|", flush=True)
 """)
 
+pytestmark = pytest.mark.slow  # readers and conversions as real processes
+
 
 def _copy_smaller_over(db: Path, tmp: Path) -> None:
     small = small_tree(tmp / "small", classes=2, per_class=2, seed=5)

@@ -119,6 +119,7 @@ def big_tree(tmp_path_factory):
                             size=(240, 320))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.2, 0.5, 0.9])
 def test_ctrl_c_during_convert_stops_quietly_every_time(big_tree, tmp_path, delay):
     """One Ctrl-C (SIGINT to the whole process group, as a terminal sends it) at several moments: one line,
@@ -141,6 +142,7 @@ def test_ctrl_c_during_convert_stops_quietly_every_time(big_tree, tmp_path, dela
     assert cli("convert", big_tree, dst, "--workers", "2", "--no-progress").returncode == 0
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_killed_converter(big_tree, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "imagenet_pack.cli", "convert", str(big_tree), str(tmp_path / "db"),
                              "--workers", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -163,6 +165,7 @@ def test_verify_with_workers_reports_what_one_worker_reports(tree_session, db, c
     assert "verify:" in four.stderr and "records" in four.stderr  # progress off a terminal too
 
 
+@pytest.mark.slow
 def test_bench_measures_train_and_val_against_their_own_baselines(tree_session, db_session, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", str(db_session), "--images", str(tree_session), "--rounds", "1", "--limit", "8",
@@ -198,6 +201,7 @@ def test_bench_measures_train_and_val_against_their_own_baselines(tree_session, 
     assert "no such folder (--images)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_first_batch_process_that_never_ends_is_killed_and_named(tmp_path, monkeypatch):
     from imagenet_pack import ImagenetPackError
     from imagenet_pack.bench import loaders
@@ -232,7 +236,7 @@ def test_bench_checks_the_plot_dependency_before_measuring(db_session, tree_sess
 BAD_BENCH = {  # option -> (arguments, what the one line says, exit status)
     "json in no folder": (["--json", "{tmp}/no/such/dir/x.json"], "no folder", 1),
     "json a folder": (["--json", "{tmp}"], "is a folder", 1),
-    "plot without images": (["--plot", "{tmp}/x.png"], "add --images SRC", 2),
+    "plot without images": (["--plot", "{tmp}/x.png"], "add --images SRC", 1),
     "unknown arch": (["--accuracy", "--arch", "nosuch", "--weights", "{tmp}/w.pt"], "no such classification model", 1),
     "junk weights": (["--accuracy", "--arch", "resnet18", "--weights", "{tmp}/junk.pt"], "not a state dict", 1),
     "weights of another model": (["--accuracy", "--arch", "resnet34", "--weights", "{tmp}/w.pt"],
@@ -263,6 +267,7 @@ def test_bench_refuses_a_bad_option_or_output_before_reading_an_image(db_session
     assert err.strip().splitlines()[-1].startswith(("imagenet-pack: error:", "imagenet-pack bench: error:"))
 
 
+@pytest.mark.slow
 def test_bench_accuracy_scores_every_read_path(tree_session, db_session, tmp_path, capsys):
     """--accuracy with a model of one's own (random weights here: the rows mean nothing, the table's making
     is what is tested); agreement is with the reference pipeline's predictions."""

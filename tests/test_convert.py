@@ -61,6 +61,7 @@ def _kill_during_convert(src: Path, dst: Path, grown: int) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     src = make_sample_tree(tmp_path / "src", classes=6, train_per_class=60, val_per_class=10, size=(160, 220))
     convert(src, tmp_path / "ref", opts(workers=2))

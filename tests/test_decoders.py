@@ -9,12 +9,11 @@ import pytest
 import torch
 import torchvision.io as tio
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms import functional as F
 
-from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder, convert
+from imagenet_pack import CenterCropDecoder, LmdbImageNet, convert
 from imagenet_pack.read.crops import Plan, center_crop_plan, random_resized_crop_box
 from imagenet_pack.read.decoders import decode_plan, installed_backends
 
@@ -96,21 +95,6 @@ def test_train_pixels_are_torchvisions_resized_crop_of_the_same_box(shapes_db):
             assert diff.max() <= 1 and diff.mean() < 0.25, (i, box, diff.max(), diff.mean())
             ref = F.pil_to_tensor(F.resized_crop(pil[i][0], *box, [96, 96], antialias=True))
             assert (ours.float() - ref.float()).abs().mean() < 1.0, (i, box)
-
-
-def test_decoders_give_uint8_batches_and_are_reproducible(db_session):
-    train = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(24, seed=3))
-    a, _ = train[(5, 1)]
-    b, _ = train[(5, 1)]
-    c, _ = train[(5, 2)]
-    assert a.dtype == torch.uint8 and a.shape == (3, 24, 24)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    val = LmdbImageNet(db_session, "val", decoder=CenterCropDecoder(16))
-    loader = DataLoader(val, batch_size=4, num_workers=2)
-    batches = list(loader)
-    assert all(x.dtype == torch.uint8 and x.shape[1:] == (3, 16, 16) for x, _ in batches)
-    assert sum(len(x) for x, _ in batches) == len(val)
-    assert torch.equal(torch.cat([x for x, _ in batches]), torch.cat([x for x, _ in DataLoader(val, batch_size=4)]))
 
 
 def test_decode_plan_writes_into_channels_last_or_contiguous_rows(db_session):

@@ -77,6 +77,7 @@ _KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_kill_after_every_commit_resumes_to_the_uninterrupted_database(tree, tmp_path):
     reference = tmp_path / "reference"
     convert(tree, reference, opts(shards=3, batch_bytes=4000))

@@ -30,6 +30,8 @@ BATCH = 150
 
 WORKER = Path(__file__).with_name("fuzz_worker.py")
 
+pytestmark = pytest.mark.slow  # batches of mutations, each in a subprocess
+
 
 @pytest.fixture(scope="module")
 def fuzz_db(tmp_path_factory) -> tuple[Path, Path]:

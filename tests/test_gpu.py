@@ -11,7 +11,6 @@ from imagenet_pack import CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder
 from imagenet_pack.bench.feed import device_path_cost, stage_batch
 from imagenet_pack.gpu.decode import REGIONS_FROM_NVJPEG, GpuBatchDecoder, nvjpeg_version
 from imagenet_pack.gpu.device import resolve_device
-from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
 
 import helpers
 
@@ -36,7 +35,7 @@ def test_every_device_index_is_kept():
         assert resolve_device("cuda") == torch.device("cuda", last)
 
 
-@pytest.mark.skipif(not NVIMGCODEC_AVAILABLE, reason="nvImageCodec not installed")
+@pytest.mark.nvimgcodec
 def test_gpu_decode_on_cuda_is_within_a_level_of_the_cpu_fused_decoder(photo_db):
     fused = _fused(photo_db)
     items = [(i, 0) for i in range(len(fused))]
@@ -72,7 +71,7 @@ def test_the_prefetcher_hands_over_normalised_batches_on_the_device(photo_db):
         assert (x - ref).abs().max().item() <= 1.0  # bf16 holds 0-255 to within a level
 
 
-@pytest.mark.skipif(not NVIMGCODEC_AVAILABLE, reason="nvImageCodec not installed")
+@pytest.mark.nvimgcodec
 def test_the_hybrid_feed_on_cuda_yields_the_cpu_loaders_samples(photo_db):
     ds = _fused(photo_db)
     cpu_only = _batches(build_loader(ds, 8, seed=1, workers=1), **LEVELS)
@@ -95,7 +94,7 @@ def test_the_steady_state_feed_never_synchronises_the_host(photo_db):
     torch.cuda.synchronize()
 
 
-@pytest.mark.skipif(not NVIMGCODEC_AVAILABLE, reason="nvImageCodec not installed")
+@pytest.mark.nvimgcodec
 def test_the_device_path_costs_the_host_few_calls_and_no_pageable_copy(photo_db):
     """Per batch of the GPU decode mode: a bounded number of CUDA runtime calls (not a few per image) and no
     copy from pageable memory (each would make the host wait)."""
@@ -105,7 +104,7 @@ def test_the_device_path_costs_the_host_few_calls_and_no_pageable_copy(photo_db)
     assert cost["cuda_runtime_calls"] <= 100, cost
 
 
-@pytest.mark.skipif(not NVIMGCODEC_AVAILABLE, reason="nvImageCodec not installed")
+@pytest.mark.nvimgcodec
 def test_the_hybrid_steady_state_never_synchronises_the_host(photo_db):
     loader = build_loader(_fused(photo_db), 8, seed=1, workers=1, gpu_share=0.5, device="cuda")
     batches = iter(CudaPrefetcher(loader, "cuda", dtype=torch.bfloat16))

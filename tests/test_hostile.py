@@ -76,6 +76,7 @@ def test_overwrite_never_deletes_through_a_linked_split_folder(tree, tmp_path):
     assert sorted(p.name for p in (victim / "train").iterdir()) == before and len(LmdbImageNet(victim, "train"))
 
 
+@pytest.mark.slow
 def test_demo_writes_only_into_a_new_or_empty_folder(tmp_path):
     d = tmp_path / "data"
     (d / "imagenet" / "train" / "n01440764").mkdir(parents=True)

@@ -14,7 +14,7 @@ import pytest
 from imagenet_pack import LmdbImageNet, convert, verify
 from imagenet_pack.codec import decode_checked
 from imagenet_pack.write.prepare import PrepareOptions, prepare
-from imagenet_pack.write.probe import probe
+from imagenet_pack.probe import probe
 from imagenet_pack.format import RECORDS_DB, Record, decode_record, encode_key, encode_record
 
 from helpers import opts, photo

@@ -3,7 +3,6 @@ declines goes to OpenCV; bad data and bad boxes raise the package's errors."""
 from __future__ import annotations
 
 import io
-import os
 import random
 
 import cv2
@@ -16,13 +15,10 @@ from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDeco
 from imagenet_pack.errors import DecodeError, DecoderUnavailableError
 from imagenet_pack.read import crops, decoders, pixels
 from imagenet_pack.codec import decode_rgb
-from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE, decode_box
+from imagenet_pack.read.pixels import decode_box
 from imagenet_pack.synthetic import natural_image
 
 # CI installs the test extras, nvImageCodec among them: there these tests must run, not skip
-if os.environ.get("IMAGENET_PACK_REQUIRE_NVIMGCODEC") == "1":
-    assert NVIMGCODEC_AVAILABLE, "nvImageCodec (a test extra) is not installed"
-needs_nvimgcodec = pytest.mark.skipif(not NVIMGCODEC_AVAILABLE, reason="nvImageCodec not installed")
 
 FLAVOURS = {
     "420": [],
@@ -53,7 +49,7 @@ def boxes(height: int, width: int, rng: random.Random) -> list[tuple[int, int, i
     return [b for b in fixed if b[0] + b[2] <= height and b[1] + b[3] <= width]
 
 
-@needs_nvimgcodec
+@pytest.mark.nvimgcodec
 @pytest.mark.parametrize("flavour", [*FLAVOURS, "grey"])
 @pytest.mark.parametrize("size", [(375, 500), (101, 77)])
 def test_region_pixels_equal_opencv_at_every_scale(flavour, size):
@@ -71,7 +67,7 @@ def test_region_pixels_equal_opencv_at_every_scale(flavour, size):
                                               err_msg=f"{scale} {top, left, h, w} {flip}")
 
 
-@needs_nvimgcodec
+@pytest.mark.nvimgcodec
 def test_cmyk_gives_opencvs_pixels():
     buf = io.BytesIO()
     Image.fromarray(photo(64, 80)).convert("CMYK").save(buf, "JPEG", quality=90)
@@ -80,10 +76,8 @@ def test_cmyk_gives_opencvs_pixels():
                                   decode_rgb(data, "t")[3:43, 5:55])
 
 
-@pytest.mark.parametrize("backend", ["nvimgcodec", "opencv"])
+@pytest.mark.parametrize("backend", [pytest.param("nvimgcodec", marks=pytest.mark.nvimgcodec), "opencv"])
 def test_damaged_bytes_and_bad_boxes_raise_clear_errors(backend):
-    if backend == "nvimgcodec" and not NVIMGCODEC_AVAILABLE:
-        pytest.skip("nvImageCodec not installed")
     data = jpeg(photo(64, 80), [])
     with pytest.raises(DecodeError, match=r"rec 7.*: stored image cannot be decoded"):
         decode_box(b"\xff\xd8" + bytes(500), (0, 0, 8, 8), 1, (8, 8), "rec 7", backend)
@@ -97,7 +91,7 @@ def test_damaged_bytes_and_bad_boxes_raise_clear_errors(backend):
         decode_box(data, (0, 0, 8, 8), 1, (40, 80), "t", backend)
 
 
-@needs_nvimgcodec
+@pytest.mark.nvimgcodec
 def test_fused_decoders_give_the_same_samples_as_opencv(db_session, monkeypatch):
     calls = []
     real = pixels._decode_region_nvimgcodec
@@ -116,7 +110,7 @@ def test_fused_decoders_give_the_same_samples_as_opencv(db_session, monkeypatch)
     assert len(calls) == before
 
 
-@needs_nvimgcodec
+@pytest.mark.nvimgcodec
 def test_what_nvimgcodec_declines_goes_to_opencv(monkeypatch):
     data = jpeg(photo(64, 80), [])
     monkeypatch.setattr(pixels, "_decode_region_nvimgcodec", lambda data, box, size: None)

@@ -39,6 +39,7 @@ def test_a_pickled_dataset_carries_no_per_record_array(db_session, tmp_path, tre
     assert len(pickle.dumps(big)) - len(pickle.dumps(LmdbImageNet(tmp_path / "bigdb", "train"))) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
 def test_workers_read_targets_under_every_start_method(db_session, context):
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(8, seed=1))

@@ -15,14 +15,13 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from ..write.prepare import DEFAULT_MAX_BYTES
 from ..sources.folders import class_folders, scan_class_folders
-from ..sources.items import Item, read_item
+from ..sources.items import MAX_FILE_BYTES, Item, read_item
 
 
 def load_image(path: str) -> Image.Image:
     """RGB PIL image of the file at ``path``, read as the converter reads it (see the module docstring)."""
-    data, _ = read_item(Item(path, 0, path), DEFAULT_MAX_BYTES)
+    data, _ = read_item(Item(path, 0, path), MAX_FILE_BYTES)
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
 

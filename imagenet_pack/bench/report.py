@@ -11,6 +11,17 @@ from ..errors import ImagenetPackError
 PLOT_INSTALL = "pip install -e '.[plot]'"
 
 
+def check_outputs(json_path: Path | None, plot_path: Path | None, images: Path | None) -> None:
+    """ImagenetPackError now, before any measuring, for outputs that could not be written at the end."""
+    if plot_path is not None:
+        if images is None:
+            raise ImagenetPackError("--plot draws the ratios to the ImageFolder baselines: add --images SRC")
+        require_matplotlib()
+    for option, path in (("--json", json_path), ("--plot", plot_path)):
+        if path is not None:
+            check_output(path, option)
+
+
 def check_output(path: Path, option: str) -> None:
     """ImagenetPackError unless a file can be written at ``path`` (its folder exists and is writable): said
     before measuring, not after."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from ..errors import ImagenetPackError
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD
@@ -114,7 +115,8 @@ def evict(paths: list[Path]) -> None:
 def worker_memory(loader: DataLoader) -> tuple[float, float]:
     """Mean private and shared resident MB of the loader's (persistent) worker processes (Linux)."""
     private, shared = [], []
-    for worker in getattr(getattr(loader, "_iterator", None), "_workers", []):
+    iterator = loader._iterator  # DataLoader's own: persistent workers keep it between epochs
+    for worker in iterator._workers if isinstance(iterator, _MultiProcessingDataLoaderIter) else []:
         fields = {}
         try:
             lines = Path(f"/proc/{worker.pid}/smaps_rollup").read_text().splitlines()[1:]

@@ -88,7 +88,7 @@ def check_backend(backend: str) -> str:
 
 
 # torch's uint8 antialiased bilinear with an ``out=`` argument (private; the public F.interpolate fallback
-# gives the same pixels, tested, and costs ~20 us of checks plus one copy per image)
+# gives the same pixels, tested, for some checks and one more copy per image)
 _UPSAMPLE_AA = getattr(getattr(torch._C, "_nn", None), "_upsample_bilinear2d_aa", None)
 
 
@@ -171,9 +171,9 @@ class FusedDecoder:
 
 class RandomResizedCropDecoder(FusedDecoder):
     """Train decoder: RandomResizedCrop(size, scale, ratio) + random horizontal flip, fused with decoding.
-    ``dct_scaling`` decodes boxes at least twice the output size at 1/2-1/8 scale: measured on real ImageNet
-    JPEGs, 5% of crops are that large, their pixels move 5 levels (of 255) from torchvision's and no
-    prediction of a pretrained model changes, for no measurable speed-up: off by default."""
+    ``dct_scaling`` decodes boxes at least twice the output size at 1/2-1/8 scale: few crops are that large,
+    their pixels move a few levels from torchvision's and no prediction of a pretrained model changes, for
+    no measurable speed-up: off by default."""
 
     def __init__(self, size: int = 224, *, scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, seed: int = 0,
@@ -185,7 +185,7 @@ class RandomResizedCropDecoder(FusedDecoder):
 class CenterCropDecoder(FusedDecoder):
     """Val decoder: torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)``, exactly (resize_size
     defaults to ``round(size / crop_ratio)``: 256 for 224). ``geometry="ffcv"``: FFCV's centre crop, resized
-    (measured: ~30% faster, and 1-3% of a pretrained model's predictions differ from the reference's)."""
+    (cheaper, but some of a pretrained model's predictions differ from the reference's: docs/PERFORMANCE.md)."""
 
     def __init__(self, size: int = 224, *, resize_size: int | None = None, crop_ratio: float = 224 / 256,
                  geometry: str = "torchvision", backend: str = "opencv", dct_scaling: bool = False):

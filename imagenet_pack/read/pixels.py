@@ -2,9 +2,8 @@
 
 * ``"opencv"``: OpenCV's full decode (:func:`imagenet_pack.codec.decode_rgb`), sliced: the reference;
 * ``"nvimgcodec"``: NVIDIA nvImageCodec's CPU backend (its libjpeg-turbo) on a region of the code stream:
-  decoding stops at the box's last row, and rows above it are only entropy-decoded (measured on ImageNet
-  JPEGs: the top half of the rows costs 51% of a full decode, the bottom half 85%, the middle half of the
-  columns 103%: columns beside a box save nothing), from pip alone (``pip install
+  decoding stops at the box's last row, and rows above it are only entropy-decoded (columns beside a box
+  save nothing: docs/PERFORMANCE.md has the figures), from pip alone (``pip install
   -e '.[nvimgcodec]'`` in a checkout, Linux); it has no reduced-size decode, so a box decoded at 1/2, 1/4 or 1/8
   scale goes to OpenCV.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import LayoutError
 from ..format import path_bytes
 
+MAX_FILE_BYTES = 1 << 28  # no image file is read past this (256 MiB): the largest ILSVRC2012 file is ~15 MB
 # torchvision's IMG_EXTENSIONS, matched case-insensitively, so the same files are taken as ImageFolder takes.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 

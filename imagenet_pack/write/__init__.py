@@ -3,11 +3,11 @@
 The pair of ``read``: ``imagenet_pack.convert`` is this wing's entry point. Read in this order: ``converter``
 (:func:`convert`, :class:`ConvertOptions`: the run as a whole), ``split`` (one split: its shards' writers,
 the items to convert, the final metadata; its worker processes are :mod:`imagenet_pack.pool`'s), ``tasks``
-(what a worker does with one file), ``prepare`` and ``probe`` (validation and the re-encoding
-policy), ``writer`` and ``state`` (one shard: batched commits, map growth, resumable state), ``resume`` (what
-an earlier run left), ``ownership`` (what may be written or removed in DST), ``lock`` (one writer per shard),
-``report`` (the per-split report, JSONL, audit). Torch-free: ``imagenet-pack convert`` starts in a fraction
-of a second.
+(what a worker does with one file), ``prepare`` (validation and the re-encoding policy; headers are read by
+:mod:`imagenet_pack.probe`), ``writer`` and ``state`` (one shard: batched commits, map growth, resumable
+state), ``resume`` (what an earlier run left), ``ownership`` (what may be written or removed in DST), ``lock``
+(one writer per shard), ``report`` (the per-split report, JSONL, audit). Torch-free: ``imagenet-pack convert``
+starts in a fraction of a second.
 """
 from __future__ import annotations
 

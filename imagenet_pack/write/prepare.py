@@ -22,10 +22,10 @@ import numpy as np
 
 from ..codec import (DECODE_FLAGS, DEFAULT_QUALITY, FIX_QUALITY, decode_checked, encode_jpeg, resize_max_side,
                      resize_short_side)
-from .probe import ProbeError, needs_reencode, probe
+from ..probe import ProbeError, needs_reencode, probe
+from ..sources.items import MAX_FILE_BYTES
 
 DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: far above any real photo, far below a decompression bomb
-DEFAULT_MAX_BYTES = 1 << 28  # 256 MiB: the largest ILSVRC2012 file is ~15 MB
 DEFAULT_MAX_SCANS = 64  # ImageNet's progressive JPEGs have about 10 scans
 
 
@@ -36,7 +36,7 @@ class PrepareOptions:
     quality: int = DEFAULT_QUALITY
     keep_damaged: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = DEFAULT_MAX_BYTES
+    max_bytes: int = MAX_FILE_BYTES
     max_scans: int = DEFAULT_MAX_SCANS
 
 
@@ -88,6 +88,5 @@ def prepare(data: bytes, options: PrepareOptions) -> Prepared:
 
 
 def _resized(rgb: np.ndarray, quality: int) -> tuple[np.ndarray, bytes | None]:
-    # full chroma: measured on real ImageNet JPEGs at --short-side 256, q90 with 4:2:0 chroma changes 6.5% of
-    # a pretrained model's predictions, with 4:4:4 3% (for 25% more bytes)
+    # full chroma: 4:2:0 changes twice as many of a pretrained model's predictions (docs/PERFORMANCE.md)
     return rgb, encode_jpeg(rgb, quality, full_chroma=True)

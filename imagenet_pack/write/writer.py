@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import FormatError, ImagenetPackError, OutputExistsError
 from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, TAILS_DB,
-                      ShardMeta, encode_arrays, encode_checksums, encode_key, encode_length, encode_paths)
+                      ShardMeta, encode_arrays, encode_checksums, encode_key, encode_paths)
 from ..layout import close_shard
 from ..lmdbfile import LmdbFile
 from .ownership import open_shard_folder
@@ -200,7 +200,7 @@ class ShardWriter:
             for key, data in values.items():
                 txn.put(key, data, db=self.meta)
             txn.put(CHECKSUMS_KEY, encode_checksums(**{k.decode(): v for k, v in values.items()}), db=self.meta)
-            txn.put(LENGTH_KEY, encode_length(meta.count), db=self.meta)
+            txn.put(LENGTH_KEY, encode_key(meta.count), db=self.meta)  # read back with decode_key
 
         self._write(body)
         self.finished = meta

@@ -1,0 +1,96 @@
+"""The package's structure, checked: two wings meeting at the format (the converter imports neither the reader
+nor torch), no import cycle, no module past ~300 lines, the loader blind to the device side, one module that
+asks what a device is, no probing of datasets, loaders or decoders with hasattr/getattr."""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "imagenet_pack"
+MODULES = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+           for p in PACKAGE.rglob("*.py")}
+
+
+def imports(module: str, path: Path, top_level_only: bool) -> set[str]:
+    """The package modules ``module`` imports (at its top level only, or anywhere)."""
+    tree = ast.parse(path.read_text())
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if top_level_only and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+            continue
+        for sub in ast.walk(node) if top_level_only else (node,):
+            if isinstance(sub, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - (sub.level - 1)] if sub.level else []
+                target = ".".join(base + ([sub.module] if sub.module else [])) if sub.level else sub.module or ""
+                found |= {f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in sub.names}
+            elif isinstance(sub, ast.Import):
+                found |= {a.name for a in sub.names}
+    return {m for m in found if m in MODULES and m != module}
+
+
+def in_wing(module: str, *wings: str) -> bool:
+    return any(module == f"imagenet_pack.{w}" or module.startswith(f"imagenet_pack.{w}.") for w in wings)
+
+
+def test_the_wings_meet_only_at_what_both_share():
+    crossing = []
+    for module, path in MODULES.items():
+        found = imports(module, path, top_level_only=False)
+        if in_wing(module, "write", "sources"):
+            crossing += [(module, t) for t in found if in_wing(t, "read", "loader", "gpu")]
+        if in_wing(module, "read", "loader", "gpu"):
+            crossing += [(module, t) for t in found if in_wing(t, "write")]
+        if in_wing(module, "loader", "read"):
+            crossing += [(module, t) for t in found if in_wing(t, "gpu")]
+    assert not crossing
+
+
+def test_no_import_cycle():
+    graph = {m: {t for t in imports(m, p, top_level_only=True) if not m.startswith(t + ".")}
+             for m, p in MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(module: str, stack: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            assert state.get(target) != 1, " -> ".join(stack[stack.index(target):] + [target])
+            if target not in state:
+                visit(target, stack + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_is_past_320_lines(module):
+    assert len(MODULES[module].read_text().splitlines()) <= 320
+
+
+def test_only_the_device_module_asks_what_the_device_is():
+    asking = [p for p in PACKAGE.rglob("*.py") if p.name != "device.py" and re.search(r'\.type\s*[!=]=\s*"cuda"',
+                                                                                       p.read_text())]
+    assert not asking, asking
+
+
+def test_datasets_loaders_and_decoders_are_asked_not_probed():
+    probes = [f"{p}:{i}" for p in PACKAGE.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+              if re.search(r"\b(hasattr|getattr)\((self\.)?(dataset|loader|decoder|ds)\b", line)]
+    assert not probes, probes
+
+
+def test_the_converter_imports_neither_the_reader_nor_torch():
+    """A data host that only converts needs no torch: importing the converter and the CLI pulls in none."""
+    code = ("import sys, imagenet_pack.write.converter, imagenet_pack.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith(('imagenet_pack.read', 'imagenet_pack.loader', "
+            "'imagenet_pack.gpu', 'torch'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
