@@ -1,4 +1,5 @@
-"""Check a database end to end: length key, metadata, every record's checksum and target, optionally more.
+"""Check a database end to end: length key, metadata, paths and stamps, every record's checksum, target and
+size, optionally more.
 
 ``decode=True`` also decodes every image (as the converter validated it: libjpeg's warnings are damage) and
 checks its size; ``source`` compares every record with the file it came from (byte-equal for records stored
@@ -16,9 +17,9 @@ from .codec import decode_checked, stored_size
 from .pool import OrderedPool, WorkerDied
 from .probe import ProbeError, probe
 from .errors import FormatError, ImagenetPackError
-from .format import RECORDS_DB, decode_key
+from .format import CHECKSUMS_KEY, RECORDS_DB, STAMPS_DTYPE, STAMPS_KEY, check_checksum, decode_array, decode_key
 from .meter import ProgressMeter
-from .layout import shard_file
+from .layout import meta_values, shard_file
 from .read.reader import Shard, finished_shards, list_splits, load_split, read_paths
 from .sources.detect import discover
 from .sources.items import MAX_FILE_BYTES, Item, read_item
@@ -97,20 +98,26 @@ def verify(root: Path | str, *, decode: bool = False, source: Path | str | None 
 
 
 def _shard_tasks(shard: Shard, meta, decode: bool, by_path: dict | None, report: VerifyReport) -> list[_Task]:
-    """The shard's checks that need the whole shard (keys beyond its length), then its records in chunks."""
+    """The shard's checks that need the whole shard (keys beyond its length; the paths and stamps, against
+    their checksums and the record count), then its records in chunks."""
     try:
         last = shard_file(shard.path, shard.identity).last_key(RECORDS_DB, f"{shard.path} records")
         if last is not None and (len(last) != 8 or decode_key(last) >= shard.count):
             report.problems.append(f"{shard.path}: holds record key {last.hex()} beyond its {shard.count} records")
     except ImagenetPackError as exc:
         report.problems.append(str(exc))
+    paths: list[str] = []
+    try:
+        paths = read_paths(shard.path, shard.identity)
+        if len(paths) != shard.count:
+            report.problems.append(f"{shard.path}: lists {len(paths)} source paths for {shard.count} records")
+        stamps, checksums = meta_values(shard.path, STAMPS_KEY, CHECKSUMS_KEY, expected=shard.identity)
+        check_checksum(checksums, "stamps", stamps or b"", str(shard.path))
+        decode_array(stamps, STAMPS_DTYPE, 2 * meta.items, str(shard.path), "stamps")
+    except FormatError as exc:
+        report.problems.append(str(exc))
     sources: list = []
     if by_path is not None:
-        try:
-            paths = read_paths(shard.path, shard.identity)
-        except FormatError as exc:
-            report.problems.append(str(exc))
-            paths = []
         fixed = {p for p, _ in meta.fixed}
         sources = [(p, by_path.get(p), p in fixed) for p in paths]
     resized = bool(meta.max_side or meta.short_side)

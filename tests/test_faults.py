@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from imagenet_pack import BusyError, FormatError, ImagenetPackError, LmdbImageNet, OutputExistsError, convert
+from imagenet_pack import BusyError, FormatError, ImagenetPackError, LmdbImageNet, OutputExistsError, convert, verify
 from imagenet_pack.cli import main
 from imagenet_pack.format import META_KEY
 from imagenet_pack.layout import close_shard as close_handle
@@ -176,6 +176,21 @@ def test_damaged_metadata_fails_its_checksum(db):
     with pytest.raises(FormatError, match="fail their checksum"):
         LmdbImageNet(db, "val")
     assert len(ds) == 12  # opened before the damage: its metadata was checked then
+
+
+@pytest.mark.parametrize("key", [b"stamps", b"paths"])
+def test_verify_checks_the_paths_and_stamps_a_reader_never_needs(db, key):
+    """The source paths and stamps are read only by --source checks and reruns: verify checks them always."""
+    import lmdb
+    env = lmdb.open(str(db / "val"), max_dbs=3, readonly=True, lock=False)
+    with env.begin(db=env.open_db(b"meta", create=False)) as txn:
+        value = bytearray(txn.get(key))
+    env.close()
+    value[3] ^= 0x01
+    put_meta(db / "val", key, bytes(value))
+    assert len(LmdbImageNet(db, "val")) == 12  # a reader opens it: nothing it needs is damaged
+    problems = verify(db).problems
+    assert len(problems) == 1 and f"its {key.decode()} fail their checksum" in problems[0], problems
 
 
 def test_a_second_writer_is_refused_at_once_naming_the_holder(tree, tmp_path):
