@@ -6,9 +6,10 @@ size x size window at ``window`` is kept, mirrored if ``flip``. Resampling is se
 ``Wy @ box @ Wx^T`` with ``Wy`` (size x height) and ``Wx`` (size x width) the weights of torch's antialiased
 bilinear resize (``F.interpolate(antialias=True)``, align_corners=False: torchvision's tensor ``Resize``), the
 window taken by choosing which rows of the weights to compute, the flip by reversing ``Wx``'s rows. The whole
-batch is one pair of batched matrix products over the boxes padded to the largest (zero weights past each
-box's own edge: a box's edge pixels are its own, nothing of another image or of the padding bleeds in). The
-weights are made on the device from the plans with a fixed number of element-wise operations.
+batch is two batched matrix products over the boxes padded to the largest (zero weights past each box's own
+edge: a box's edge pixels are its own, nothing of another image or of the padding bleeds in), the first
+along the rows, the second along the columns of its result. The weights are made on the device from the
+plans with a fixed number of element-wise operations.
 
 In float32 throughout (half precision would quantise sample positions and overflow sums on large boxes); with
 TF32 matrix products enabled by the caller, results move by well under a level.
@@ -74,6 +75,9 @@ def resample_boxes(images: list[torch.Tensor], plans: torch.Tensor, size: int) -
                       origin=plans[:, BOX_TOP])
     columns = aa_weights(plans[:, BOX_WIDTH], plans[:, RESIZE_WIDTH], plans[:, WINDOW_LEFT], size, width,
                          plans[:, FLIP], plans[:, BOX_LEFT])
-    tall = torch.bmm(rows, padded).view(len(images), size, width, 3)  # (n, size, width, 3)
-    out = torch.matmul(columns[:, None], tall)  # (n, size, size, 3): every output row's columns at once
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    n = len(images)
+    tall = torch.bmm(rows, padded)  # (n, size, width * 3): the output rows, every input column
+    # the columns next: (n, width, size * 3) so that one batched product does every output row at once
+    across = tall.view(n, size, width, 3).transpose(1, 2).reshape(n, width, size * 3)
+    out = torch.bmm(columns, across).view(n, size, size, 3)  # (n, x, y, 3)
+    return out.transpose(1, 2).round_().clamp_(0, 255).to(torch.uint8)  # (n, y, x, 3)
