@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagenet_pack import CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader
+from imagenet_pack import CenterCropDecoder, CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader
 from imagenet_pack.bench.feed import edge_errors, stage_batch
 from imagenet_pack.gpu.decode import GpuBatchDecoder
 from imagenet_pack.gpu.device import resolve_device
@@ -29,12 +29,20 @@ def photo_db(tmp_path_factory) -> Path:
     return helpers.photo_db(tmp_path_factory.mktemp("photos"), copies=2)
 
 
+GEOMETRIES = {  # both of the fused decoders' crop laws: the device runs the plans they draw
+    "train: RandomResizedCrop + flip": lambda: RandomResizedCropDecoder(96, seed=2, dct_scaling=False),
+    "val: Resize(110) + CenterCrop(96)": lambda: CenterCropDecoder(96, resize_size=110),
+    "val, FFCV's centre crop": lambda: CenterCropDecoder(96, geometry="ffcv"),
+}
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("backend", [pytest.param("nvimgcodec", marks=pytest.mark.nvimgcodec), "torchvision"])
-def test_gpu_decode_mode_equals_the_fused_cpu_decoder_up_to_the_edges(photo_db, backend):
+def test_gpu_decode_mode_equals_the_fused_cpu_decoder_up_to_the_edges(photo_db, backend, geometry):
     """The whole device path on a CPU device against the CPU fused decoder on the same records and plans:
     within a level on average and on every edge row and column (no zero padding from a larger image bleeds
-    into a smaller one's last rows, in a batch of boxes of many sizes)."""
-    fused = LmdbImageNet(photo_db, "train", decoder=RandomResizedCropDecoder(96, seed=2, dct_scaling=False))
+    into a smaller one's last rows, in a batch of boxes of many sizes), for train and val geometry."""
+    fused = LmdbImageNet(photo_db, "train", decoder=GEOMETRIES[geometry]())
     items = [(i, 0) for i in range(len(fused))]
     staged, _ = stage_batch(fused, items)
     with pytest.warns(UserWarning, match="deprecated") if backend == "torchvision" else contextlib.nullcontext():
