@@ -38,6 +38,7 @@ import torch
 
 from imagenet_pack import ConvertOptions, CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader, convert
 from imagenet_pack.bench.feed import FEEDS, decode_benchmark, device_path_cost, edge_errors, train_from_feed
+from imagenet_pack.gpu.decode import REGIONS_FROM_NVJPEG, nvjpeg_version
 from imagenet_pack.machine import default_workers
 from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
 from imagenet_pack.synthetic import make_sample_tree
@@ -171,6 +172,15 @@ def summary(cuda: bool, decode: dict, cost: dict, feeds: list[dict]) -> list[str
     return lines
 
 
+def nvjpeg_text() -> str:
+    """Which nvJPEG nvImageCodec loads, and so which way the device decodes boxes."""
+    version = nvjpeg_version()
+    if version is None:
+        return "no nvJPEG"
+    way = "regions" if version[:2] >= REGIONS_FROM_NVJPEG else "whole images, boxes cut by the resample"
+    return f"nvJPEG {'.'.join(map(str, version))} ({way})"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", type=Path, help="existing database (default: convert --images or a generated sample)")
@@ -200,8 +210,8 @@ def main(argv=None) -> int:
         convert(src, db, ConvertOptions(progress=False, short_side=args.short_side))
     print(f"{torch.cuda.get_device_name(device) if cuda else 'cpu'}, {args.workers} loader workers, torch "
           f"{torch.__version__}, CUDA {torch.version.cuda}, nvImageCodec "
-          f"{'installed' if NVIMGCODEC_AVAILABLE else 'absent'}; {args.arch}, batch {args.batch_size}, "
-          f"{args.image_size}px, {'bf16 channels_last' if cuda else 'fp32'}", flush=True)
+          f"{'installed' if NVIMGCODEC_AVAILABLE else 'absent'} with {nvjpeg_text()}; {args.arch}, batch "
+          f"{args.batch_size}, {args.image_size}px, {'bf16 channels_last' if cuda else 'fp32'}", flush=True)
     ds = LmdbImageNet(db, "train", decoder=RandomResizedCropDecoder(args.image_size, backend="auto"))
     ok = True
     print(f"1. decode micro-benchmark: GPU decode + RandomResizedCrop + flip, one batch of {args.batch_size}")
