@@ -71,10 +71,15 @@ def test_what_the_device_decoder_fails_on_or_returns_at_another_size_goes_to_ope
             raise RuntimeError("nvImageCodec: cannot parse the header")
         return real_stream(data)
 
-    monkeypatch.setattr(nv, "CodeStream", picky)
-    guarded = GpuBatchDecoder(32, "cpu")
-    assert torch.equal(guarded(staged), reference) and guarded.fallbacks == 1
-    monkeypatch.setattr(nv, "CodeStream", real_stream)
+    for regions in (True, False):  # boxes decoded (nvJPEG from 13.2), or whole images (before it)
+        plain = GpuBatchDecoder(32, "cpu")
+        plain.regions = regions
+        expected = plain(staged)
+        monkeypatch.setattr(nv, "CodeStream", picky)
+        guarded = GpuBatchDecoder(32, "cpu")
+        guarded.regions = regions
+        assert torch.equal(guarded(staged), expected) and guarded.fallbacks == 1
+        monkeypatch.setattr(nv, "CodeStream", real_stream)
 
     class Short:  # what a decoder gives back for a header that lies: one row short
         shape = (int(staged.table[2, columns.BOX_HEIGHT]) - 1, int(staged.table[2, columns.BOX_WIDTH]), 3)
@@ -113,6 +118,25 @@ def test_workers_stage_records_and_plans_and_decode_what_does_not_fit(db_session
         assert torch.equal(images[row], ds[items[row]][0])
     out = GpuBatchDecoder(16, "cpu")(tight, images.clone())
     assert torch.equal(out[2:], images[2:]) and torch.equal(out[:2], GpuBatchDecoder(16, "cpu")(roomy)[:2])
+
+
+def test_staged_rows_read_each_record_once_and_their_targets_transformed_as_decoded_ones(db_session, monkeypatch):
+    """Staging reads each record once, also one decoded by the worker for want of room, and gives the targets
+    the dataset gives (its ``target_transform`` applied), as the rows the workers decode do."""
+    from imagenet_pack.read.reader import Shard
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2),
+                      target_transform=lambda t: t + 1000)
+    items = [(i, 3) for i in range(4)]
+    expected = [ds[item][1] for item in items]
+    reads = []
+    real_read = Shard.read
+    monkeypatch.setattr(Shard, "read", lambda self, local, where: reads.append(local) or real_read(self, local, where))
+    tight = StagedRecords(np.empty(len(ds.read_record(0).image), np.uint8), np.zeros((4, len(columns.COLUMNS)),
+                                                                                    np.int64))
+    reads.clear()
+    images = torch.zeros((4, 16, 16, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    assert ds.stage_records(items, tight, images) == expected
+    assert list(tight.on_device) == [0] and len(reads) == 4
 
 
 @pytest.mark.nvimgcodec

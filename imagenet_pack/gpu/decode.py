@@ -106,20 +106,16 @@ class GpuBatchDecoder:
         rows = staged.on_device
         if not len(rows):
             return out
-        images, boxed = self.decode(staged, rows)
+        images = self.decode(staged, rows)
         # the plans, from the staging buffer (pinned: an asynchronous copy); a copy on a CPU device too
         plans = torch.from_numpy(staged.table[:staged.rows]).to(self.device, non_blocking=True, copy=True)
         whole = len(rows) == staged.rows
         if not whole:  # rows the workers decoded sit between: pick the others (rare: a batch of huge files)
             index = torch.from_numpy(rows).to(self.device)
             plans = plans.index_select(0, index)
-        if boxed.all():  # every image is its box alone: the box starts at its origin
+        if self.regions:  # every image is its box alone: the box starts at its origin
             plans[:, BOX_TOP] = 0
             plans[:, BOX_LEFT] = 0
-        else:
-            for k in np.flatnonzero(boxed):  # a few CPU fallbacks among whole images
-                plans[int(k), BOX_TOP] = 0
-                plans[int(k), BOX_LEFT] = 0
         samples = resample_boxes(images, plans, self.size)
         rows_out = out.permute(0, 2, 3, 1)
         if whole:
@@ -128,29 +124,20 @@ class GpuBatchDecoder:
             rows_out.index_copy_(0, index + first, samples)
         return out
 
-    def decode(self, staged: StagedRecords, rows: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
-        """The decoded image of each of ``rows`` (HxWx3 uint8 on the device: its box, or the whole image),
-        and which of them are their box alone."""
-        table = staged.table
+    def decode(self, staged: StagedRecords, rows: np.ndarray) -> list[torch.Tensor]:
+        """The decoded image of each of ``rows`` (HxWx3 uint8 on the device): its box where :attr:`regions`,
+        else the whole image, whichever decoder made it."""
         if self.backend == "nvimgcodec":
             images = self._decode_nvimgcodec(staged, rows)
         else:
             images = self._decode_torchvision(staged, rows)
-        boxed = np.zeros(len(rows), bool)
-        out = []
-        for k, (row, image) in enumerate(zip(rows, images)):
-            if image is None:
-                top, left, h, w = table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]].tolist()
-                image = self._cpu_decode(staged, row, (top, left, h, w))
-                boxed[k] = True
-            elif self.regions:
-                boxed[k] = True
-            out.append(image)
-        return out, boxed
+        return [image if image is not None else self._cpu_decode(staged, row) for row, image in zip(rows, images)]
 
-    def _expected(self, table: np.ndarray, row: int) -> tuple[int, int]:
-        return (int(table[row, BOX_HEIGHT]), int(table[row, BOX_WIDTH])) if self.regions else \
-            (int(table[row, HEIGHT]), int(table[row, WIDTH]))
+    def _box(self, table: np.ndarray, row: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of what is decoded of staged row ``row``: its box, or the whole image."""
+        if self.regions:
+            return tuple(int(v) for v in table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]])
+        return 0, 0, int(table[row, HEIGHT]), int(table[row, WIDTH])
 
     def _decoder(self):
         if self._nv is None:
@@ -194,7 +181,7 @@ class GpuBatchDecoder:
             self._reused[handle] = list(decoded)  # decoded into again by this stream's next batch
         images: list[torch.Tensor | None] = [None] * len(rows)
         for k, image in zip(index, decoded):
-            if image is not None and tuple(image.shape) == (*self._expected(table, rows[k]), 3):
+            if image is not None and tuple(image.shape) == (*self._box(table, rows[k])[2:], 3):
                 images[k] = self._to_torch(image)
         return images
 
@@ -224,12 +211,13 @@ class GpuBatchDecoder:
             return torch.from_dlpack(image)  # the decoder's device buffer, no copy, ordered on this stream
         return torch.from_numpy(np.asarray(image.cpu()))
 
-    def _cpu_decode(self, staged: StagedRecords, row: int, box: tuple[int, int, int, int]) -> torch.Tensor:
-        """OpenCV's decode of the box (DecodeError if it fails too), moved to the device from pinned memory."""
+    def _cpu_decode(self, staged: StagedRecords, row: int) -> torch.Tensor:
+        """OpenCV's decode of what the device would have decoded (DecodeError if it fails too), moved to the
+        device from pinned memory."""
         self.fallbacks += 1
         table = staged.table
-        pixels = decode_box(bytes(staged.record(row)), box, 1, (int(table[row, HEIGHT]), int(table[row, WIDTH])),
-                            f"staged record {row} (GPU decode fallback)")
+        pixels = decode_box(bytes(staged.record(row)), self._box(table, row), 1,
+                            (int(table[row, HEIGHT]), int(table[row, WIDTH])), f"staged record {row} (GPU decode fallback)")
         if not is_cuda(self.device):
             return torch.from_numpy(np.ascontiguousarray(pixels))
         host = host_empty(pixels.shape, torch.uint8, self.device)

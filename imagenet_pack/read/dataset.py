@@ -129,18 +129,19 @@ class LmdbImageNet(Dataset):
         table, free, targets = staged.table, 0, []
         for row, (item, out) in enumerate(zip(items, images)):
             index, epoch = item if isinstance(item, tuple) else (item, None)
-            record, where = self._read(self._checked_index(index))
+            index = self._checked_index(index)
+            record, where = self._read(index)
             top, left, height, width = (plan := law.plan(record.height, record.width, index, epoch)).box
             size = len(record.image)
             if free + size > len(staged.data):  # no room: this one is decoded here, into its batch row
-                self._sample(item, out)
+                self.decoder(record, index, epoch, where, out=out)
                 size = 0
             else:
                 staged.data[free:free + size] = np.frombuffer(record.image, np.uint8)
             table[row] = (free, size, record.target, record.height, record.width, top, left, height, width,
                           *plan.resize, *plan.offset, plan.flip)
             free += size
-            targets.append(record.target)
+            targets.append(self._target(record))
         staged.rows = len(items)
         return targets
 
@@ -162,12 +163,13 @@ class LmdbImageNet(Dataset):
             sample = self.decoder(record, index, epoch, where)
         else:
             sample = self.decoder(record, index, epoch, where, out=out)
-        target = record.target  # checked against the metadata in _read
         if self.transform is not None:
             sample = self.transform(sample)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return sample, target
+        return sample, self._target(record)
+
+    def _target(self, record: Record) -> Any:
+        """The target of ``record`` (checked against the metadata in :meth:`_read`), as the user asked for it."""
+        return record.target if self.target_transform is None else self.target_transform(record.target)
 
     def read_record(self, index: int) -> Record:
         """The checked record at ``index`` (encoded image bytes, target, stored size), without decoding;

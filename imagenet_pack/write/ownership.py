@@ -27,6 +27,12 @@ from ..lmdbfile import DATA_FILE, holds_nothing
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
+def own_file(st: os.stat_result) -> bool:
+    """Whether ``st`` is a regular file of one link that this user owns: the only kind of file imagenet-pack
+    writes or removes (never a link, a hard link to something else, a special file, another user's)."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid()
+
+
 def open_own_file(path: Path) -> int:
     """A read-write descriptor on ``path`` (created if absent): never through a link, only a regular file
     of one link that this user owns; UnsafeOutputError otherwise."""
@@ -38,8 +44,7 @@ def open_own_file(path: Path) -> int:
                                     "remove it (someone may have planted it to make this run overwrite its target)"
                                     ) from None
         raise UnsafeOutputError(f"{path}: cannot create or open it ({exc.strerror or exc})") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+    if not own_file(os.fstat(fd)):
         os.close(fd)
         raise UnsafeOutputError(f"{path}: is not a regular file of this user's with one link; imagenet-pack "
                                 "writes only files it made: remove it")
@@ -119,7 +124,7 @@ def open_shard_folder(path: Path) -> tuple[int, str]:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            if not own_file(st):
                 raise UnsafeOutputError(f"{path / name}: is not a regular file of one link of this user's (a "
                                         "symbolic link, a hard link, a special file or another user's); "
                                         "imagenet-pack never writes through one: remove it")
@@ -158,8 +163,7 @@ def owned_files(split_dir: Path) -> list[Path]:
 
 def _plain(path: Path) -> bool:
     """A regular file of one link of this user's (not through a link)."""
-    st = os.lstat(path)
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid()
+    return own_file(os.lstat(path))
 
 
 def written_by_us(path: Path) -> bool:
