@@ -14,11 +14,12 @@ uint8 (N, 3, S, S) channels-last batch, ready for :func:`imagenet_pack.gpu.norma
    only each box is decoded. Without nvImageCodec, ``torchvision.io.decode_jpeg`` decodes whole images
    (deprecated in torchvision 0.29: a one-line warning says so). An image the device refuses, fails on, or
    returns at another size is decoded by OpenCV instead, counted in :attr:`GpuBatchDecoder.fallbacks`.
-2. resample, :func:`.resample.resample_boxes`: the whole batch in a number of operations that does not
-   depend on its size.
+2. resample, :func:`.resample.resample_boxes`: two kernel launches for the whole batch, each box read where
+   the decoder wrote it (its address and strides, from the decoded image's array interface: no conversion to
+   a tensor, no copy), work proportional to the boxes.
 
 No host synchronisation: sizes, windows and flips are on the host already (the plans), and what the device
-reads from the host (the plans, a fallback's pixels) comes from pinned memory.
+reads from the host (the box table, a fallback's pixels) comes from pinned memory.
 """
 from __future__ import annotations
 
@@ -33,9 +34,17 @@ import numpy as np
 import torch
 
 from ..read.pixels import NVIMGCODEC_AVAILABLE, decode_box, nvimgcodec
-from ..read.staged import BOX_HEIGHT, BOX_LEFT, BOX_TOP, BOX_WIDTH, HEIGHT, WIDTH, StagedRecords
+from ..read.staged import (
+    BOX_HEIGHT,
+    BOX_LEFT,
+    BOX_TOP,
+    BOX_WIDTH,
+    HEIGHT,
+    WIDTH,
+    StagedRecords,
+)
 from .device import host_empty, is_cuda, resolve_device, stream_handle
-from .resample import resample_boxes
+from .resample import Decoded, box_rows, resample_boxes
 
 GPU_BACKENDS = ("nvimgcodec", "torchvision", "auto")
 # nvImageCodec's JPEG decoders on a GPU, in the order they are tried: the hardware engine, CPU Huffman + CUDA
@@ -97,36 +106,21 @@ class GpuBatchDecoder:
         self._reused: dict[int, list] = {}  # per stream: the images of its last batch, decoded into again
 
     def __call__(self, staged: StagedRecords, out: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
-        """Write staged row r's sample into row ``first + r`` of ``out`` (N, 3, size, size) uint8 on the device
-        (made here when not given), queued on the current stream; rows the workers decoded (``LENGTH`` 0)
-        are left as they are. Returns ``out``."""
+        """Write staged row r's sample into row ``first + r`` of ``out`` (N, 3, size, size) uint8 channels-last on
+        the device (made here when not given), queued on the current stream; rows the workers decoded
+        (``LENGTH`` 0) are left as they are. Returns ``out``."""
         if out is None:
             out = torch.empty((first + staged.rows, self.size, self.size, 3), dtype=torch.uint8,
                               device=self.device).permute(0, 3, 1, 2)
         rows = staged.on_device
-        if not len(rows):
-            return out
-        images = self.decode(staged, rows)
-        # the plans, from the staging buffer (pinned: an asynchronous copy); a copy on a CPU device too
-        plans = torch.from_numpy(staged.table[:staged.rows]).to(self.device, non_blocking=True, copy=True)
-        whole = len(rows) == staged.rows
-        if not whole:  # rows the workers decoded sit between: pick the others (rare: a batch of huge files)
-            index = torch.from_numpy(rows).to(self.device)
-            plans = plans.index_select(0, index)
-        if self.regions:  # every image is its box alone: the box starts at its origin
-            plans[:, BOX_TOP] = 0
-            plans[:, BOX_LEFT] = 0
-        samples = resample_boxes(images, plans, self.size)
-        rows_out = out.permute(0, 2, 3, 1)
-        if whole:
-            rows_out[first:first + staged.rows].copy_(samples)
-        else:
-            rows_out.index_copy_(0, index + first, samples)
+        if len(rows):
+            boxes = box_rows(staged.table[:staged.rows], rows, self.decode(staged, rows), self.size, first)
+            resample_boxes(boxes, out, self.size)
         return out
 
-    def decode(self, staged: StagedRecords, rows: np.ndarray) -> list[torch.Tensor]:
-        """The decoded image of each of ``rows`` (HxWx3 uint8 on the device): its box where :attr:`regions`,
-        else the whole image, whichever decoder made it."""
+    def decode(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded]:
+        """Where each of ``rows`` was decoded on the device: its box where :attr:`regions`, else the whole image
+        (the box at its offset), whichever decoder made it."""
         if self.backend == "nvimgcodec":
             images = self._decode_nvimgcodec(staged, rows)
         else:
@@ -138,6 +132,10 @@ class GpuBatchDecoder:
         if self.regions:
             return tuple(int(v) for v in table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]])
         return 0, 0, int(table[row, HEIGHT]), int(table[row, WIDTH])
+
+    def _origin(self, table: np.ndarray, row: int) -> tuple[int, int]:
+        """Where staged row ``row``'s box starts in what is decoded of it: (0, 0) where that is the box."""
+        return (0, 0) if self.regions else (int(table[row, BOX_TOP]), int(table[row, BOX_LEFT]))
 
     def _decoder(self):
         if self._nv is None:
@@ -154,7 +152,7 @@ class GpuBatchDecoder:
             self._nv = (nv, decoder, params)
         return self._nv
 
-    def _decode_nvimgcodec(self, staged: StagedRecords, rows: np.ndarray) -> list[torch.Tensor | None]:
+    def _decode_nvimgcodec(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded | None]:
         nv, decoder, params = self._decoder()
         table = staged.table
         streams, index = [], []
@@ -179,10 +177,10 @@ class GpuBatchDecoder:
             decoded = [self._decode_one(decoder, s, params, handle) for s in streams]
         if is_cuda(self.device) and all(image is not None for image in decoded) and len(decoded) >= len(reused):
             self._reused[handle] = list(decoded)  # decoded into again by this stream's next batch
-        images: list[torch.Tensor | None] = [None] * len(rows)
+        images: list[Decoded | None] = [None] * len(rows)
         for k, image in zip(index, decoded):
             if image is not None and tuple(image.shape) == (*self._box(table, rows[k])[2:], 3):
-                images[k] = self._to_torch(image)
+                images[k] = self._placed(image, *self._origin(table, rows[k]))
         return images
 
     @staticmethod
@@ -192,7 +190,19 @@ class GpuBatchDecoder:
         except Exception:  # noqa: BLE001
             return None
 
-    def _decode_torchvision(self, staged: StagedRecords, rows: np.ndarray) -> list[torch.Tensor | None]:
+    def _placed(self, image: Any, top: int, left: int) -> Decoded:
+        """Where nvImageCodec's HxWx3 uint8 ``image`` lies (its array interface: no conversion, no copy); the
+        box starts at (``top``, ``left``) of it."""
+        if is_cuda(self.device):
+            interface = image.__cuda_array_interface__
+        else:
+            image = np.asarray(image.cpu())
+            interface = image.__array_interface__
+        _, width, channels = interface["shape"]
+        row, pixel, channel = interface.get("strides") or (width * channels, channels, 1)
+        return Decoded(interface["data"][0], (row, pixel, channel), top, left, image)
+
+    def _decode_torchvision(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded | None]:
         import torchvision.io as tio
         data = [torch.frombuffer(bytearray(staged.record(row)), dtype=torch.uint8) for row in rows]
         with warnings.catch_warnings():
@@ -202,24 +212,29 @@ class GpuBatchDecoder:
             except RuntimeError:
                 full = [None] * len(rows)
         table = staged.table
-        return [image.permute(1, 2, 0) if image is not None and
-                tuple(image.shape) == (3, table[row, HEIGHT], table[row, WIDTH]) else None
-                for image, row in zip(full, rows)]
+        out: list[Decoded | None] = []
+        for image, row in zip(full, rows):
+            if image is None or tuple(image.shape) != (3, table[row, HEIGHT], table[row, WIDTH]):
+                out.append(None)
+                continue
+            top, left = int(table[row, BOX_TOP]), int(table[row, BOX_LEFT])
+            out.append(Decoded(image.data_ptr(), _byte_strides(image.permute(1, 2, 0)), top, left, image))
+        return out
 
-    def _to_torch(self, image: Any) -> torch.Tensor:
-        if is_cuda(self.device):
-            return torch.from_dlpack(image)  # the decoder's device buffer, no copy, ordered on this stream
-        return torch.from_numpy(np.asarray(image.cpu()))
-
-    def _cpu_decode(self, staged: StagedRecords, row: int) -> torch.Tensor:
+    def _cpu_decode(self, staged: StagedRecords, row: int) -> Decoded:
         """OpenCV's decode of what the device would have decoded (DecodeError if it fails too), moved to the
         device from pinned memory."""
         self.fallbacks += 1
         table = staged.table
-        pixels = decode_box(bytes(staged.record(row)), self._box(table, row), 1,
-                            (int(table[row, HEIGHT]), int(table[row, WIDTH])), f"staged record {row} (GPU decode fallback)")
-        if not is_cuda(self.device):
-            return torch.from_numpy(np.ascontiguousarray(pixels))
+        pixels = decode_box(bytes(staged.record(row)), self._box(table, row), 1, (int(table[row, HEIGHT]), int(table[row, WIDTH])),
+                            f"staged record {row} (GPU decode fallback)")
         host = host_empty(pixels.shape, torch.uint8, self.device)
         np.copyto(host.numpy(), pixels)
-        return host.to(self.device, non_blocking=True)
+        image = host.to(self.device, non_blocking=True) if is_cuda(self.device) else host
+        return Decoded(image.data_ptr(), _byte_strides(image), *self._origin(table, row), image)
+
+
+def _byte_strides(image: torch.Tensor) -> tuple[int, int, int]:
+    """(row, pixel, channel) strides in bytes of an HxWx3 uint8 tensor."""
+    row, pixel, channel = image.stride()
+    return row, pixel, channel
