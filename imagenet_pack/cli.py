@@ -85,8 +85,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "it is a no-op.")
     p.add_argument("src", type=Path, help="the ImageNet input: a folder holding train/ and val/, or archives")
     p.add_argument("dst", type=Path, help="output directory for the databases (created if absent)")
-    p.add_argument("--splits", type=_splits, default=convert.splits,
-                   help=f"comma-separated splits (default: {','.join(convert.splits)})")
+    p.add_argument("--splits", type=_splits, default=None,
+                   help=f"comma-separated splits, each of which must be in SRC (default: {','.join(convert.splits)}, "
+                        "those of them SRC has)")
     p.add_argument("--layout", choices=LAYOUTS, default=convert.layout, help="input layout (default: detect it)")
     p.add_argument("--workers", type=positive_int, default=convert.workers,
                    help="reader/validator processes (default: all cores)")
@@ -220,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert(args: argparse.Namespace, usage: Usage) -> int:
     from .write import ConvertOptions, convert
     try:  # the options' own checks, said as usage errors
-        options = ConvertOptions(splits=args.splits, workers=args.workers, shards=args.shards,
+        options = ConvertOptions(splits=args.splits or ConvertOptions.splits, require_splits=args.splits is not None,
+                                 workers=args.workers, shards=args.shards,
                                  overwrite=args.overwrite, skip_bad=args.skip_bad, keep_damaged=args.keep_damaged,
                                  max_side=args.max_side, short_side=args.short_side, quality=args.quality,
                                  layout=args.layout, progress=not args.no_progress, batch_bytes=args.commit_mb << 20,

@@ -288,3 +288,32 @@ def test_bench_accuracy_scores_every_read_path(tree_session, db_session, tmp_pat
     assert rows[names[0]]["agreement"] == 100 and all(0 <= r["top1"] <= r["top5"] <= 100 for r in rows.values())
     assert all(r["images_per_s"] > 0 for r in rows.values())
     assert "accuracy of resnet18" in capsys.readouterr().out
+
+
+def test_splits_named_with_splits_must_be_there_the_default_takes_those_present(tree, tmp_path, capsys):
+    """--splits train,val over a tree with no val/ fails at once and says which split is missing (nothing
+    written); without --splits, the missing val is a note and train is converted."""
+    import shutil
+    shutil.rmtree(tree / "val")
+    dst = tmp_path / "db"
+    assert main(["convert", str(tree), str(dst), "--splits", "train,val", "--no-progress", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no val data found, but --splits asks for train,val" in err
+    assert not dst.exists()
+    assert main(["convert", str(tree), str(dst), "--no-progress", "--workers", "1"]) == 0
+    assert len(LmdbImageNet(dst, "train")) == 24
+
+
+def test_bench_refuses_images_other_than_the_databases_before_timing(tree, tmp_path, capsys):
+    """bench DB --images OTHER, OTHER holding other files than DB was made from: one line naming a missing
+    source file, exit 1, before any loader is timed; the right images pass the check."""
+    dst, other = tmp_path / "db", tmp_path / "other"
+    assert main(["convert", str(tree), str(dst), "--no-progress", "--workers", "1"]) == 0
+    make_sample_tree(other, classes=3, train_per_class=6, val_per_class=3, size=(48, 64), seed=9)
+    capsys.readouterr()
+    assert main(["bench", str(dst), "--images", str(other), "--rounds", "1", "--limit", "8"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "not the images" in captured.err and "give --images the SRC" in captured.err
+    assert "timing" not in captured.out + captured.err
+    from imagenet_pack.bench.options import check_same_images
+    check_same_images(tree, dst, {"train": "train", "val": "val"})

@@ -77,3 +77,23 @@ def test_a_hybrid_feed_needs_workers_and_a_fused_decoder(db_session):
         build_loader(LmdbImageNet(db_session, "train"), 6, workers=1, gpu_share=0.5, device="cpu")
     with pytest.raises(ValueError, match=r"gpu_share must be a share from 0 to 1"):
         build_loader(ds, 6, workers=1, gpu_share=1.5, device="cpu")
+
+
+@pytest.mark.parametrize("transform, gives", [
+    ("normalised", "torch.float32 tensors"), ("pil", "Image")])
+def test_a_dataset_of_float_or_pil_samples_is_refused_when_the_loader_is_built(db_session, transform, gives):
+    """build_loader feeds uint8 batches that the device normalises: a dataset already normalised (the
+    torchvision transforms a reader knows) or giving PIL images is refused at once, in one line saying what to
+    use; decoder='tensor' (uint8) is taken."""
+    from torchvision import transforms
+    steps = [transforms.Resize((16, 16))]
+    if transform == "normalised":
+        steps += [transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    ds = LmdbImageNet(db_session, "train", transform=transforms.Compose(steps))
+    with pytest.raises(ValueError) as refused:
+        build_loader(ds, 4, workers=1, device="cpu")
+    said = str(refused.value)
+    assert "\n" not in said and "uint8" in said and "decoder='tensor'" in said and said.endswith(gives)
+    tensors = LmdbImageNet(db_session, "train", decoder="tensor", transform=transforms.Resize((16, 16)))
+    images, _ = next(iter(build_loader(tensors, 4, workers=0, device="cpu")))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)

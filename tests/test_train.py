@@ -207,3 +207,30 @@ def test_a_checkpoint_that_cannot_resume_this_run_is_one_line(train_module, db_s
                               "--workers", "0", "--image-size", "16", "--batch-size", "4"])
     err = capsys.readouterr().err
     assert code == 1 and said in err and err.count("\n") == 1 and "weights_only=False" not in err, err
+
+
+@slow
+def test_a_step_limited_run_resumes_mid_epoch_and_max_steps_counts_every_run(db_session, tmp_path):
+    """--max-steps 2 then --resume --max-steps 5: the second run goes on inside epoch 0 with the samples the
+    first did not see (not epoch 1), and runs 3 steps, for 5 in all."""
+    out = tmp_path / "run"
+    args = [sys.executable, str(TRAIN), str(db_session), "--arch", "resnet18", "--image-size", "32", "--batch-size",
+            "4", "--workers", "0", "--device", "cpu", "--log-samples", "--output", str(out)]
+    first = subprocess.run(args + ["--max-steps", "2"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run(args + ["--max-steps", "5", "--resume"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed from" in second.stdout and "epoch 0, 8 samples of it consumed" in second.stdout
+    logged = samples(out, 0)
+    assert [entry["step"] for entry in logged] == [0, 1, 2, 3, 4] and {e["epoch"] for e in logged} == {0}
+    seen = [i for entry in logged for i in entry["indices"]]
+    assert len(seen) == len(set(seen)) == 20  # five batches of the same epoch, none repeated
+
+
+def test_an_unknown_arch_is_one_line_naming_it(db_session, tmp_path):
+    result = subprocess.run([sys.executable, str(TRAIN), str(db_session), "--device", "cpu", "--arch", "resnet999",
+                             "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "train.py: error: --arch resnet999: torchvision has no such classification model (e.g. resnet18, resnet50, "
+        "efficientnet_b0)"]

@@ -13,10 +13,14 @@ feeds, exact resume, ranks; a summary against the targets last.
 2. The hybrid loader (every sample on the device, and half) through ``CudaPrefetcher`` against the CPU-only
    loader: same targets, pixel error.
 3. The device path's host cost per batch (every row on the device): torch operations, host time, CUDA
-   runtime calls and copies from pageable memory (the profiler's count).
-4. Training feed, ResNet-50 bf16 channels_last (``--arch``), each feed in a fresh process: synthetic batches
-   on the device (the compute bound), CPU fused loader, GPU decode mode, hybrid (``gpu_share="auto"``):
-   images/s, fraction of the bound, data wait; the timed steps under ``torch.cuda.set_sync_debug_mode("error")``.
+   runtime calls and copies from pageable memory (the profiler's count); with ``--stages``, each stage's time
+   per batch (staging, decode, table, resample, merge: CUDA events on a GPU, wall time on the CPU device).
+4. Training feed, ResNet-50 bf16 channels_last (``--arch``), each feed of ``--feeds`` in a fresh process:
+   synthetic batches on the device (the compute bound), CPU fused loader, GPU decode mode, hybrid
+   (``--hybrid-share``, default "auto"), and the pipeline (GPU decode mode through ``CudaPrefetcher`` with no
+   model: the data path alone, and its peak device memory): images/s, fraction of the bound, data wait; the
+   timed steps under CUDA's sync debug mode (``--sync-debug``, default error). A feed that fails is a row
+   that says why, never the end of the check.
 5. Exact resume: ``tools/train.py --log-samples`` stopped after 3 steps and resumed, with the CPU feed,
    ``--gpu-share 0.5`` and ``auto``: every sample of the epoch logged once, in the epoch's order.
 6. Ranks: with two or more GPUs, two processes each decoding on its own device (else says so).
@@ -37,8 +41,9 @@ from pathlib import Path
 import torch
 
 from imagenet_pack import ConvertOptions, CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader, convert
-from imagenet_pack.bench.feed import FEEDS, decode_benchmark, device_path_cost, edge_errors, train_from_feed
+from imagenet_pack.bench.feed import FEED_NAMES, FEEDS, decode_benchmark, device_path_cost, edge_errors, train_from_feed
 from imagenet_pack.gpu.decode import REGIONS_FROM_NVJPEG, nvjpeg_version
+from imagenet_pack.gpu.device import device_count, device_name
 from imagenet_pack.machine import default_workers
 from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
 from imagenet_pack.synthetic import make_sample_tree
@@ -113,8 +118,8 @@ def resume_check(db: Path, device: torch.device, out: Path, arch: str, batch: in
 
 def ranks_check(db: Path, out: Path, size: int) -> bool:
     """Two ranks (torchrun) each decoding on its own GPU; skipped with fewer than two GPUs."""
-    if torch.cuda.device_count() < 2:
-        print(f"  {torch.cuda.device_count()} GPU(s) here: the two-rank check needs two, skipped")
+    if device_count() < 2:
+        print(f"  {device_count()} GPU(s) here: the two-rank check needs two, skipped")
         return True
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(TRAIN), str(db), "--arch", "resnet18",
@@ -128,44 +133,62 @@ def ranks_check(db: Path, out: Path, size: int) -> bool:
 def one_feed(args) -> int:
     """Run in a fresh process per feed (``--one-feed NAME --db DB``): its row as one JSON line."""
     ds = LmdbImageNet(args.db, "train", decoder=RandomResizedCropDecoder(args.image_size, backend="auto"))
-    device = torch.device(args.device)
+    share = args.hybrid_share if args.one_feed == "hybrid" else None
     row = train_from_feed(ds, args.one_feed, arch=args.arch, batch_size=args.batch_size, steps=args.steps,
-                          workers=args.workers, device=device, sync_debug=device.type == "cuda")
+                          workers=args.workers, device=torch.device(args.device), sync_debug=args.sync_debug,
+                          share=share if share == "auto" or share is None else float(share))
     print("FEED " + json.dumps(row), flush=True)
     return 0
 
 
 def feeds_in_fresh_processes(db: Path, args) -> list[dict]:
-    """Each feed of the training-feed table in a process of its own (no feed inherits another's warm caches,
-    workers or GPU memory); rows with their fraction of the synthetic bound."""
+    """Each feed of ``--feeds`` in a process of its own (no feed inherits another's warm caches, workers or
+    GPU memory); rows with their fraction of the synthetic bound where it ran. A feed that fails is a row with
+    its ``error``."""
     rows = []
-    for feed in FEEDS:
+    for feed in args.feeds:
         command = [sys.executable, __file__, "--one-feed", feed, "--db", str(db), "--arch", args.arch,
                    "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--steps",
-                   str(args.steps), "--workers", str(args.workers), "--device", args.device]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+                   str(args.steps), "--workers", str(args.workers), "--device", args.device, "--sync-debug",
+                   args.sync_debug, "--hybrid-share", str(args.hybrid_share)]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            rows.append({"feed": FEED_NAMES[feed], "error": "no result within 900 s"})
+            continue
         line = next((x for x in result.stdout.splitlines() if x.startswith("FEED ")), None)
         if result.returncode != 0 or line is None:
-            raise SystemExit(f"feed {feed} failed: {result.stderr.strip()[-1500:]}")
+            last = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+            rows.append({"feed": FEED_NAMES[feed], "error": last[-300:]})
+            continue
         rows.append(json.loads(line[5:]))
-    return [{**row, "of_bound": row["images_per_s"] / rows[0]["images_per_s"]} for row in rows]
+    bound = next((r["images_per_s"] for r in rows if r["feed"] == FEED_NAMES["synthetic"] and "error" not in r), None)
+    return [{**row, "of_bound": row["images_per_s"] / bound if bound and "error" not in row else None}
+            for row in rows]
 
 
 def summary(cuda: bool, decode: dict, cost: dict, feeds: list[dict]) -> list[str]:
     """The measured figures against the targets (on a GPU; on a CPU device the figures mean little)."""
-    best = max((row for row in decode.values() if "images_per_s" in row), key=lambda r: r["images_per_s"])
-    by_feed = {row["feed"]: row for row in feeds}
-    rows = [("GPU decode + crop + flip, one stream, images/s", f"{best['images_per_s']:.0f}", ">= 12000"),
-            ("  its error vs CPU fused: mean / worst edge", f"{best['mean']:.2f} / "
-             f"{max(best[k] for k in ('top row', 'bottom row', 'left column', 'right column')):.2f}", "<= 1.0 / 3.0"),
-            ("device path per batch: CUDA runtime calls", f"{cost['cuda_runtime_calls']:.0f}", "<= 100"),
-            ("device path per batch: pageable copies", f"{cost['pageable_copies']:.0f}", "0")]
-    for name, target in (("GPU decode mode", ">= 0.95 of the ResNet-50 bound"),
-                         ("hybrid, auto share", ">= 0.95 of the ResNet-18 bound, wait <= 5%")):
-        if name in by_feed:
-            row = by_feed[name]
-            rows.append((f"{name}: fraction of the bound, data wait", f"{row['of_bound']:.2f}, {row['data_wait']:.0%}",
-                         target))
+    rows = []
+    measured = [row for row in decode.values() if "images_per_s" in row]
+    if measured:
+        best = max(measured, key=lambda r: r["images_per_s"])
+        edges = max(best[k] for k in ("top row", "bottom row", "left column", "right column"))
+        rows += [("GPU decode + crop + flip, one stream, images/s", f"{best['images_per_s']:.0f}", ">= 12000"),
+                 ("  its error vs CPU fused: mean / worst edge", f"{best['mean']:.2f} / {edges:.2f}", "<= 1.0 / 3.0")]
+    rows += [("device path per batch: CUDA runtime calls", f"{cost['cuda_runtime_calls']:.0f}", "<= 100"),
+             ("device path per batch: pageable copies", f"{cost['pageable_copies']:.0f}", "0")]
+    for row in feeds:
+        if "error" in row:
+            rows.append((f"{row['feed']}", "FAILED", row["error"][:80]))
+            continue
+        target = {"GPU decode mode": ">= 0.95 of the ResNet-50 bound",
+                  "hybrid, auto share": ">= 0.95 of the ResNet-18 bound, wait <= 5%"}.get(row["feed"])
+        if target and row["of_bound"] is not None:
+            rows.append((f"{row['feed']}: fraction of the bound, data wait",
+                         f"{row['of_bound']:.2f}, {row['data_wait']:.0%}", target))
+        if row["feed"] == FEED_NAMES["pipeline"] and row.get("peak_bytes") is not None:
+            rows.append(("data path peak device memory", f"{row['peak_bytes'] / 2**30:.2f} GiB", "<= 2 GiB"))
     width = max(len(r[0]) for r in rows)
     lines = [f"summary ({'CUDA' if cuda else 'CPU device: the code path, not the speed'}):"]
     lines += [f"  {name:<{width}}  {value:>14}   target {target}" for name, value, target in rows]
@@ -179,6 +202,26 @@ def nvjpeg_text() -> str:
         return "no nvJPEG"
     way = "regions" if version[:2] >= REGIONS_FROM_NVJPEG else "whole images, boxes cut by the resample"
     return f"nvJPEG {'.'.join(map(str, version))} ({way})"
+
+
+def feed_list(text: str) -> tuple[str, ...]:
+    feeds = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in feeds if name not in FEEDS]
+    if unknown or not feeds:
+        raise argparse.ArgumentTypeError(f"unknown feed {', '.join(unknown) or text!r}: choose from {','.join(FEEDS)}")
+    return feeds
+
+
+def share_value(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to 1, nor auto")
+    return share
 
 
 def main(argv=None) -> int:
@@ -196,6 +239,13 @@ def main(argv=None) -> int:
     p.add_argument("--skip-resume", action="store_true", help="leave out the kill/resume and rank checks")
     p.add_argument("--resume-shares", default="0,0.5,auto",
                    help="the --gpu-share values the resume check runs with (default: 0,0.5,auto)")
+    p.add_argument("--feeds", type=feed_list, default=tuple(FEEDS),
+                   help=f"comma-separated feeds to train from, of {','.join(FEEDS)} (default: all)")
+    p.add_argument("--stages", action="store_true", help="print each device-path stage's time per batch")
+    p.add_argument("--hybrid-share", type=share_value, default="auto",
+                   help="the hybrid feed's gpu_share: 0 to 1, or auto (default: auto)")
+    p.add_argument("--sync-debug", choices=("error", "warn", "off"), default="error",
+                   help="what a host wait in a feed's timed steps does on CUDA (default: error)")
     p.add_argument("--one-feed", choices=tuple(FEEDS), default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one_feed:
@@ -208,7 +258,7 @@ def main(argv=None) -> int:
         src = source_tree(args.images, Path(tmp.name) / "src", args.count)
         db = Path(tmp.name) / "db"
         convert(src, db, ConvertOptions(progress=False, short_side=args.short_side))
-    print(f"{torch.cuda.get_device_name(device) if cuda else 'cpu'}, {args.workers} loader workers, torch "
+    print(f"{device_name(device)}, {args.workers} loader workers, torch "
           f"{torch.__version__}, CUDA {torch.version.cuda}, nvImageCodec "
           f"{'installed' if NVIMGCODEC_AVAILABLE else 'absent'} with {nvjpeg_text()}; {args.arch}, batch "
           f"{args.batch_size}, {args.image_size}px, {'bf16 channels_last' if cuda else 'fp32'}", flush=True)
@@ -231,13 +281,22 @@ def main(argv=None) -> int:
     cost = device_path_cost(build_loader(ds, args.batch_size, workers=args.workers, gpu_share=1.0, device=device))
     print(f"  {cost['torch_ops']} torch operations, {cost['host_ms']:.1f} ms of host time, "
           f"{cost['cuda_runtime_calls']:.0f} CUDA runtime calls, {cost['pageable_copies']:.0f} pageable copies", flush=True)
+    if args.stages:
+        clock = "CUDA events" if cuda else "wall time"
+        print(f"  per batch ({clock}): " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in cost["stages"].items()))
     print(f"4. training feed ({len(ds)} records, each feed in a fresh process"
           f"{', steady state under sync debug mode error' if cuda else ''})")
     feeds = feeds_in_fresh_processes(db, args)
     for row in feeds:
+        if "error" in row:
+            print(f"  {row['feed']:<36} FAILED: {row['error']}", flush=True)
+            ok = False
+            continue
         share = f"   GPU share {row['gpu_share']:.2f}" if row["gpu_share"] is not None else ""
-        print(f"  {row['feed']:<36} {row['images_per_s']:8.0f} images/s   {row['of_bound']:5.2f} of the bound   "
-              f"data wait {row['data_wait']:4.0%}{share}", flush=True)
+        bound = f"{row['of_bound']:5.2f} of the bound" if row["of_bound"] is not None else "(no bound measured)"
+        memory = f"   peak device memory {row['peak_bytes'] / 2**30:.2f} GiB" if row.get("peak_bytes") else ""
+        print(f"  {row['feed']:<36} {row['images_per_s']:8.0f} images/s   {bound}   "
+              f"data wait {row['data_wait']:4.0%}{share}{memory}", flush=True)
     if not args.skip_resume:
         print("5. exact resume: tools/train.py stopped after 3 steps, resumed")
         for share in args.resume_shares.split(","):

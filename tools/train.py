@@ -183,6 +183,9 @@ class Run:
         self.checkpoint = args.output / CHECKPOINT
         self.train_loader, self.val_loader, classes = build_loaders(args, self.world, self.device)
         self.model_classes = classes
+        if args.arch not in torchvision.models.list_models(module=torchvision.models):
+            raise ImagenetPackError(f"--arch {args.arch}: torchvision has no such classification model (e.g. "
+                                    "resnet18, resnet50, efficientnet_b0)")
         self.model = torchvision.models.get_model(args.arch, num_classes=classes).to(self.device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -257,14 +260,12 @@ class Run:
             stats = self._train_epoch(epoch, ddp, batches, epoch_order, started)
         finally:
             batches.close()  # stops its look-ahead; what it held ahead is delivered again next time
-        if stats is not None and loader.epoch == epoch:  # left early (--max-steps): the next epoch starts fresh
-            loader.finish_epoch()
-        return stats
+        return stats  # left early (--max-steps): the loader keeps its place, and a resumed run goes on from it
 
     def _train_epoch(self, epoch, ddp, batches, epoch_order, started) -> dict | None:
         args, loader = self.args, self.train_loader
         seen, waited, loss = 0, 0.0, None
-        while True:
+        while args.max_steps is None or self.step < args.max_steps:  # --max-steps counts every run's steps
             t0 = time.perf_counter()
             delivered = loader.delivered  # samples received so far (the prefetcher holds some ahead)
             batch = next(batches, None)
@@ -288,8 +289,6 @@ class Run:
                     print(f"{self.stop_reason} at epoch {epoch}, step {self.step}; checkpoint saved to "
                           f"{self.checkpoint}: rerun with --resume to continue", flush=True)
                 return None
-            if args.max_steps is not None and self.run_steps >= args.max_steps:
-                break  # a smoke run ends here: evaluate, checkpoint, stop
         if self.cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
@@ -347,8 +346,8 @@ def main(argv=None) -> int:
             if stats is None:
                 break
             run.report(epoch, stats)
-            if run.args.max_steps is not None and run.run_steps >= run.args.max_steps:
-                break
+            if run.args.max_steps is not None and run.step >= run.args.max_steps:
+                break  # a smoke run ends here, mid-epoch: evaluated and checkpointed
     except ImagenetPackError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1

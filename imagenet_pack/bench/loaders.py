@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..errors import ImagenetPackError
 from ..machine import cpu_name, default_workers
-from .options import BenchOptions, split_dirs
+from .options import BenchOptions, check_same_images, split_dirs
 
 FIRST_BATCH = """
 import sys
@@ -142,11 +142,16 @@ def run_bench(root: Path | str, options: BenchOptions = BenchOptions(),
     workers = options.workers or default_workers()
     entries = bench_entries(root, options)
     model = None
-    if options.accuracy:  # everything that can fail is tried before the first image is timed
+    if options.images is not None:  # everything that can fail is tried before the first image is timed
+        splits = list_splits_of(root)
+        check_same_images(options.images, root, {k: k if k in splits else splits[0] for k in ("train", "val")})
+    if options.accuracy:
         from .accuracy import load_model
         model = load_model(options.arch, options.weights)
         for other in options.databases:
-            list_splits_of(other)
+            other_splits = list_splits_of(other)
+            if options.images is not None:
+                check_same_images(options.images, other, {"val": "val" if "val" in other_splits else other_splits[0]})
     if options.feed_device is not None:
         check_device(options.feed_device)
     echo(f"timing {len(entries)} loaders, {options.limit or 'an epoch of'} images a round, {options.rounds} "

@@ -29,6 +29,24 @@ class BenchOptions:
     databases: tuple[Path, ...] = field(default_factory=tuple)
 
 
+def check_same_images(images: Path, root: Path, splits: dict[str, str]) -> None:
+    """ImagenetPackError in one line unless the JPEG tree ``images`` holds the very files each database split
+    (bench kind -> split of ``root``) was converted from: the same paths (a tree of class folders standing for
+    every split), and the same size where the database kept it. Read before any timing."""
+    import os
+
+    from ..read.dataset import LmdbImageNet
+    trees = split_dirs(images)
+    for kind, split in splits.items():
+        tree = trees.get(kind, next(iter(trees.values())))
+        paths = LmdbImageNet(root, split).paths
+        missing = [p for p in paths if not os.path.isfile(tree / p.split("/", 1)[-1])]
+        if missing:
+            raise ImagenetPackError(
+                f"{images}: not the images {root}/{split} was made from ({len(missing)} of its {len(paths)} "
+                f"source files are not in {tree}, e.g. {missing[0]}): give --images the SRC it was converted from")
+
+
 def split_dirs(images: Path) -> dict[str, Path]:
     """The class-folder trees of ``images`` by split: ROOT/train and ROOT/val, or ROOT itself as both."""
     found = {s: images / s for s in ("train", "val") if (images / s).is_dir()}

@@ -23,6 +23,7 @@ reads from the host (the box table, a fallback's pixels) comes from pinned memor
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import importlib.util
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..machine import default_workers
 from ..read.pixels import NVIMGCODEC_AVAILABLE, decode_box, nvimgcodec
 from ..read.staged import (
     BOX_HEIGHT,
@@ -43,7 +45,7 @@ from ..read.staged import (
     WIDTH,
     StagedRecords,
 )
-from .device import host_empty, is_cuda, resolve_device, stream_handle
+from .device import StageClock, host_empty, is_cuda, resolve_device, stream_handle
 from .resample import Decoded, box_rows, resample_boxes
 
 GPU_BACKENDS = ("nvimgcodec", "torchvision", "auto")
@@ -97,11 +99,12 @@ class GpuBatchDecoder:
                           "install -e '.[gpu-cu12]') for nvImageCodec", stacklevel=2)
         self.size, self.device, self.backend, self.kinds = size, resolve_device(device), backend, kinds
         self.batch_size, self.options = batch_size, options
-        self.threads = threads or max(1, min(4, (os.cpu_count() or 4) // 4))
+        self.threads = threads or max(1, min(4, default_workers() // 4))
         # regions where the decoder gets them right; whole images (the box cut by the resample) elsewhere
         version = nvjpeg_version() if is_cuda(self.device) and backend == "nvimgcodec" else None
         self.regions = backend == "nvimgcodec" and (not is_cuda(self.device) or (version or (0,)) >= REGIONS_FROM_NVJPEG)
         self.fallbacks = 0  # images the device decoder refused, decoded on the CPU instead
+        self.stages: StageClock | None = None  # times decode, table and resample when set
         self._nv: tuple | None = None
         self._reused: dict[int, list] = {}  # per stream: the images of its last batch, decoded into again
 
@@ -114,9 +117,16 @@ class GpuBatchDecoder:
                               device=self.device).permute(0, 3, 1, 2)
         rows = staged.on_device
         if len(rows):
-            boxes = box_rows(staged.table[:staged.rows], rows, self.decode(staged, rows), self.size, first)
-            resample_boxes(boxes, out, self.size)
+            with self._stage("decode"):
+                images = self.decode(staged, rows)
+            with self._stage("table"):
+                boxes = box_rows(staged.table[:staged.rows], rows, images, self.size, first)
+            with self._stage("resample"):
+                resample_boxes(boxes, out, self.size)
         return out
+
+    def _stage(self, name: str):
+        return self.stages(name) if self.stages is not None else contextlib.nullcontext()
 
     def decode(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded]:
         """Where each of ``rows`` was decoded on the device: its box where :attr:`regions`, else the whole image

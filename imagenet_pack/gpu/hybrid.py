@@ -11,7 +11,7 @@ of the CPU-only loader.
 """
 from __future__ import annotations
 
-import time
+import contextlib
 from typing import Any, Iterator
 
 import torch
@@ -20,7 +20,7 @@ from ..loader.loader import Feed, epoch_loader
 from ..machine import default_workers
 from ..read.dataset import LmdbImageNet
 from .decode import GpuBatchDecoder
-from .device import is_cuda, pins, resolve_device
+from .device import StageClock, pins, resolve_device
 from .share import SharePolicy
 from .stage import feed_ahead
 from .staging import HostBatch, Staging
@@ -44,7 +44,9 @@ class HybridLoader(Feed):
         self.decoder = GpuBatchDecoder(dataset.batch_shape[1], self.device, batch_size=batch_size)
         self.staging = Staging(4, batch_size, dataset.batch_shape, self.device)
         self.sampler = self.epoch_loader.sampler
-        self._timing: list[tuple[int, Any, Any]] = []  # (rows, start, end) events of device work not yet read
+        self._cost = StageClock(self.device)  # the device rows' cost, for the share
+        self._rows: list[int] = []  # rows of each timed batch not yet read
+        self.stages: StageClock | None = None  # see time_stages
 
     @property
     def epoch(self) -> int:
@@ -69,7 +71,9 @@ class HybridLoader(Feed):
         """This epoch's remaining batches, each staged on the host as one :class:`~.staging.HostBatch`."""
         for result in self.epoch_loader.results():
             self.policy.observe_workers(result.cpu_rows, result.seconds)
-            yield self.staging.take(self.epoch_loader.ring, result)
+            with self._stage("staging"):
+                staged = self.staging.take(self.epoch_loader.ring, result)
+            yield staged
 
     def deliver(self, samples: int, waited: float = 0.0) -> None:
         self.epoch_loader.deliver(samples)
@@ -84,29 +88,28 @@ class HybridLoader(Feed):
         size = len(batch.targets)
         side = self.dataset.batch_shape[1]
         out = torch.empty((size, side, side, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
-        out[:len(batch.images)].copy_(batch.images, non_blocking=True)
+        with self._stage("merge"):
+            out[:len(batch.images)].copy_(batch.images, non_blocking=True)
         if batch.staged is not None:
-            self._timed(batch.staged.rows, lambda: self.decoder(batch.staged, out, batch.cpu_rows))
-        targets = batch.targets.to(self.device, non_blocking=True, copy=True)
+            # what the device's rows cost, told to the share once the device has passed them (never waited for)
+            with self._cost("device"):
+                self.decoder(batch.staged, out, batch.cpu_rows)
+            self._rows.append(batch.staged.rows)
+            for _, seconds in self._cost.done():
+                self.policy.observe_device(self._rows.pop(0), seconds)
+        with self._stage("merge"):
+            targets = batch.targets.to(self.device, non_blocking=True, copy=True)
         self.staging.release(batch)
         return out, targets
 
-    def _timed(self, rows: int, work) -> None:
-        """Run ``work`` (device work for ``rows`` rows) and tell the share what it cost: host time on a CPU
-        device; on CUDA the time between two events, read once the device has passed them (never waited for)."""
-        if not is_cuda(self.device):
-            started = time.perf_counter()
-            work()
-            self.policy.observe_device(rows, time.perf_counter() - started)
-            return
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        work()
-        end.record()
-        self._timing.append((rows, start, end))
-        while self._timing and self._timing[0][2].query():
-            done, start, end = self._timing.pop(0)
-            self.policy.observe_device(done, start.elapsed_time(end) / 1000)
+    def time_stages(self, clock: StageClock | None) -> None:
+        """Time each stage of the device path on ``clock`` from now on (staging, merge, and the decoder's
+        decode, table and resample); None stops."""
+        self.stages = self.decoder.stages = clock
+
+    def _stage(self, name: str):
+        """The :attr:`stages` clock around a stage's work, if one is attached."""
+        return self.stages(name) if self.stages is not None else contextlib.nullcontext()
 
     def state_dict(self) -> dict:
         return {**self.epoch_loader.state_dict(), **self.policy.state()}

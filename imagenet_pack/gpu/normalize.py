@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .device import pins, record_event
+from .device import pins, record_event, wait_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,8 +27,7 @@ def _constants(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Ten
         scale, shift = scale.to(device, non_blocking=True), shift.to(device, non_blocking=True)
         _CONSTANTS[key] = (scale, shift, record_event(device))
     scale, shift, copied = _CONSTANTS[key]
-    if copied is not None:
-        torch.cuda.current_stream(device).wait_event(copied)
+    wait_for(device, copied)
     return scale, shift
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..loader.loader import Feed, copy_batch
-from .device import new_stream, on_stream, record_event
+from .device import new_stream, on_stream, record_event, wait_for
 
 
 class _End:
@@ -80,11 +80,7 @@ def run_ahead(items: Iterator[Any], produce: Callable[[Any], tuple[torch.Tensor,
             if isinstance(entry, _Failed):
                 raise entry.error
             out, item, done = entry
-            if done is not None:
-                current = torch.cuda.current_stream(device)
-                current.wait_event(done)
-                for tensor in out:
-                    tensor.record_stream(current)
+            wait_for(device, done, out)
             yield out, item, waited
     finally:
         stop.set()

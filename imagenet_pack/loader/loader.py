@@ -155,6 +155,23 @@ class EpochLoader(Feed):
         self.sampler.load_state_dict(state)
 
 
+UINT8_ONLY = ("build_loader takes datasets whose samples are uint8 CxHxW tensors (normalisation runs on the device): "
+              "use a fused decoder (RandomResizedCropDecoder, CenterCropDecoder) or decoder='tensor' with uint8 "
+              "transforms, not ToTensor/Normalize or PIL images")
+
+
+def check_uint8_samples(dataset: Dataset) -> None:
+    """ValueError in one line unless ``dataset``'s samples are (uint8 CxHxW tensor, target): a fused decoder
+    says so by its batch shape; any other dataset by its first sample."""
+    if getattr(dataset, "batch_shape", None) is not None or len(dataset) == 0:
+        return
+    sample = dataset[0]
+    image = sample[0] if isinstance(sample, (tuple, list)) and len(sample) == 2 else None
+    if not (isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3):
+        kind = f"{image.dtype} tensors" if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{UINT8_ONLY}; this dataset gives {kind}")
+
+
 def epoch_loader(dataset: Dataset, batch_size: int, *, train: bool = True, workers: int | None = None,
                  seed: int = 0, prefetch_factor: int = 4, persistent_workers: bool = True,
                  rank: int | None = None, world_size: int | None = None, cpu_rows: CpuRows | None = None,
@@ -167,6 +184,7 @@ def epoch_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
     of ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``cpu_rows`` (a hybrid feed's) says how
     many rows of each batch the workers decode; they stage the rest in the ring for the device.
     """
+    check_uint8_samples(dataset)
     workers = default_workers() if workers is None else workers
     cv2.setNumThreads(1)  # in the parent, before any worker forks (see worker_init)
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..codec import DEFAULT_QUALITY
-from ..errors import ImagenetPackError
+from ..errors import ImagenetPackError, LayoutError
 from ..format import MAX_SHARDS
 from ..layout import check_names, report_path
 from ..machine import default_workers
@@ -37,6 +37,7 @@ class ConvertOptions:
     ``max_side`` (FFCV's) store images resized and re-encoded at ``quality``."""
 
     splits: tuple[str, ...] = SPLITS
+    require_splits: bool = False  # every one of ``splits`` must be found (the user named them), else an error
     workers: int | None = None
     shards: int = 1
     overwrite: bool = False
@@ -100,6 +101,10 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     check_no_overlap(src, dst)
     check_names(dst, options.splits, options.shards, options.only_shards)
     sources, notes = discover(src, options.splits, options.layout)
+    missing = [split for split in options.splits if split not in sources]
+    if options.require_splits and missing:
+        raise LayoutError(f"{src}: no {' or '.join(missing)} data found, but --splits asks for "
+                          f"{','.join(options.splits)}: add it to SRC, or leave it out of --splits")
     for note in notes:
         echo(note)
     done = _complete_splits(dst, options, sources) if dst.is_dir() else {}
