@@ -5,8 +5,12 @@ two segments it looks for the next marker with ``next_marker``: bytes that are n
 "extraneous data"), runs of 0xFF are fill, and 0xFF 0x00 (a stuffed zero) is skipped too. A parser that
 read ``FF 00 LL LL`` as a segment and jumped over ``LLLL`` bytes would see other markers than the decoder
 does, so a file could hide scans (each a pass over the whole image) from it. Here every walk follows the
-decoder's rules, and the count of scans is the count of start-of-scan markers anywhere after the start of
-the file, an upper bound of what libjpeg processes however the markers are dressed up.
+decoder's rules: :func:`walk` goes through the whole stream as the decoder does, segment by segment and scan
+by scan (entropy-coded data ends at the first marker that is not a stuffed zero, fill or a restart), and
+stops at the end-of-image marker: what follows it is a trailer the decoder never reads (a motion photo's
+video, say), never scans. Bytes inside an application segment are skipped by its length, as libjpeg skips
+them. A progressive image is complete only if its scans bring every coefficient of every component down to
+its last bit (:attr:`Stream.unrefined`).
 """
 from __future__ import annotations
 
@@ -72,10 +76,102 @@ def header_segments(data: bytes) -> Iterator[Segment]:
         pos = end
 
 
-def count_scans(data: bytes) -> int:
-    """Start-of-scan markers anywhere after SOI: never fewer than the scans libjpeg decodes (0xFF never
-    occurs unstuffed inside entropy-coded data, so each scan it reads starts at one of these)."""
-    return data.count(b"\xff\xda", 2)
+_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame (C4 DHT, C8 JPG, CC DAC are not)
+PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+
+
+class Scan(NamedTuple):
+    """One start-of-scan header: its components' ids, spectral selection and successive approximation."""
+
+    components: tuple[int, ...]
+    ss: int
+    se: int
+    ah: int
+    al: int
+
+
+class Stream(NamedTuple):
+    """What :func:`walk` found: the frame's marker and component ids, the scans in order, and the offset just
+    past the end-of-image marker (None when the bytes end first: a cut file)."""
+
+    frame: int | None
+    components: tuple[int, ...]
+    scans: tuple[Scan, ...]
+    end: int | None
+
+    @property
+    def unrefined(self) -> list[int]:
+        """Ids of the components some of whose coefficients never reach their last bit: for a progressive
+        frame, those not covered for every coefficient 0..63 by a scan with Al = 0; for a sequential one, those
+        in no scan at all. Empty for a complete image."""
+        if self.frame in PROGRESSIVE:
+            final = {c: [False] * 64 for c in self.components}
+            for scan in self.scans:
+                if scan.al == 0:
+                    for c in scan.components:
+                        for k in range(scan.ss, min(scan.se, 63) + 1):
+                            if c in final:
+                                final[c][k] = True
+            return [c for c in self.components if not all(final[c])]
+        seen = {c for scan in self.scans for c in scan.components}
+        return [c for c in self.components if c not in seen]
+
+
+def _entropy_end(data: bytes, pos: int) -> int:
+    """Where the entropy-coded data starting at ``pos`` ends: at the first 0xFF that starts a marker (not a
+    stuffed zero, a restart marker or fill), or at the end of the bytes."""
+    size = len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= size:
+            return size
+        following = data[pos + 1]
+        if following == 0 or 0xD0 <= following <= 0xD7:
+            pos += 2
+        elif following == 0xFF:
+            pos += 1
+        else:
+            return pos
+
+
+def walk(data: bytes, max_scans: int = 1 << 16) -> Stream:
+    """The whole stream as the decoder goes through it, up to its end-of-image marker; it stops early after
+    ``max_scans`` + 1 scans (enough to refuse a file), or where the bytes end or a segment runs past them."""
+    frame, components, scans = None, (), []
+    if not data.startswith(b"\xff\xd8"):
+        return Stream(frame, components, (), None)
+    pos = 2
+    while True:
+        found = next_marker(data, pos)
+        if found is None:
+            return Stream(frame, components, tuple(scans), None)
+        marker, at = found
+        if marker == EOI:
+            return Stream(frame, components, tuple(scans), at + 2)
+        if marker in _PARAMETERLESS:
+            pos = at + 2
+            continue
+        if at + 4 > len(data):
+            return Stream(frame, components, tuple(scans), None)
+        (length,) = struct.unpack_from(">H", data, at + 2)
+        end = at + 2 + length
+        if length < 2 or end > len(data):
+            return Stream(frame, components, tuple(scans), None)
+        payload = data[at + 4:end]
+        if marker in _SOF and len(payload) >= 6 and frame is None:
+            count = payload[5]
+            frame, components = marker, tuple(payload[6 + 3 * k] for k in range(count) if 6 + 3 * k < len(payload))
+        elif marker == SOS and payload:
+            count = payload[0]
+            tail = payload[1 + 2 * count:]
+            ids = tuple(payload[1 + 2 * k] for k in range(count) if 1 + 2 * k < len(payload))
+            if len(tail) >= 3:
+                scans.append(Scan(ids, tail[0], tail[1], tail[2] >> 4, tail[2] & 15))
+            if len(scans) > max_scans:
+                return Stream(frame, components, tuple(scans), None)
+            pos = _entropy_end(data, end)
+            continue
+        pos = end
 
 
 def without_metadata(data: bytes) -> bytes:

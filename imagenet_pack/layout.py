@@ -1,7 +1,7 @@
 """Where a database's pieces are, the one owner of every name imagenet-pack gives what it writes::
 
     DST/
-      .imagenet-pack.shard-000.lock       one per shard a conversion writes (write/lock.py)
+      .imagenet-pack.lock                 the conversion locks: a byte per shard (shardlock.py)
       convert-report.jsonl                written last by a conversion of every shard (or .shards-0-1.jsonl)
       train/data.mdb, train/lock.mdb      a one-shard split: one LMDB environment ...
       val/shard-000-of-004/data.mdb       ... or K shards, shard-SSS-of-KKK (strictly: anything else is not ours)
@@ -11,16 +11,15 @@ the reader opens splits), through the bounds-checked view of :mod:`imagenet_pack
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
-import struct
 from pathlib import Path
 
 from .errors import FormatError, IncompleteShardError
 from .format import CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, ShardMeta, check_checksum, decode_key
 from .lmdbfile import DATA_FILE, LOCK_FILE, Identity, LmdbFile, changed_message
+from .shardlock import holder, lock_path
 
 LMDB_FILES = (DATA_FILE, LOCK_FILE)
 REPORT_NAME = "convert-report.jsonl"
@@ -65,37 +64,12 @@ def find_shards(split_dir: Path) -> list[Path]:
     return [p for p in entries if parse_shard_name(p.name) and (p / DATA_FILE).is_file()]
 
 
-def lock_path(dst: Path, shard: int) -> Path:
-    """One lock per shard: hosts writing different shards of one database share DST."""
-    return dst / f".imagenet-pack.shard-{shard:03d}.lock"
-
-
-_FLOCK = struct.Struct("hhxxxxqqixxxx")  # struct flock on Linux x86-64 and arm64: type, whence, start, len, pid
-
-
-def lock_holder(dst: Path, shard: int) -> int | None:
-    """The pid of the conversion holding ``shard``'s lock in ``dst`` (None when none does, or nobody can
-    tell), asked without taking the lock or creating its file (``fcntl`` F_GETLK)."""
-    try:
-        fd = os.open(lock_path(dst, shard), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        answer = fcntl.fcntl(fd, fcntl.F_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
-        kind, _, _, _, pid = _FLOCK.unpack(answer)
-        return pid if kind != fcntl.F_UNLCK else None
-    except (OSError, struct.error):
-        return None
-    finally:
-        os.close(fd)
-
-
 def running_note(path: Path) -> str:
     """"; a conversion (pid N) is writing it now" for a shard folder whose lock a conversion holds, else ""."""
     parsed = parse_shard_name(path.name)
     dst, shard = (path.parent.parent, parsed[0]) if parsed else (path.parent, 0)
-    pid = lock_holder(dst, shard)
-    return f"; `imagenet-pack convert` (pid {pid}) is writing it now: wait for it to finish" if pid else ""
+    pid = holder(dst, shard)
+    return f"; `imagenet-pack convert` (pid {pid}) is writing it now: wait for it to finish" if pid is not None else ""
 
 
 def report_path(dst: Path, only_shards: tuple[int, ...] | None) -> Path:
@@ -130,7 +104,7 @@ def check_names(dst: Path, splits: tuple[str, ...], num_shards: int, only_shards
     ``dst`` exceeds what its filesystem allows for a name or a path (``pathconf``)."""
     selected = sorted(set(only_shards)) if only_shards is not None else list(range(num_shards))
     report = report_path(dst, only_shards)
-    paths = [temporary_name(report), *(lock_path(dst, s) for s in selected)]
+    paths = [temporary_name(report), lock_path(dst)]
     for split in splits:
         for s in (selected[:1] + selected[-1:]):  # every shard folder name has one length
             paths += [shard_dir(dst / split, s, num_shards) / name for name in LMDB_FILES]
@@ -151,7 +125,9 @@ def check_names(dst: Path, splits: tuple[str, ...], num_shards: int, only_shards
                               f"{path_max} bytes; choose a shorter DST")
 
 
-_FILES: dict[str, LmdbFile] = {}  # path as spelled -> this process's reader of that shard
+_FILES: dict[str, LmdbFile] = {}  # path as spelled -> this process's reader of that shard, oldest first
+_USERS: dict[str, int] = {}  # path -> datasets of this process using it (their readers stay open)
+UNUSED_KEPT = 16  # readers no dataset uses that stay open (metadata read again soon); older ones are closed
 
 
 def shard_file(path: Path | str, expected: Identity | None = None) -> LmdbFile:
@@ -159,7 +135,8 @@ def shard_file(path: Path | str, expected: Identity | None = None) -> LmdbFile:
     file descriptors read with ``pread``: fork- and spawn-safe, never pickled). ``expected`` is the identity
     of the data.mdb a caller read the metadata from (a dataset's): FormatError if the file there is another
     now, so old metadata is never paired with new records. Without it, a file rewritten or replaced since
-    the last call is opened afresh."""
+    the last call is opened afresh. A reader lives as long as the datasets using it (:func:`use_shards`);
+    of the others, only the :data:`UNUSED_KEPT` newest stay open."""
     spelled = os.fspath(path)
     file = _FILES.get(spelled)
     if file is not None and file.changed():
@@ -172,9 +149,34 @@ def shard_file(path: Path | str, expected: Identity | None = None) -> LmdbFile:
             if expected is None:
                 raise
             file = None
+        _close_unused()
     if expected is not None and (file is None or file.identity != expected):
         raise FormatError(changed_message(os.path.join(spelled, DATA_FILE)) + running_note(Path(spelled)))
     return file
+
+
+def _close_unused() -> None:
+    unused = [p for p in _FILES if not _USERS.get(p)]
+    for path in unused[:max(0, len(unused) - UNUSED_KEPT)]:
+        close_shard(path)
+
+
+def use_shards(paths: list[str]) -> None:
+    """A dataset of this process reads the shards at ``paths``: their readers stay open until it is gone."""
+    for path in paths:
+        _USERS[path] = _USERS.get(path, 0) + 1
+
+
+def done_with_shards(paths: list[str]) -> None:
+    """A dataset reading ``paths`` is gone: readers no dataset uses any more are closed (their descriptors
+    freed, and with them the disk space of a database deleted since)."""
+    for path in paths:
+        left = _USERS.get(path, 0) - 1
+        if left > 0:
+            _USERS[path] = left
+            continue
+        _USERS.pop(path, None)
+        close_shard(path)
 
 
 def close_shard(path: Path | str) -> None:

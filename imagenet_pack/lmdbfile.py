@@ -17,6 +17,7 @@ The format is LMDB's (liblmdb 0.9 ``mdb.c``: ``MDB_meta``, ``MDB_page``, ``MDB_n
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -67,6 +68,17 @@ def holds_nothing(data: str) -> bool:
         return False
 
 
+def descriptor_limit() -> str:
+    """What to say when a process runs out of file descriptors: its limit, and what to do."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = "its"
+    return (f"this process has reached its limit of {soft} open file descriptors (ulimit -n): each shard read "
+            "holds one; raise the limit (ulimit -n) or read a database of fewer shards")
+
+
 Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns of a data.mdb
 
 
@@ -87,6 +99,8 @@ class LmdbFile:
         try:
             self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise FormatError(f"{self.path}: cannot open it: {descriptor_limit()}") from None
             raise FormatError(f"{self.path}: cannot read it ({exc.strerror or exc})") from exc
         try:
             self._open(expected)

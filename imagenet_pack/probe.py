@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .jpegstream import SOS, count_scans, header_segments
+from .jpegstream import SOS, header_segments, walk
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +35,8 @@ class Header:
     frame: str = ""  # JPEG: baseline / extended / progressive / lossless / arithmetic / hierarchical
     precision: int = 8
     complete: bool = True  # has its end marker (JPEG EOI after the scan, PNG IEND)
-    scans: int = 0  # JPEG: start-of-scan markers, counted as the decoder meets them (decode time grows with each)
+    scans: int = 0  # JPEG: scans, counted as the decoder meets them up to EOI (decode time grows with each)
+    unrefined: tuple[int, ...] = ()  # JPEG: components some of whose coefficients no scan brings to the last bit
 
 
 class ProbeError(ValueError):
@@ -118,7 +119,7 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
 _OTHER_SIZE = {"bmp": _bmp_size, "gif": _gif_size, "webp": _webp_size, "tiff": _tiff_size}
 
 
-def _probe_jpeg(data: bytes) -> Header:
+def _probe_jpeg(data: bytes, max_scans: int = 1 << 16) -> Header:
     sof, first_scan = None, None
     for segment in header_segments(data):  # as libjpeg reads them: stray bytes and FF 00 skipped, not jumped
         if segment.marker in _COMMON_SOF or segment.marker in _OTHER_SOF:
@@ -134,10 +135,11 @@ def _probe_jpeg(data: bytes) -> Header:
     frame, precision, height, width, components = sof
     if width == 0 or height == 0:
         raise ProbeError(f"JPEG header gives an empty size {width}x{height}")
-    # Inside entropy-coded data every 0xFF is followed by 0x00 or a restart marker, so an end-of-image
-    # marker after the first scan means the file reaches its end; a cut-off file has none.
-    complete = first_scan is not None and data.rfind(b"\xff\xd9") > first_scan
-    return Header("jpeg", width, height, components, frame, precision, complete, count_scans(data))
+    # the stream walked as the decoder walks it, up to its end marker (a cut-off file has none)
+    stream = walk(data, max_scans)
+    complete = first_scan is not None and stream.end is not None
+    return Header("jpeg", width, height, components, frame, precision, complete, len(stream.scans),
+                  tuple(stream.unrefined) if complete else ())
 
 
 def _probe_png(data: bytes) -> Header:

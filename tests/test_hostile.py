@@ -40,9 +40,9 @@ def test_a_link_planted_in_dst_is_never_written_through(tree, tmp_path, planted)
     precious.write_text("someone else's file\n")
     dst = tmp_path / "db"
     dst.mkdir()
-    target = {"lock": dst / ".imagenet-pack.shard-000.lock", "shard-lock": dst / ".imagenet-pack.shard-000.lock",
+    target = {"lock": dst / ".imagenet-pack.lock", "shard-lock": dst / ".imagenet-pack.lock",
               "report": dst / "convert-report.jsonl", "data": dst / "train" / "data.mdb",
-              "lockmdb": dst / "train" / "lock.mdb", "split": dst / "train", "hardlink": dst / ".imagenet-pack.shard-000.lock"}[planted]
+              "lockmdb": dst / "train" / "lock.mdb", "split": dst / "train", "hardlink": dst / ".imagenet-pack.lock"}[planted]
     target.parent.mkdir(parents=True, exist_ok=True)
     if planted == "split":
         other = tmp_path / "elsewhere"

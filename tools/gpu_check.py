@@ -108,7 +108,7 @@ def resume_check(db: Path, device: torch.device, out: Path, arch: str, batch: in
             return False
     logged = [json.loads(line) for line in (out / "samples-rank0.jsonl").read_text().splitlines()]
     seen = [i for entry in logged if entry["epoch"] == 0 for i in entry["indices"]]
-    order = build_loader(LmdbImageNet(db, "train"), batch, workers=0).sampler.order(0)
+    order = build_loader(LmdbImageNet(db, "train", decoder="tensor"), batch, workers=0).sampler.order(0)
     expected = order[:len(order) // batch * batch].tolist()
     ok = seen == expected
     print(f"  --gpu-share {share}: {len(logged)} steps, {len(seen)} samples: "

@@ -17,13 +17,15 @@ queue filled ahead: costs are measured where they are paid, not inferred from wa
 
 A decision applies from the first batch not yet dispatched to the workers (a loader dispatches several
 ahead), and is kept as a segment ``(epoch, consumed, share)``: :meth:`SharePolicy.state` saves them all, so a
-resumed run splits every batch up to the last decision exactly as the interrupted run did, and decides
-anew after it.
+resumed "auto" run splits every batch up to the last decision exactly as the interrupted run did, and decides
+anew after it. A fixed share given to the resumed run wins from the resumed position on (a warning says so
+when it differs from the saved one): the split never changes which samples or crops a batch holds.
 """
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -56,6 +58,7 @@ class SharePolicy:
     def __init__(self, share: float | str, device: torch.device, workers: int,
                  clock: Callable[[], float] = time.perf_counter):
         check_share(share)
+        self.given = share
         self.auto = share == "auto" and is_cuda(device)  # on a CPU device the "device" is the workers' cores
         self.segments = [Segment(0, 0, 0.0 if share == "auto" else float(share))]
         self.workers, self.clock = max(1, workers), clock
@@ -138,3 +141,12 @@ class SharePolicy:
         if restored != sorted(restored) or restored[0][:2] != (0, 0):
             raise ValueError("loader state's gpu_share segments do not start at (0, 0) in order")
         self.segments = restored
+        if self.given == "auto":  # the saved decisions stand, and new ones follow them
+            return
+        # a share given now wins from the resumed position on (the split never changes samples or crops)
+        at = (checked_int(state.get("epoch", 0), "epoch"), checked_int(state.get("consumed", 0), "consumed"))
+        before = self.share_at(*at)
+        if before != float(self.given):
+            warnings.warn(f"gpu_share {self.given} given now replaces the resumed run's {before} from epoch {at[0]}, "
+                          f"sample {at[1]} on", stacklevel=3)
+        self.segments = [s for s in restored if (s.epoch, s.consumed) < at] + [Segment(*at, float(self.given))]

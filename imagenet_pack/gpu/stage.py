@@ -10,10 +10,12 @@ next batch while the loop still reads it. nvImageCodec and torch release the GIL
 thread runs beside the training loop.
 
 On a CPU device the same code runs (the thread, the queue, the order), without streams or events: the CPU
-tests drive the code path CUDA runs.
+tests drive the code path CUDA runs. A look-ahead still running when the interpreter exits (an iterator kept
+at module level) is stopped and joined first, so the process ends cleanly.
 """
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
@@ -28,6 +30,20 @@ from .device import new_stream, on_stream, record_event, wait_for
 
 class _End:
     pass
+
+
+# every live look-ahead thread and its stop flag: stopped and joined at interpreter exit, before the
+# interpreter finalises (a thread still inside torch then would abort the process)
+_LIVE: dict[threading.Thread, threading.Event] = {}
+JOIN_AT_EXIT_S = 30.0
+
+
+@atexit.register
+def _stop_all() -> None:
+    for thread, stop in list(_LIVE.items()):
+        stop.set()
+    for thread in list(_LIVE):
+        thread.join(JOIN_AT_EXIT_S)
 
 
 class _Failed:
@@ -67,8 +83,10 @@ def run_ahead(items: Iterator[Any], produce: Callable[[Any], tuple[torch.Tensor,
         finally:
             if isinstance(items, types.GeneratorType):  # end it here, in the thread that ran it
                 items.close()
+            _LIVE.pop(threading.current_thread(), None)
 
     thread = threading.Thread(target=work, name="imagenet-pack-ahead", daemon=True)
+    _LIVE[thread] = stop
     thread.start()
     try:
         while True:

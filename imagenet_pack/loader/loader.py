@@ -160,12 +160,13 @@ UINT8_ONLY = ("build_loader takes datasets whose samples are uint8 CxHxW tensors
               "transforms, not ToTensor/Normalize or PIL images")
 
 
-def check_uint8_samples(dataset: Dataset) -> None:
+def check_uint8_samples(dataset: Dataset, shape: tuple[int, int, int] | None) -> None:
     """ValueError in one line unless ``dataset``'s samples are (uint8 CxHxW tensor, target): a fused decoder
-    says so by its batch shape; any other dataset by its first sample."""
-    if getattr(dataset, "batch_shape", None) is not None or len(dataset) == 0:
+    says so by its batch ``shape``; any other dataset by its first sample, asked for as the loader's sampler
+    asks (an (index, epoch) pair)."""
+    if shape is not None or len(dataset) == 0:
         return
-    sample = dataset[0]
+    sample = dataset[(0, 0)]
     image = sample[0] if isinstance(sample, (tuple, list)) and len(sample) == 2 else None
     if not (isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3):
         kind = f"{image.dtype} tensors" if isinstance(image, torch.Tensor) else type(image).__name__
@@ -184,14 +185,14 @@ def epoch_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
     of ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``cpu_rows`` (a hybrid feed's) says how
     many rows of each batch the workers decode; they stage the rest in the ring for the device.
     """
-    check_uint8_samples(dataset)
+    shape = dataset.batch_shape if isinstance(dataset, LmdbImageNet) else None  # any other dataset: collated
+    check_uint8_samples(dataset, shape)
     workers = default_workers() if workers is None else workers
     cv2.setNumThreads(1)  # in the parent, before any worker forks (see worker_init)
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
     common = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
                   persistent_workers=persistent_workers and workers > 0,
                   prefetch_factor=prefetch_factor if workers else None)
-    shape = dataset.batch_shape if isinstance(dataset, LmdbImageNet) else None  # any other dataset: collated
     if cpu_rows is not None and (not workers or shape is None):
         raise ValueError("a hybrid feed needs loader workers and an LmdbImageNet with a fused decoder")
     if workers and shape is not None:

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import bisect
 import operator
+import os
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from ..format import Record
-from ..layout import shard_file
+from ..layout import done_with_shards, shard_file, use_shards
 from .decoders import Decoder, FusedDecoder, resolve_decoder
 from .reader import Shard, load_split, read_paths
 from .staged import StagedRecords
@@ -57,8 +60,9 @@ class LmdbImageNet(Dataset):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
                  target_transform: Callable | None = None, *, decoder: str | Decoder = "pil") -> None:
+        root = Path(root).absolute()  # resolved once: a later chdir must not move the database
         info = load_split(root, split)
-        self.root = Path(root)
+        self.root = root
         self.split = split
         self.transform = transform
         self.target_transform = target_transform
@@ -75,6 +79,13 @@ class LmdbImageNet(Dataset):
         self._starts = [s.start for s in info.shards]
         self._length = len(info)
         self._kept: dict[str, Any] = {}  # targets, sizes, paths: read on first access
+        self._hold_shards()
+
+    def _hold_shards(self) -> None:
+        """Keep this process's readers of the shards open while this dataset lives, and no longer."""
+        paths = [os.fspath(shard.path) for shard in self._shards]
+        use_shards(paths)
+        weakref.finalize(self, done_with_shards, paths)
 
     def __len__(self) -> int:
         return self._length
@@ -110,6 +121,10 @@ class LmdbImageNet(Dataset):
     def __getstate__(self) -> dict:
         # no per-record array travels to a worker: workers read what they need from the file
         return {**self.__dict__, "_kept": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._hold_shards()  # a spawned worker's own readers
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any]:
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""

@@ -19,10 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptRecordError, FormatError, IncompleteShardError
-from ..format import (CHECKSUMS_KEY, META_DB, PATHS_KEY, RECORDS_DB, SIZES_KEY, TAILS_DB, TARGETS_KEY, Record,
-                      ShardMeta, check_checksum, decode_paths, decode_record, encode_key)
-from ..layout import find_shards, lock_holder, meta_values, read_shard_meta, shard_file, shard_of
+from ..format import (
+    CHECKSUMS_KEY,
+    META_DB,
+    PATHS_KEY,
+    RECORDS_DB,
+    SIZES_KEY,
+    TAILS_DB,
+    TARGETS_KEY,
+    Record,
+    ShardMeta,
+    check_checksum,
+    decode_paths,
+    decode_record,
+    encode_key,
+)
+from ..layout import find_shards, meta_values, read_shard_meta, shard_file, shard_of
 from ..lmdbfile import Identity, LmdbFile
+from ..shardlock import holder
 
 
 @dataclass(frozen=True)
@@ -168,10 +182,10 @@ def _sharded(split_dir: Path, paths: list[Path]) -> list[tuple[Shard, ShardMeta]
             raise FormatError(f"{path}: its metadata says shard {meta.shard} of {meta.num_shards}; reconvert it")
         metas[meta.shard] = (shard, meta)
     missing = sorted(set(range(num_shards)) - set(metas))
-    running = [s for s in unfinished if lock_holder(split_dir.parent, s)]
+    running = [s for s in unfinished if holder(split_dir.parent, s) is not None]
     if running:
         raise FormatError(f"{split_dir}: shard(s) {', '.join(map(str, running))} of {num_shards} are not finished; "
-                          f"`imagenet-pack convert` (pid {lock_holder(split_dir.parent, running[0])}) is writing "
+                          f"`imagenet-pack convert` (pid {holder(split_dir.parent, running[0])}) is writing "
                           "them now: wait for it to finish")
     if missing:
         unfinished_note = f" ({', '.join(map(str, unfinished))} incomplete)" if unfinished else ""

@@ -7,9 +7,12 @@ holds images that decode; the policy for odd inputs is applied and reported, nev
 * CMYK / YCCK JPEG, PNG or other formats named .JPEG, lossless, arithmetic-coded or 12-bit JPEG: decoded and
   re-encoded as an RGB JPEG at quality 95 with 4:4:4 chroma (``fixed``).
 * empty, truncated or unreadable files, headers claiming more than ``max_pixels``, JPEGs of more than
-  ``max_scans`` scans, and JPEGs libjpeg finds damaged while decoding (cut short or bit-rotted entropy data,
-  which it would fill with grey): not stored (``skip``); with ``keep_damaged`` a damaged JPEG is stored as
-  what decodes, re-encoded, and listed as fixed with libjpeg's words.
+  ``max_scans`` scans, JPEGs libjpeg finds damaged while decoding (cut short or bit-rotted entropy data,
+  which it would fill with grey), and progressive JPEGs whose scans stop before every coefficient reaches
+  its last bit (they decode silently, blurred): not stored (``skip``); with ``keep_damaged`` such a JPEG is
+  stored as what decodes, re-encoded, and listed as fixed with the reason.
+* bytes after the end-of-image marker (a motion photo's video, say) are a trailer the decoder never reads:
+  stored as they are, with the image.
 * with ``short_side`` (torchvision's ``Resize``) or ``max_side`` (FFCV's): images larger than that are
   resized and re-encoded at ``quality`` with 4:4:4 chroma; smaller ones keep their original bytes.
 """
@@ -72,10 +75,16 @@ def prepare(data: bytes, options: PrepareOptions) -> Prepared:
         rgb, damage = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS), None
     if rgb is None or rgb.size == 0:
         return Prepared(None, skip=f"{header.kind.upper()} data that OpenCV cannot decode")
+    if header.unrefined and not damage:  # libjpeg decodes it without a word, with only its first scans' detail
+        damage = (f"its scans stop before component(s) {', '.join(map(str, header.unrefined))} reach their last "
+                  "bit: later scans missing")
+        said, fix = f"incomplete {header.frame} JPEG: {damage}", f"incomplete {header.frame} JPEG ({damage})"
+    else:
+        said, fix = f"damaged JPEG: libjpeg says \"{damage}\"", f"damaged JPEG (libjpeg: \"{damage}\")"
     if damage and not options.keep_damaged:
-        return Prepared(None, skip=f"damaged JPEG: libjpeg says \"{damage}\" (the pixels after the damage would be "
-                        "grey or garbage); pass --keep-damaged to store what decodes")
-    fix = f"damaged JPEG (libjpeg: \"{damage}\") re-encoded as it decodes" if damage else needs_reencode(header)
+        return Prepared(None, skip=f"{said} (the pixels after the damage would be grey, garbage or blurred); pass "
+                        "--keep-damaged to store what decodes")
+    fix = f"{fix} re-encoded as it decodes" if damage else needs_reencode(header)
     if options.short_side and min(rgb.shape[:2]) > options.short_side:
         rgb, image = _resized(resize_short_side(rgb, options.short_side), options.quality)
     elif options.max_side and max(rgb.shape[:2]) > options.max_side:

@@ -14,7 +14,9 @@ import numpy as np
 from ..errors import FormatError, OutputExistsError
 from ..format import CHECKSUMS_KEY, STAMPS_DTYPE, STAMPS_KEY, ShardMeta, check_checksum, decode_array
 from ..layout import close_shard, find_shards, meta_values, read_shard_meta, shard_of
-from ..sources.items import Item, SplitSource
+from ..sources.items import MAX_FILE_BYTES, Item, SplitSource, read_item
+from .state import Problem
+from .tasks import content_digest
 from .writer import ShardWriter
 
 
@@ -77,8 +79,9 @@ def changed_files(value: bytes | None, checksums: bytes | None, meta: ShardMeta,
 
 def rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> list[str]:
     """Make ``writer``'s shard convert again what changed: an interrupted shard from the first file that
-    changed since it was converted, or that failed before and has changed since (it may have been fixed; an
-    unchanged one would fail the same way, so it stays failed and nothing after it is read again); a
+    changed since it was converted, or that failed before for a reason to try again (unreadable, out of memory)
+    or whose bytes have changed since (it may have been fixed; the same bytes would fail the same way, so such
+    a file stays failed and nothing after it is read again); a
     finished one (of a run not yet complete) from its start if any of its files changed. Says which."""
     if writer.is_finished:
         changed = changed_files(*writer.read_meta(STAMPS_KEY, CHECKSUMS_KEY), writer.finished, source, rng,
@@ -90,7 +93,7 @@ def rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> l
         return []
     rows = writer.rows()
     changed = [row.item for row in rows if source.items[rng[row.item]].stamp != row.stamp]
-    retried = [p.item for p in writer.state.problems if source.items[rng[p.item]].stamp != p.stamp]
+    retried = [p.item for p in writer.state.problems if not p.digest or _content_changed(source.items[rng[p.item]], p)]
     first = min(changed + retried, default=None)
     if first is None:
         return []
@@ -103,6 +106,16 @@ def rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> l
         notes.append(f"{writer.path}: {len(retried)} file(s) that could not be stored changed since "
                      f"({_names([source.items[rng[i]].path for i in retried])}): reading them again")
     return notes + [f"{writer.path}: converting again from {source.items[rng[first]].path}"]
+
+
+def _content_changed(item: Item, problem: Problem) -> bool:
+    """Whether ``item``'s bytes are no longer those ``problem`` was a verdict on (read again: a file restored
+    from a backup keeps its size and mtime); unreadable now counts as changed (it is tried, and said)."""
+    try:
+        data, _ = read_item(item, MAX_FILE_BYTES)
+    except OSError:
+        return True
+    return content_digest(data) != problem.digest
 
 
 def _names(paths: list[str]) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -21,6 +22,42 @@ from .report import SplitReport, audit
 from .resume import item_stamps, rewind_to_changes, shard_ranges
 from .tasks import Result, init_worker, prepare_task
 from .writer import ShardWriter
+
+
+class ShardWriters:
+    """The shard writers of a run by shard, opened on first use and at most :attr:`MAX_OPEN` at once (each
+    holds a few descriptors: its folder, LMDB's two files, a reader), so a run of any shard count stays far
+    below the process's descriptor limit: the least recently used is flushed and closed, and opened again where
+    it left off when needed (results come in shard order, so that is rare)."""
+
+    MAX_OPEN = 8
+
+    def __init__(self, make: Callable[[int], ShardWriter]):
+        self.make = make
+        self.open: OrderedDict[int, ShardWriter] = OrderedDict()
+        self.resumed: dict[int, bool] = {}  # whether each shard held an earlier run's work when first opened
+
+    def __getitem__(self, shard: int) -> ShardWriter:
+        writer = self.open.get(shard)
+        if writer is not None:
+            self.open.move_to_end(shard)
+            return writer
+        while len(self.open) >= self.MAX_OPEN:
+            _, oldest = self.open.popitem(last=False)
+            oldest.flush()
+            oldest.close()
+        writer = self.open[shard] = self.make(shard)
+        self.resumed.setdefault(shard, writer.resumed)
+        return writer
+
+    def flush(self) -> None:
+        for writer in self.open.values():
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self.open.values():
+            writer.close()
+        self.open.clear()
 
 
 class SplitConversion:
@@ -51,7 +88,7 @@ class SplitConversion:
     def run(self, pool, echo: Callable[[str], None]) -> SplitReport:
         started = time.perf_counter()
         self.check_existing()
-        writers: dict[int, ShardWriter] = {}
+        writers = ShardWriters(self._writer)
         try:
             notes = self._open(writers)
             for note in notes:
@@ -62,8 +99,7 @@ class SplitConversion:
             if report.complete:  # shard by shard: a kill between two leaves finished shards that a rerun keeps
                 self._finish(writers)
         finally:
-            for w in writers.values():
-                w.close()
+            writers.close()
         report.converted, report.seconds = converted, time.perf_counter() - started
         report.source_bytes, report.db_bytes = self.sizes()
         warnings, report.class_counts = audit(self.source)
@@ -76,24 +112,30 @@ class SplitConversion:
         data = [p / DATA_FILE for p in self.shard_dirs()]
         return source, sum(p.stat().st_blocks * 512 for p in data if p.is_file())
 
-    def _open(self, writers: dict[int, ShardWriter]) -> list[str]:
+    def _writer(self, s: int) -> ShardWriter:
         items = self.source.items
         sample = items[:: max(1, len(items) // 256)]
         mean = sum(_item_size(i) for i in sample) / max(1, len(sample))
+        map_size = self.options.initial_map_size or int(mean * len(self.ranges[s]) * 1.25) + (64 << 20)
+        return ShardWriter(shard_dir(self.split_dir, s, self.options.shards), self.fingerprint, map_size=map_size,
+                           batch_bytes=self.options.batch_bytes)
+
+    def _open(self, writers: ShardWriters) -> list[str]:
         notes = []
         make_own_folder(self.split_dir)  # a real folder, not a link planted to make us write elsewhere
         for s in self.options.selected:
-            map_size = self.options.initial_map_size or int(mean * len(self.ranges[s]) * 1.25) + (64 << 20)
-            writers[s] = ShardWriter(shard_dir(self.split_dir, s, self.options.shards), self.fingerprint,
-                                     map_size=map_size, batch_bytes=self.options.batch_bytes)
             notes += rewind_to_changes(writers[s], self.source, self.ranges[s])
         return notes
 
-    def _convert(self, writers: dict[int, ShardWriter], pool) -> int:
+    def _convert(self, writers: ShardWriters, pool) -> int:
         """Convert every item not yet committed, in order; returns how many there were."""
-        todo = [(s, item, self.source.items[self.ranges[s][item]]) for s, w in writers.items()
-                if not w.is_finished for item in range(w.next_item, len(self.ranges[s]))]
-        total = sum(len(self.ranges[s]) for s in writers)
+        todo = []
+        for s in self.options.selected:
+            w = writers[s]
+            if not w.is_finished:
+                todo += [(s, item, self.source.items[self.ranges[s][item]])
+                         for item in range(w.next_item, len(self.ranges[s]))]
+        total = sum(len(self.ranges[s]) for s in self.options.selected)
         meter = ProgressMeter(total, f"convert {self.source.split}", "img", enabled=self.options.progress,
                               initial=total - len(todo))
         read, started = 0, time.perf_counter()
@@ -105,8 +147,7 @@ class SplitConversion:
                 meter.update(1, f"{read / 1e6 / max(time.perf_counter() - started, 1e-9):.1f} MB/s"
                              if n % 64 == 0 else None)
         except WorkerDied as exc:
-            for w in writers.values():  # what came back before it is kept: the rerun starts after it
-                w.flush()
+            writers.flush()  # what came back before it is kept: the rerun starts after it
             names = [task[2].path for task in exc.tasks]
             raise ImagenetPackError(
                 f"{exc} while reading {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} (the out-of-memory "
@@ -114,8 +155,7 @@ class SplitConversion:
                 "the same command to resume") from None
         finally:
             meter.close()
-        for w in writers.values():
-            w.flush()
+        writers.flush()
         return len(todo)
 
     def _results(self, todo: list, pool) -> Iterator[Result]:
@@ -140,11 +180,11 @@ class SplitConversion:
         return encode_record(Record(image, item.target, result.height, result.width), mmap.PAGESIZE,
                              image_crc=result.image_crc)
 
-    def _account(self, writers: dict[int, ShardWriter]) -> SplitReport:
+    def _account(self, writers: ShardWriters) -> SplitReport:
         source = self.source
         report = SplitReport(source.split, source.description, ignored=list(source.ignored))
-        for s, w in writers.items():
-            rng = self.ranges[s]
+        for s in self.options.selected:
+            w, rng = writers[s], self.ranges[s]
             if w.is_finished:
                 report.stored += w.finished.count
                 report.skipped += w.finished.skipped
@@ -156,11 +196,12 @@ class SplitConversion:
         report.found = len(source.items) + len(source.ignored)
         return report
 
-    def _finish(self, writers: dict[int, ShardWriter]) -> None:
+    def _finish(self, writers: ShardWriters) -> None:
         """The final commit of every unfinished shard: its metadata, paths and per-record arrays."""
-        resumed = any(w.resumed for w in writers.values())
+        resumed = any(writers.resumed.values())
         source, options = self.source, self.options
-        for s, w in writers.items():
+        for s in options.selected:
+            w = writers[s]
             if w.is_finished:
                 continue
             rng, rows = self.ranges[s], w.rows()

@@ -34,13 +34,16 @@ class Row(NamedTuple):
 
 
 class Problem(NamedTuple):
-    """An item that was not stored, why, and its source's size and mtime when it was read (a rerun reads it
-    again only if they changed: the same bytes would fail the same way)."""
+    """An item that was not stored, why, its source's size and mtime when it was read, and ``digest``: for a
+    verdict about the bytes (damaged, unsupported, too large) a digest of the bytes read, so a rerun stores
+    it only once the content changed (the same bytes would fail the same way, whatever their stamp says); ""
+    for a failure of the environment (unreadable, out of memory), which every rerun tries again."""
 
     item: int
     reason: str
     source_size: int = -1
     source_mtime: int = -1
+    digest: str = ""
 
     @property
     def stamp(self) -> tuple[int, int]:
@@ -60,7 +63,7 @@ class Progress:
     def to_msgpack(self) -> bytes:
         return msgpack.packb({"fingerprint": self.fingerprint, "next_item": self.next_item, "count": self.count,
                               "batches": self.batches,
-                              "problems": [[p.item, text(p.reason), *p.stamp] for p in self.problems]},
+                              "problems": [[p.item, text(p.reason), *p.stamp, p.digest] for p in self.problems]},
                              use_bin_type=True)
 
     @classmethod
@@ -68,7 +71,8 @@ class Progress:
         try:
             state = msgpack.unpackb(value, raw=False)
             problems = tuple(Problem(checked_int(p[0], "item"), str(p[1]), checked_int(p[2], "size", -1),
-                                     checked_int(p[3], "mtime", -1 << 62)) for p in state["problems"])
+                                     checked_int(p[3], "mtime", -1 << 62), str(p[4]) if len(p) > 4 else "")
+                             for p in state["problems"])
             return cls(str(state["fingerprint"]), checked_int(state["next_item"], "next_item"),
                        checked_int(state["count"], "count"), checked_int(state["batches"], "batches"), problems)
         except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:

@@ -5,6 +5,8 @@ Runs in the converter's worker processes (or in the parent with ``--workers 1``)
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import zlib
 from typing import NamedTuple
@@ -46,6 +48,16 @@ class Result(NamedTuple):
     nbytes: int
 
 
+# failures of the machine, not of the file's bytes: reported as such, and tried again by every rerun
+ENVIRONMENTAL = {errno.ENOMEM, errno.EACCES, errno.EPERM, errno.EIO, errno.EMFILE, errno.ENFILE, errno.EINTR,
+                 errno.EAGAIN, errno.ENOSPC, errno.ESTALE}
+
+
+def content_digest(data: bytes) -> str:
+    """What a verdict about a file's bytes is keyed by."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def prepare_task(task: tuple[int, int, Item]) -> Result:
     """Read and validate one item (full decode), re-encode it if the policy says so, checksum it."""
     shard, position, item = task
@@ -55,20 +67,31 @@ def prepare_task(task: tuple[int, int, Item]) -> Result:
     except NotRegularFile as exc:
         return _skipped(shard, position, item, f"{exc.strerror}: not read", 0)
     except OSError as exc:
-        return _skipped(shard, position, item, f"cannot read: {exc.strerror or exc}", 0)
+        again = " (tried again by a rerun)" if exc.errno in ENVIRONMENTAL else ""
+        return _skipped(shard, position, item, f"cannot read: {exc.strerror or exc}{again}", 0)
     try:
         p = prepare(data, options)
-    except Exception as exc:  # noqa: BLE001 - any failure on one file (OpenCV, MemoryError, ...) skips that file
+    except MemoryError:
+        return _skipped(shard, position, item, "out of memory while decoding (tried again by a rerun)", len(data))
+    except OSError as exc:
+        if exc.errno in ENVIRONMENTAL:
+            return _skipped(shard, position, item, f"cannot decode: {exc.strerror or exc} (tried again by a rerun)",
+                            len(data))
         return _skipped(shard, position, item, f"cannot decode: {type(exc).__name__}: {str(exc).strip()[:200]}",
-                        len(data))
+                        len(data), data)
+    except Exception as exc:  # noqa: BLE001 - any failure on one file's bytes (OpenCV, ...) skips that file
+        return _skipped(shard, position, item, f"cannot decode: {type(exc).__name__}: {str(exc).strip()[:200]}",
+                        len(data), data)
     if p.image is None:
-        return _skipped(shard, position, item, p.skip or "not stored", len(data))
+        return _skipped(shard, position, item, p.skip or "not stored", len(data), data)
     image = None if p.image is data and not _IN_PARENT else p.image
     return Result(shard=shard, item=position, stored=True, image=image, image_crc=zlib.crc32(p.image),
                   read_id=read_id, height=p.height, width=p.width,
                   row=Row(position, p.height, p.width, p.fixed, *item.stamp), nbytes=len(data))
 
 
-def _skipped(shard: int, position: int, item: Item, reason: str, nbytes: int) -> Result:
+def _skipped(shard: int, position: int, item: Item, reason: str, nbytes: int, content: bytes | None = None) -> Result:
+    """Not stored: a verdict about ``content`` (the bytes read), or, without it, a failure to try again."""
+    digest = content_digest(content) if content is not None else ""
     return Result(shard=shard, item=position, stored=False, image=None, image_crc=0, read_id=(), height=0, width=0,
-                  row=Problem(position, reason, *item.stamp), nbytes=nbytes)
+                  row=Problem(position, reason, *item.stamp, digest), nbytes=nbytes)
