@@ -251,3 +251,93 @@ def test_what_is_passed_over_is_listed_as_ignored(tree, tmp_path):
     assert dict(ignored) == {"link.JPEG": "a symbolic link in the archive, not a regular file",
                              "hard.JPEG": "a hard link in the archive, not a regular file",
                              "dev": "a device or special file in the archive, not a regular file"}
+
+
+def test_the_lock_survives_every_close_and_ask_of_the_file_and_ends_with_its_holder(tree, tmp_path):
+    """Held by this process: asking who holds it (as a resumed conversion's reader does), opening and closing
+    the lock file, and a forked child that exits never drop it (a second writer in another process is still
+    refused); other shards of the same DST stay free; released, the next writer gets it at once."""
+    from imagenet_pack import shardlock
+    from imagenet_pack.read.reader import list_splits
+    from imagenet_pack.write.lock import hold_lock
+    dst = tmp_path / "db"
+    dst.mkdir()
+    probe = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from imagenet_pack import BusyError
+        from imagenet_pack.write.lock import hold_lock
+        try:
+            with hold_lock(Path({str(dst)!r}), tuple(int(s) for s in sys.argv[1:])):
+                print("taken")
+        except BusyError as exc:
+            print("busy:", exc)
+        """)
+
+    def other(*shards):
+        return subprocess.run([sys.executable, "-c", probe, *map(str, shards)], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+
+    with hold_lock(dst, (0, 2)):
+        assert shardlock.holder(dst, 0) == os.getpid() and shardlock.holder(dst, 1) is None
+        os.close(os.open(shardlock.lock_path(dst), os.O_RDONLY))
+        list_splits(dst)
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        os.waitpid(child, 0)
+        assert other(0).startswith(f"busy: {dst}: another imagenet-pack convert (pid {os.getpid()})")
+        assert other(2).startswith("busy:") and other(1, 3) == "taken"
+    assert shardlock.holder(dst, 0) is None and other(0, 2) == "taken"
+
+
+def test_a_verdict_is_kept_only_for_the_same_bytes_and_the_environment_is_always_retried(tree, tmp_path,
+                                                                                           monkeypatch):
+    """A file found damaged, then restored from a backup with its size and mtime (cp -p), is read again and
+    stored; the same damaged bytes stay refused; a read failure of the machine (EIO) or running out of memory
+    is reported as such and tried again by the next run, not remembered as damage."""
+    import errno
+    from imagenet_pack.write import tasks
+    folder = next((tree / "train").iterdir())
+    good = sorted(folder.iterdir())[0]
+    backup, st = good.read_bytes(), good.stat()
+    rotted = bytearray(backup)
+    for k in range(12):
+        at = len(rotted) // 2 + k * 97
+        if rotted[at] != 0xFF and rotted[at - 1] != 0xFF:
+            rotted[at] ^= 0x5A
+    good.write_bytes(bytes(rotted))
+    os.utime(good, ns=(st.st_atime_ns, st.st_mtime_ns))
+    first = convert(tree, tmp_path / "db", opts(splits=("train",)))
+    assert not first.ok and first.splits[0].skipped[0][0].endswith(good.name)
+    again = convert(tree, tmp_path / "db", opts(splits=("train",)))  # the same bytes: the same verdict
+    assert not again.ok and "tried again" not in again.splits[0].skipped[0][1]
+    good.write_bytes(backup)
+    os.utime(good, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (good.stat().st_size, good.stat().st_mtime_ns) == (len(rotted), st.st_mtime_ns)
+    restored = convert(tree, tmp_path / "db", opts(splits=("train",)))
+    assert restored.ok and len(LmdbImageNet(tmp_path / "db", "train")) == 24
+
+    real_read, real_prepare = tasks.read_item, tasks.prepare
+    for failure, said in ((OSError(errno.EIO, "Input/output error"), "cannot read: Input/output error"),
+                          (MemoryError(), "out of memory while decoding")):
+        dst = tmp_path / f"env-{said[:6]}"
+
+        def failing_read(item, limit, _failure=failure):
+            if item.path.endswith(good.name) and isinstance(_failure, OSError):
+                raise _failure
+            return real_read(item, limit)
+
+        def failing_prepare(data, options, _failure=failure):
+            if data == backup and isinstance(_failure, MemoryError):
+                raise _failure
+            return real_prepare(data, options)
+
+        monkeypatch.setattr(tasks, "read_item", failing_read)
+        monkeypatch.setattr(tasks, "prepare", failing_prepare)
+        failed = convert(tree, dst, opts(splits=("train",)))
+        reason = dict(failed.splits[0].skipped)[f"train/{folder.name}/{good.name}"]
+        assert reason.startswith(said) and reason.endswith("(tried again by a rerun)")
+        monkeypatch.setattr(tasks, "read_item", real_read)
+        monkeypatch.setattr(tasks, "prepare", real_prepare)
+        assert convert(tree, dst, opts(splits=("train",))).ok  # nothing about the file changed: retried anyway

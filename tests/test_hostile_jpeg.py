@@ -203,3 +203,54 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_at_once_and_named(tree, tmp_pat
     for name in ("zz_scans", "zz_hidden"):
         assert "3001 scans, over the 64 scan limit" in skipped[f"train/{folder.name}/{name}.JPEG"], skipped
     assert f"train/{folder.name}/zz_ten.JPEG" in LmdbImageNet(tmp_path / "db", "train").paths
+
+
+# ------------------------------------------------------------------ the stream walked as the decoder walks it
+
+def _progressive(seed: int = 5) -> bytes:
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(photo(120, 160, seed)).save(buf, "JPEG", quality=92, progressive=True)
+    return buf.getvalue()
+
+
+def _sos_offsets(data: bytes) -> list[int]:
+    from imagenet_pack.jpegstream import SOS, walk
+    assert walk(data).end is not None
+    return [i for i in range(len(data) - 1) if data[i:i + 2] == bytes([0xFF, SOS])]
+
+
+@pytest.mark.parametrize("case", ["motion-photo trailer", "trailer of start-of-scan bytes", "big APP2 of FF DA",
+                                  "comment of FF DA"])
+def test_what_the_decoder_never_reads_is_never_counted_as_scans(case):
+    """Bytes after the end-of-image marker (a motion photo's video, a trailer of FF DA pairs) and FF DA bytes
+    inside an application segment or comment (skipped by their length) are not scans: such a baseline JPEG is
+    stored, byte for byte, with its one scan counted."""
+    import random
+    good = _photo_jpeg(3)
+    body = _body(good)
+    data = {"motion-photo trailer": lambda: good + random.Random(5).randbytes(7 << 20),
+            "trailer of start-of-scan bytes": lambda: good + b"\xff\xda" * 5000,
+            "big APP2 of FF DA": lambda: b"\xff\xd8" + b"".join(_seg(0xE2, b"\xff\xda" * 30000) for _ in range(90))
+            + body,
+            "comment of FF DA": lambda: b"\xff\xd8" + _seg(0xFE, b"\xff\xda" * 32000) + body}[case]()
+    assert probe(data).scans == 1 and probe(data).complete
+    prepared = prepare(data, PrepareOptions())
+    assert prepared.image == data and prepared.skip is None and prepared.fixed is None
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3, 5])
+def test_a_progressive_jpeg_cut_at_a_scan_boundary_is_named_not_stored_as_good(keep):
+    """Cut after any of its scans and closed with an end marker, a progressive JPEG decodes without a word,
+    its later refinements missing: it is skipped, naming the missing refinement (stored as what decodes and
+    listed as fixed only with keep_damaged); the whole file is stored as it is."""
+    whole = _progressive()
+    cut = whole[:_sos_offsets(whole)[keep]] + b"\xff\xd9"
+    assert decode_checked(cut)[1] is None  # libjpeg says nothing
+    assert probe(cut).unrefined and not probe(whole).unrefined
+    skipped = prepare(cut, PrepareOptions())
+    assert skipped.image is None and skipped.skip.startswith("incomplete progressive JPEG: its scans stop before")
+    kept = prepare(cut, PrepareOptions(keep_damaged=True))
+    assert kept.image is not None and kept.image != cut and kept.fixed.startswith("incomplete progressive JPEG")
+    assert prepare(whole, PrepareOptions()).image == whole

@@ -3,6 +3,7 @@ ATen's antialiased bilinear pixels for every box, window, flip and stride; a fix
 work proportional to the boxes whatever the batch; nothing that would make a CUDA host wait."""
 from __future__ import annotations
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,6 @@ from imagenet_pack.bench.feed import stage_batch
 from imagenet_pack.gpu.decode import GpuBatchDecoder
 from imagenet_pack.gpu.resample import Decoded, box_rows, resample_boxes
 from imagenet_pack.read import staged as columns
-
-import helpers
 
 
 def plan_row(box: tuple[int, int], resize: tuple[int, int], window: tuple[int, int], flip: bool) -> np.ndarray:
