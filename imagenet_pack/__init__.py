@@ -3,7 +3,8 @@
 The package is two wings around one contract: ``sources`` and ``write`` make databases, ``read``,
 ``loader`` and ``gpu`` read them, and ``format`` (specified in docs/FORMAT.md), ``layout`` (where each piece
 is), ``lmdbfile`` (the fences around LMDB's file) and ``codec`` (the decode policy) are what both share;
-``bench`` measures. Every public name is importable from here, and imported on first use: importing the
+``bench`` measures. Every public name (what a user calls or receives: ``build_loader`` returns a ``Feed``, a
+dataset's ``read_record`` a ``Record``) is importable from here, and imported on first use: importing the
 package costs nothing, torch is imported only by the reading names, so ``imagenet-pack convert`` starts in a
 fraction of a second (and a Ctrl-C at any moment meets the command's own handler).
 """
@@ -12,8 +13,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import (BusyError, CorruptRecordError, DecodeError, DecoderUnavailableError, FormatError,
-                     ImagenetPackError, IncompleteShardError, LayoutError, OutputExistsError, UnsafeOutputError)
+from .errors import (
+    BusyError,
+    CorruptRecordError,
+    DecodeError,
+    DecoderUnavailableError,
+    FormatError,
+    ImagenetPackError,
+    IncompleteShardError,
+    LayoutError,
+    OutputExistsError,
+    UnsafeOutputError,
+)
 
 __version__ = "0.2.0"
 
@@ -28,35 +39,32 @@ _LAZY = {
     "RandomResizedCropDecoder": "read.decoders",
     "CenterCropDecoder": "read.decoders",
     "build_loader": "feeds",
-    "EpochLoader": "loader.loader",
+    "Feed": "loader.loader",
+    "Record": "format",
     "EpochSampler": "loader.sampler",
-    "BatchRing": "loader.ring",
     "CudaPrefetcher": "gpu.prefetch",
     "normalize": "gpu.normalize",
-    "GpuBatchDecoder": "gpu.decode",
-    "HybridLoader": "gpu.hybrid",
 }
 
 __all__ = [
-    *_LAZY,
+    "convert", "ConvertOptions", "ConvertReport", "verify", "VerifyReport", "LmdbImageNet", "RandomResizedCropDecoder",
+    "CenterCropDecoder", "build_loader", "Feed", "Record", "EpochSampler", "CudaPrefetcher", "normalize",
     "ImagenetPackError", "LayoutError", "FormatError", "IncompleteShardError", "CorruptRecordError", "DecodeError",
     "DecoderUnavailableError", "OutputExistsError", "BusyError", "UnsafeOutputError",
 ]
 
 if TYPE_CHECKING:
-    from .write.converter import ConvertOptions, convert
-    from .write.report import ConvertReport
-    from .verification import VerifyReport, verify
-    from .gpu.decode import GpuBatchDecoder
-    from .gpu.hybrid import HybridLoader
+    from .feeds import build_loader
+    from .format import Record
     from .gpu.normalize import normalize
     from .gpu.prefetch import CudaPrefetcher
-    from .loader.loader import EpochLoader
-    from .loader.ring import BatchRing
+    from .loader.loader import Feed
     from .loader.sampler import EpochSampler
-    from .feeds import build_loader
     from .read.dataset import LmdbImageNet
     from .read.decoders import CenterCropDecoder, RandomResizedCropDecoder
+    from .verification import VerifyReport, verify
+    from .write.converter import ConvertOptions, convert
+    from .write.report import ConvertReport
 
 
 def __getattr__(name: str):

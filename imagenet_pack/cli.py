@@ -5,8 +5,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ImagenetPackError
@@ -20,6 +21,13 @@ def _verb(name: str):
         _VERBS[name] = fn
         return fn
     return register
+
+
+class _StrictParser(argparse.ArgumentParser):
+    """A sub-command's parser: no abbreviated options (a prefix of a future option must not change meaning)."""
+
+    def __init__(self, **kw: Any):
+        super().__init__(allow_abbrev=False, **kw)
 
 
 def _splits(text: str) -> tuple[str, ...]:
@@ -75,8 +83,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                      allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"imagenet-pack {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="{convert,info,verify,bench,demo}",
-                                parser_class=lambda **kw: argparse.ArgumentParser(allow_abbrev=False, **kw))
-    verbs = {}
+                                parser_class=_StrictParser)
+    verbs: dict[str, argparse.ArgumentParser] = {}
 
     p = verbs["convert"] = sub.add_parser(
         "convert", help="pack an ImageNet tree or archives into LMDB databases",
@@ -183,7 +191,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--classes", type=positive_int, default=10, help="classes to generate (default: 10)")
     p.add_argument("--per-class", type=positive_int, default=30,
                    help="train images per class; val gets a third (default: 30)")
-    p.add_argument("--workers", type=positive_int, default=None, help="DataLoader and converter workers (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="DataLoader and converter workers (default: all cores)")
     return parser, verbs
 
 
@@ -274,8 +283,8 @@ def _bench(args: argparse.Namespace, usage: Usage) -> int:
     check_outputs(args.json, args.plot, args.images)
     device = args.device
     if device is None:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else None
+        from .gpu.device import cuda_available
+        device = "cuda" if cuda_available() else None
     options = BenchOptions(images=args.images, workers=args.workers, rounds=args.rounds,
                            limit=None if args.all else args.limit, batch_size=args.batch_size,
                            feed_device=None if device == "none" else device, feed_arch=args.feed_arch,

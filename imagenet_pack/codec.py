@@ -111,8 +111,8 @@ def resized_size(height: int, width: int, short: int) -> tuple[int, int]:
 def resize_short_side(rgb: np.ndarray, short: int) -> np.ndarray:
     """torchvision's ``Resize(short)`` on a PIL image, exactly: PIL's antialiased bilinear to
     :func:`resized_size` (the kernel ``ImageFolder`` + ``Resize`` pipelines use)."""
-    height, width = resized_size(*rgb.shape[:2], short)
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+    height, width = resized_size(rgb.shape[0], rgb.shape[1], short)
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def max_side_size(height: int, width: int, longest: int) -> tuple[int, int]:
@@ -123,7 +123,7 @@ def max_side_size(height: int, width: int, longest: int) -> tuple[int, int]:
 
 def resize_max_side(rgb: np.ndarray, longest: int) -> np.ndarray:
     """The longer side scaled to ``longest`` with OpenCV's INTER_AREA (FFCV's ``max_resolution``)."""
-    height, width = max_side_size(*rgb.shape[:2], longest)
+    height, width = max_side_size(rgb.shape[0], rgb.shape[1], longest)
     return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
 
 

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from torch.utils.data import DataLoader
 
 from .bench.report import RATIO_NOTE, rate_cells
 from .bench.timing import measure, standard_train_transform
-from .write import ConvertOptions, convert
 from .errors import ImagenetPackError
 from .machine import default_workers
 from .read.dataset import LmdbImageNet
 from .read.decoders import RandomResizedCropDecoder, installed_backends
 from .synthetic import make_sample_tree
+from .write import ConvertOptions, convert
 
 
 def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int = 30, workers: int | None = None,
@@ -43,13 +44,14 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
         train = LmdbImageNet(dst, "train", transform=standard_train_transform())
         seen = 0
         loader = DataLoader(train, batch_size=16, num_workers=2)
-        for images, targets in loader:
+        for images, _ in loader:
             seen += len(images)
         echo(f"read back {seen} train samples through DataLoader(num_workers=2): batches of "
-             f"{tuple(images.shape[1:])} {images.dtype}, classes: {', '.join(train.classes[t][0] for t in range(3))}, ...")
+             f"{tuple(images.shape[1:])} {images.dtype}, classes: "
+             f"{', '.join(train.classes[t][0] for t in range(3))}, ...")
         from torchvision.datasets import ImageFolder
         folder = ImageFolder(str(src / "train"), transform=standard_train_transform())
-        entries = {
+        entries: dict[str, tuple[Any, list[Path] | None]] = {
             "ImageFolder + PIL (baseline)": (folder, None),
             "LmdbImageNet, same transforms": (train, None),
             "LmdbImageNet, fused decode+crop (uint8)": (

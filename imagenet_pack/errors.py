@@ -22,6 +22,11 @@ class IncompleteShardError(FormatError):
     """A shard's conversion has not finished (no length key): rerunning the same convert command resumes it."""
 
 
+class NoTablesError(FormatError):
+    """An LMDB environment holds no named databases: none of ours, or one whose first commit never happened
+    (a writer starting a new shard creates its tables then)."""
+
+
 class CorruptRecordError(FormatError):
     """A record's bytes do not match its checksum, or it cannot be decoded as a record."""
 

@@ -3,12 +3,15 @@
 :mod:`imagenet_pack.gpu.hybrid`)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.data import Dataset
 
 from .gpu.device import pins
 from .gpu.hybrid import HybridLoader
 from .loader.loader import Feed, epoch_loader
+from .read.dataset import LmdbImageNet
 
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool = True, workers: int | None = None,
@@ -28,8 +31,11 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
     what each side can carry and revisits it (:class:`~imagenet_pack.gpu.share.SharePolicy`);
     ``loader.gpu_share`` tells the share decided last.
     """
-    options = dict(train=train, workers=workers, seed=seed, prefetch_factor=prefetch_factor,
-                   persistent_workers=persistent_workers, rank=rank, world_size=world_size)
+    options: dict[str, Any] = dict(train=train, workers=workers, seed=seed, prefetch_factor=prefetch_factor,
+                                   persistent_workers=persistent_workers, rank=rank, world_size=world_size)
     if not gpu_share:
         return epoch_loader(dataset, batch_size, pin=pins(torch.device(device)), **options)
+    if not isinstance(dataset, LmdbImageNet) or dataset.batch_shape is None:
+        raise ValueError("gpu_share needs an LmdbImageNet with a fused decoder (RandomResizedCropDecoder or "
+                         "CenterCropDecoder) and no transform")
     return HybridLoader(dataset, batch_size, share=gpu_share, device=device, **options)

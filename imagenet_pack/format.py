@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -306,5 +307,5 @@ def check_checksum(checksums: bytes | None, name: str, value: bytes | np.ndarray
         expected = None
     if type(expected) is not int:
         raise FormatError(f"{where}: no checksum for its {name}; the database is damaged, reconvert it")
-    if zlib.crc32(value) != expected:
+    if zlib.crc32(bytes(value)) != expected:
         raise FormatError(f"{where}: its {name} fail their checksum; the metadata is damaged, reconvert it")

@@ -15,7 +15,8 @@ its last bit (:attr:`Stream.unrefined`).
 from __future__ import annotations
 
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 SOI, EOI, SOS, COM = 0xD8, 0xD9, 0xDA, 0xFE
 _PARAMETERLESS = {SOI, EOI, 0x01} | set(range(0xD0, 0xD8))  # SOI, EOI, TEM, RST0-7: no length field
@@ -137,7 +138,9 @@ def _entropy_end(data: bytes, pos: int) -> int:
 def walk(data: bytes, max_scans: int = 1 << 16) -> Stream:
     """The whole stream as the decoder goes through it, up to its end-of-image marker; it stops early after
     ``max_scans`` + 1 scans (enough to refuse a file), or where the bytes end or a segment runs past them."""
-    frame, components, scans = None, (), []
+    frame: int | None = None
+    components: tuple[int, ...] = ()
+    scans: list[Scan] = []
     if not data.startswith(b"\xff\xd8"):
         return Stream(frame, components, (), None)
     pos = 2

@@ -150,7 +150,7 @@ def shard_file(path: Path | str, expected: Identity | None = None) -> LmdbFile:
                 raise
             file = None
         _close_unused()
-    if expected is not None and (file is None or file.identity != expected):
+    if file is None or (expected is not None and file.identity != expected):
         raise FormatError(changed_message(os.path.join(spelled, DATA_FILE)) + running_note(Path(spelled)))
     return file
 
@@ -216,9 +216,9 @@ def _read_shard_meta(path: Path, expected: Identity | None) -> ShardMeta:
     meta = ShardMeta.from_msgpack(value, str(path))  # a version check first: older formats differ
     check_checksum(checksums, "meta", value, str(path))
     try:
-        length = decode_key(length)
+        count = decode_key(length)
     except FormatError:
-        length = -1
-    if length != meta.count:
-        raise FormatError(f"{path}: length key says {length} records, its metadata {meta.count}; reconvert it")
+        count = -1
+    if count != meta.count:
+        raise FormatError(f"{path}: length key says {count} records, its metadata {meta.count}; reconvert it")
     return meta

@@ -21,7 +21,7 @@ import errno
 import os
 import struct
 
-from .errors import CorruptRecordError, FormatError
+from .errors import CorruptRecordError, FormatError, NoTablesError
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"
@@ -70,11 +70,12 @@ def holds_nothing(data: str) -> bool:
 
 def descriptor_limit() -> str:
     """What to say when a process runs out of file descriptors: its limit, and what to do."""
+    soft: int | str = "its"
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, OSError, ValueError):
-        soft = "its"
+        pass
     return (f"this process has reached its limit of {soft} open file descriptors (ulimit -n): each shard read "
             "holds one; raise the limit (ulimit -n) or read a database of fewer shards")
 
@@ -235,7 +236,7 @@ class LmdbFile:
         """The root page of the named database ``name`` (None when it holds nothing); FormatError if absent."""
         if name not in self._dbs:
             if self.main == _INVALID:
-                raise FormatError(f"{self.path}: holds no named databases; not an imagenet_pack database")
+                raise NoTablesError(f"{self.path}: holds no named databases; not an imagenet_pack database")
             found = self._leaf(self.main, name, where)
             if found is None:
                 raise FormatError(f"{self.path}: no {name.decode()!r} table; not an imagenet_pack database")

@@ -16,8 +16,9 @@ import ctypes
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -89,7 +90,7 @@ class OrderedPool:
 
         def feed() -> None:
             nonlocal sent, exhausted
-            for i in sorted(outstanding, key=outstanding.get):
+            for i in sorted(outstanding, key=lambda k: outstanding[k]):
                 while not exhausted and outstanding[i] < 2 and sent - next_out < limit:
                     chunk = next(chunks, None)
                     if chunk is None:
@@ -110,13 +111,14 @@ class OrderedPool:
             if next_out >= sent and exhausted:
                 break
             for conn in wait(list(by_conn)):
+                assert isinstance(conn, Connection)
                 i = by_conn[conn]
                 try:
                     number, results = conn.recv()
                 except EOFError:
                     process = self.workers[i][0]
                     process.join(1)
-                    raise WorkerDied(process.pid, process.exitcode,
+                    raise WorkerDied(process.pid or 0, process.exitcode,
                                      [task for _, chunk in sorted(held[i].items()) for task in chunk]) from None
                 del held[i][number]
                 pending[number] = results
@@ -125,7 +127,7 @@ class OrderedPool:
 
     def close(self) -> None:
         """Stop every worker now (SIGKILL: they own nothing) and reap them."""
-        for process, tasks, results in self.workers:
+        for process, _, _ in self.workers:
             if process.is_alive():
                 process.kill()
         for process, tasks, results in self.workers:

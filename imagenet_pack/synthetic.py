@@ -49,7 +49,7 @@ def make_sample_tree(root: str | Path, *, classes: int = 10, train_per_class: in
     grain = cv2.GaussianBlur(rng.standard_normal((side, side, 3)).astype(np.float32), (0, 0), 0.7) * 45
     wnids = sorted(builtin_names())[:: max(1, 1000 // classes)][:classes]
     serial = 0
-    for c, wnid in enumerate(wnids):
+    for wnid in wnids:
         tint = rng.uniform(60, 200, 3).astype(np.float32)
         for split, count in (("train", train_per_class), ("val", val_per_class)):
             folder = root / split / wnid

@@ -3,8 +3,9 @@ size, optionally more.
 
 ``decode=True`` also decodes every image (as the converter validated it: libjpeg's warnings are damage) and
 checks its size; ``source`` compares every record with the file it came from (byte-equal for records stored
-as they were; for re-encoded ones, the size the store options give the source's header) and its target. Records are read one by one by key, so a damaged page
-costs the records on it, never the rest of the check (and, read through
+as they were; for re-encoded ones, the size the store options give the source's header) and its target.
+Records are read one by one by key, so a damaged page costs the records on it, never the rest of the check
+(and, read through
 :class:`imagenet_pack.lmdbfile.LmdbFile`, never a signal); ``workers`` processes check records in parallel
 and report exactly what one would, in record order.
 """
@@ -14,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .codec import decode_checked, stored_size
-from .pool import OrderedPool, WorkerDied
-from .probe import ProbeError, probe
 from .errors import FormatError, ImagenetPackError
 from .format import CHECKSUMS_KEY, RECORDS_DB, STAMPS_DTYPE, STAMPS_KEY, check_checksum, decode_array, decode_key
-from .meter import ProgressMeter
 from .layout import meta_values, shard_file
+from .meter import ProgressMeter
+from .pool import OrderedPool, WorkerDied
+from .probe import ProbeError, probe
 from .read.reader import Shard, finished_shards, list_splits, load_split, read_paths
 from .sources.detect import discover
 from .sources.items import MAX_FILE_BYTES, Item, read_item
@@ -143,7 +144,8 @@ def _check(task: _Task) -> tuple[int, list[str]]:
             continue
         if not 0 <= record.target < task.num_classes:
             problems.append(f"{where}: target {record.target} outside the {task.num_classes} classes")
-        size = tuple(int(v) for v in sizes[local - task.start])
+        height, width = (int(v) for v in sizes[local - task.start])
+        size = (height, width)
         if (record.height, record.width) != size:
             problems.append(f"{where}: stored size {record.height}x{record.width} differs from the metadata's {size}")
         if task.decode:

@@ -145,7 +145,7 @@ def feeds_in_fresh_processes(db: Path, args) -> list[dict]:
     """Each feed of ``--feeds`` in a process of its own (no feed inherits another's warm caches, workers or
     GPU memory); rows with their fraction of the synthetic bound where it ran. A feed that fails is a row with
     its ``error``."""
-    rows = []
+    rows: list[dict] = []
     for feed in args.feeds:
         command = [sys.executable, __file__, "--one-feed", feed, "--db", str(db), "--arch", args.arch,
                    "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--steps",
@@ -280,7 +280,8 @@ def main(argv=None) -> int:
     print("3. the device path's host cost per batch (every row on the device)")
     cost = device_path_cost(build_loader(ds, args.batch_size, workers=args.workers, gpu_share=1.0, device=device))
     print(f"  {cost['torch_ops']} torch operations, {cost['host_ms']:.1f} ms of host time, "
-          f"{cost['cuda_runtime_calls']:.0f} CUDA runtime calls, {cost['pageable_copies']:.0f} pageable copies", flush=True)
+          f"{cost['cuda_runtime_calls']:.0f} CUDA runtime calls, {cost['pageable_copies']:.0f} pageable copies",
+          flush=True)
     if args.stages:
         clock = "CUDA events" if cuda else "wall time"
         print(f"  per batch ({clock}): " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in cost["stages"].items()))

@@ -31,8 +31,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
 
-from imagenet_pack import (CenterCropDecoder, CudaPrefetcher, ImagenetPackError, LmdbImageNet,
-                           RandomResizedCropDecoder, build_loader)
+from imagenet_pack import (
+    CenterCropDecoder,
+    CudaPrefetcher,
+    ImagenetPackError,
+    LmdbImageNet,
+    RandomResizedCropDecoder,
+    build_loader,
+)
 from imagenet_pack.cli import positive_int
 from imagenet_pack.gpu.share import check_share
 from imagenet_pack.machine import default_workers
@@ -191,7 +197,8 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          weight_decay=args.weight_decay)
-        self.step, self.run_steps, self.stop_reason = 0, 0, None
+        self.step, self.run_steps = 0, 0
+        self.stop_reason: str | None = None
         self.samples_log = open(args.output / f"samples-rank{self.rank}.jsonl", "a") if args.log_samples else None
         self.exit_code = 0
         for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C; a scheduler's notice before preemption
@@ -255,7 +262,7 @@ class Run:
         loader = self.train_loader
         epoch_order = loader.sampler.indices(epoch)
         started = time.perf_counter()
-        batches = iter(CudaPrefetcher(loader, self.device, dtype=torch.float32, channels_last=self.cuda))
+        batches = CudaPrefetcher(loader, self.device, dtype=torch.float32, channels_last=self.cuda).batches()
         try:
             stats = self._train_epoch(epoch, ddp, batches, epoch_order, started)
         finally:

@@ -20,14 +20,15 @@ pipeline.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..errors import ImagenetPackError
+from ..gpu.device import default_device
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..sources.synsets import builtin_names
 from .options import split_dirs
@@ -146,7 +147,7 @@ def pipelines(root: Path, options, indices: list[int]) -> dict[str, tuple[Callab
     ffcv = LmdbImageNet(root, split, decoder=CenterCropDecoder(224, geometry="ffcv"))
     out["fused val decoder, FFCV's centre crop (opencv)"] = (batches(ffcv), ffcv.wnids)
     fused = LmdbImageNet(root, split, decoder=CenterCropDecoder(224))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     out[f"GPU decode mode (on {device})"] = (lambda: _gpu_batches(fused, device, indices), fused.wnids)
     for other in options.databases:
         ds = LmdbImageNet(other, split, decoder=CenterCropDecoder(224))

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..feeds import build_loader
 from ..gpu.decode import NVIMGCODEC_KINDS, GpuBatchDecoder
-from ..gpu.prefetch import CudaPrefetcher
 from ..gpu.device import StageClock, is_cuda, peak_memory, resolve_device, synchronize, track_peak_memory
 from ..gpu.device import sync_debug as sync_debug_mode
-from ..feeds import build_loader
+from ..gpu.prefetch import CudaPrefetcher
 from ..read.pixels import NVIMGCODEC_AVAILABLE
 from ..read.staged import StagedRecords
 
@@ -101,7 +102,7 @@ def train_from_feed(dataset, feed: str, *, arch: str = "resnet50", batch_size: i
         raise ValueError(f"{len(dataset)} records make {len(loader)} batches of {batch_size}: fewer than the "
                          f"{steps + WARMUP} steps of a window; use a larger database")
     track_peak_memory(device)
-    batches = iter(CudaPrefetcher(loader, device, channels_last=cuda))
+    batches = CudaPrefetcher(loader, device, channels_last=cuda).batches()
     rate, wait = train_rate(model, optimizer, batches, steps, device, sync_debug)
     batches.close()
     return {"feed": name, "images_per_s": rate, "data_wait": wait, "gpu_share": loader.gpu_share,
@@ -142,7 +143,7 @@ def decode_benchmark(ds, batch: int, device: torch.device | str) -> dict[str, di
     items = [(i % len(ds), 0) for i in range(batch)]
     staged, _ = stage_batch(ds, items)
     reference = torch.stack([ds[item][0] for item in items])
-    variants = {}
+    variants: dict[str, dict[str, Any]] = {}
     if NVIMGCODEC_AVAILABLE:
         variants["nvimgcodec (engine, then hybrid)"] = dict(backend="nvimgcodec")
         if is_cuda(device):
@@ -150,7 +151,7 @@ def decode_benchmark(ds, batch: int, device: torch.device | str) -> dict[str, di
             variants["nvimgcodec, GPU Huffman for all"] = dict(
                 backend="nvimgcodec", options="nvjpeg_cuda_decoder:hybrid_huffman_threshold=0")
     variants["torchvision.io.decode_jpeg"] = dict(backend="torchvision")
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, kwargs in variants.items():
         try:
             decoder = GpuBatchDecoder(ds.batch_shape[1], device, batch_size=batch, **kwargs)
@@ -197,7 +198,7 @@ def device_path_cost(loader, batches: int = 3) -> dict:
     with counter:
         loader.to_device(staged[0], device)
     started = time.perf_counter()
-    runtime = pageable = 0
+    runtime = pageable = 0.0
     if is_cuda(device):  # the profiler's view of the CUDA runtime (there is none to see on a CPU device)
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=activities) as profile:

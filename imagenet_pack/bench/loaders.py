@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from ..errors import ImagenetPackError
 from ..machine import cpu_name, default_workers
@@ -35,7 +36,7 @@ print("first batch", flush=True)
 """
 
 
-def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, object]]:
+def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, Any]]:
     """name -> (kind "train" or "val", dataset) for every entry the machine can run."""
     from ..read.dataset import LmdbImageNet
     from ..read.decoders import CenterCropDecoder, RandomResizedCropDecoder, installed_backends
@@ -45,12 +46,12 @@ def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, obj
     splits = list_splits_of(root)
     train_split = "train" if "train" in splits else splits[0]
     val_split = "val" if "val" in splits else splits[0]
-    entries: dict[str, tuple[str, object]] = {}
+    entries: dict[str, tuple[str, Any]] = {}
     if options.images is not None:
         trees = split_dirs(options.images)
-        entries["train-baseline"] = ("train", SourceFolder(trees.get("train", trees.get("val")),
+        entries["train-baseline"] = ("train", SourceFolder(trees.get("train", trees["val"]),
                                                             transform=standard_train_transform()))
-        entries["val-baseline"] = ("val", SourceFolder(trees.get("val", trees.get("train")),
+        entries["val-baseline"] = ("val", SourceFolder(trees.get("val", trees["train"]),
                                                         transform=standard_val_transform()))
     entries["train-lmdb-dropin"] = ("train", LmdbImageNet(root, train_split, transform=standard_train_transform()))
     for backend in installed_backends():
@@ -114,6 +115,7 @@ def time_to_first_batch(kind: str, root: Path, workers: int, batch_size: int) ->
         deadline = threading.Timer(FIRST_BATCH_TIMEOUT, process.kill)
         deadline.start()
         try:
+            assert process.stdout is not None
             line = process.stdout.readline()
             elapsed = time.perf_counter() - started
             _, err = process.communicate()
@@ -128,13 +130,15 @@ def time_to_first_batch(kind: str, root: Path, workers: int, batch_size: int) ->
     return sorted(times)[1]
 
 
-def run_bench(root: Path | str, options: BenchOptions = BenchOptions(),
+def run_bench(root: Path | str, options: BenchOptions | None = None,
               echo: Callable[[str], None] | None = None) -> dict:
     """Measure every entry (see the module docstring); returns the JSON-ready results."""
+    options = options if options is not None else BenchOptions()
     import cv2
     import torch
     import torchvision
 
+    from ..gpu.device import cuda_available, device_name
     from .timing import measure, ratio
 
     echo = echo or (lambda line: None)
@@ -162,7 +166,8 @@ def run_bench(root: Path | str, options: BenchOptions = BenchOptions(),
     for r in results:
         kind = entries[r["name"]][0]
         r["kind"] = kind
-        r["ratio_to_baseline"] = ratio(r, baselines[kind]) if baselines[kind] else None
+        baseline = baselines[kind]
+        r["ratio_to_baseline"] = ratio(r, baseline) if baseline else None
     echo("timing the first batch from process start")
     first = {"lmdb_fused_train_s": time_to_first_batch("fused", root, workers, options.batch_size)}
     if options.images is not None:
@@ -175,16 +180,17 @@ def run_bench(root: Path | str, options: BenchOptions = BenchOptions(),
         from .feed import feed_table
         echo(f"training {options.feed_arch} from each feed on {options.feed_device}")
         train = next(d for name, (_, d) in entries.items() if name.startswith("train-lmdb-fused"))
+        assert isinstance(train, LmdbImageNet)
         feed = feed_table(LmdbImageNet(root, train.split, decoder=RandomResizedCropDecoder(224, backend="auto")),
                           arch=options.feed_arch, batch_size=options.feed_batch_size, steps=options.feed_steps,
                           workers=workers, device=options.feed_device)
     accuracy = None
-    if options.accuracy:
+    if model is not None:
         from .accuracy import accuracy_table
         echo("evaluating the model through every read path")
         accuracy = accuracy_table(root, options, model, echo)
     return {"machine": {"cores": default_workers(), "platform": platform.platform(), "cpu": cpu_name(),
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                        "cuda": device_name(torch.device("cuda", 0)) if cuda_available() else None},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "opencv": cv2.__version__},
             "date": time.strftime("%Y-%m-%d"), "database": str(root),

@@ -14,16 +14,18 @@ import itertools
 import os
 import statistics
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from ..errors import ImagenetPackError
-from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD
-from ..read.dataset import LmdbImageNet
 from ..feeds import build_loader
+from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD
+from ..loader.loader import EpochLoader
+from ..read.dataset import LmdbImageNet
 
 
 def standard_train_transform():
@@ -44,12 +46,13 @@ def standard_val_transform():
     ])
 
 
-def timing_loader(dataset: Dataset, *, workers: int, batch_size: int = 32) -> tuple[Iterable, DataLoader]:
+def timing_loader(dataset: Any, *, workers: int, batch_size: int = 32) -> tuple[Iterable, DataLoader]:
     """The batches to time and the DataLoader under them: datasets that decode batches in place (fused
     decoders) through :func:`build_loader`, as users run them; the rest through a plain shuffling DataLoader,
     as torchvision's reference training script does."""
     if isinstance(dataset, LmdbImageNet) and dataset.batch_shape is not None:
         epochs = build_loader(dataset, batch_size, workers=workers)
+        assert isinstance(epochs, EpochLoader)  # no gpu_share: the CPU loader
         return epochs, epochs.dataloader
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
                         shuffle=True)
@@ -86,7 +89,7 @@ def timed_images(stream: Iterator[Any], images: int, ahead: int = 0) -> float:
     return n / (time.perf_counter() - start)
 
 
-def images_per_second(dataset: Dataset, *, workers: int, batch_size: int = 32, rounds: int = 2,
+def images_per_second(dataset: Any, *, workers: int, batch_size: int = 32, rounds: int = 2,
                       images: int | None = None) -> float:
     """Median images/s over ``rounds`` rounds of ``images`` images (default: an epoch) after a warm-up."""
     batches, loader = timing_loader(dataset, workers=workers, batch_size=batch_size)
@@ -130,7 +133,7 @@ def worker_memory(loader: DataLoader) -> tuple[float, float]:
     return (statistics.mean(private), statistics.mean(shared)) if private else (float("nan"), float("nan"))
 
 
-def measure(entries: dict[str, tuple[Dataset, list[Path] | None]], workers: int, rounds: int, batch_size: int,
+def measure(entries: dict[str, tuple[Any, list[Path] | None]], workers: int, rounds: int, batch_size: int,
             images: int | None = None, echo: Callable[[str], None] | None = None) -> list[dict]:
     """For every entry (name -> (dataset, files to evict before each round or None)): median images/s over
     ``rounds`` interleaved rounds after a warm-up round, and the memory of its workers. A round is ``images``

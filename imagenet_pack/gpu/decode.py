@@ -102,7 +102,8 @@ class GpuBatchDecoder:
         self.threads = threads or max(1, min(4, default_workers() // 4))
         # regions where the decoder gets them right; whole images (the box cut by the resample) elsewhere
         version = nvjpeg_version() if is_cuda(self.device) and backend == "nvimgcodec" else None
-        self.regions = backend == "nvimgcodec" and (not is_cuda(self.device) or (version or (0,)) >= REGIONS_FROM_NVJPEG)
+        self.regions = backend == "nvimgcodec" and (not is_cuda(self.device)
+                                                    or (version or (0,)) >= REGIONS_FROM_NVJPEG)
         self.fallbacks = 0  # images the device decoder refused, decoded on the CPU instead
         self.stages: StageClock | None = None  # times decode, table and resample when set
         self._nv: tuple | None = None
@@ -140,7 +141,8 @@ class GpuBatchDecoder:
     def _box(self, table: np.ndarray, row: int) -> tuple[int, int, int, int]:
         """(top, left, height, width) of what is decoded of staged row ``row``: its box, or the whole image."""
         if self.regions:
-            return tuple(int(v) for v in table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]])
+            top, left, height, width = (int(v) for v in table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]])
+            return top, left, height, width
         return 0, 0, int(table[row, HEIGHT]), int(table[row, WIDTH])
 
     def _origin(self, table: np.ndarray, row: int) -> tuple[int, int]:
@@ -155,8 +157,8 @@ class GpuBatchDecoder:
             else:
                 kinds = self.kinds or tuple(NVIMGCODEC_KINDS)
                 options = (f":fancy_upsampling=1 nvjpeg_hw_decoder:preallocate_batch_size={self.batch_size} "
-                           f"nvjpeg_hw_decoder:preallocate_width_hint=512 nvjpeg_hw_decoder:preallocate_height_hint=512 "
-                           f"{self.options}").strip()
+                           "nvjpeg_hw_decoder:preallocate_width_hint=512 "
+                           f"nvjpeg_hw_decoder:preallocate_height_hint=512 {self.options}").strip()
                 decoder = nv.Decoder(device_id=self.device.index, max_num_cpu_threads=self.threads, options=options,
                                      backends=[nv.Backend(getattr(nv.BackendKind, NVIMGCODEC_KINDS[k])) for k in kinds])
             self._nv = (nv, decoder, params)
@@ -236,7 +238,8 @@ class GpuBatchDecoder:
         device from pinned memory."""
         self.fallbacks += 1
         table = staged.table
-        pixels = decode_box(bytes(staged.record(row)), self._box(table, row), 1, (int(table[row, HEIGHT]), int(table[row, WIDTH])),
+        size = (int(table[row, HEIGHT]), int(table[row, WIDTH]))
+        pixels = decode_box(bytes(staged.record(row)), self._box(table, row), 1, size,
                             f"staged record {row} (GPU decode fallback)")
         host = host_empty(pixels.shape, torch.uint8, self.device)
         np.copyto(host.numpy(), pixels)

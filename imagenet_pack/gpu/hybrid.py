@@ -12,7 +12,8 @@ of the CPU-only loader.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -26,23 +27,26 @@ from .stage import feed_ahead
 from .staging import HostBatch, Staging
 
 
-class HybridLoader(Feed):
+class HybridLoader(Feed[HostBatch]):
     """An :class:`~imagenet_pack.loader.loader.EpochLoader` whose batches are decoded partly on ``device``
     (see the module docstring). Iterating it yields uint8 batches on the device; wrap it in
     :class:`~imagenet_pack.gpu.prefetch.CudaPrefetcher` to have them normalised in the same look-ahead."""
 
     def __init__(self, dataset: LmdbImageNet, batch_size: int, *, share: float | str, device: torch.device | str,
                  **loader_options: Any):
-        if not isinstance(dataset, LmdbImageNet) or dataset.batch_shape is None:
-            raise ValueError("gpu_share needs an LmdbImageNet with a fused decoder (RandomResizedCropDecoder or "
-                             "CenterCropDecoder) and no transform")
+        if dataset.batch_shape is None:  # build_loader says so in words; here, a programming error
+            raise TypeError("HybridLoader needs a fused decoder's batch shape")
+        self.shape = dataset.batch_shape
         self.dataset, self.device = dataset, resolve_device(device)
         workers = loader_options.get("workers")
         self.policy = SharePolicy(share, self.device, default_workers() if workers is None else workers)
         self.epoch_loader = epoch_loader(dataset, batch_size, cpu_rows=self.policy.cpu_rows, pin=pins(self.device),
                                    **loader_options)
-        self.decoder = GpuBatchDecoder(dataset.batch_shape[1], self.device, batch_size=batch_size)
-        self.staging = Staging(4, batch_size, dataset.batch_shape, self.device)
+        if self.epoch_loader.ring is None:
+            raise TypeError("HybridLoader needs loader workers (the ring their batches are staged in)")
+        self.ring = self.epoch_loader.ring
+        self.decoder = GpuBatchDecoder(self.shape[1], self.device, batch_size=batch_size)
+        self.staging = Staging(4, batch_size, self.shape, self.device)
         self.sampler = self.epoch_loader.sampler
         self._cost = StageClock(self.device)  # the device rows' cost, for the share
         self._rows: list[int] = []  # rows of each timed batch not yet read
@@ -72,7 +76,7 @@ class HybridLoader(Feed):
         for result in self.epoch_loader.results():
             self.policy.observe_workers(result.cpu_rows, result.seconds)
             with self._stage("staging"):
-                staged = self.staging.take(self.epoch_loader.ring, result)
+                staged = self.staging.take(self.ring, result)
             yield staged
 
     def deliver(self, samples: int, waited: float = 0.0) -> None:
@@ -86,7 +90,7 @@ class HybridLoader(Feed):
         """The workers' rows copied and the staged rows decoded into one uint8 batch on this loader's device,
         queued on the current stream (``device`` is the look-ahead's, the same one)."""
         size = len(batch.targets)
-        side = self.dataset.batch_shape[1]
+        side = self.shape[1]
         out = torch.empty((size, side, side, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
         with self._stage("merge"):
             out[:len(batch.images)].copy_(batch.images, non_blocking=True)

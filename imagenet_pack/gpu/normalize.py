@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from .device import pins, record_event, wait_for
+from .device import Event, pins, record_event, wait_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor, object]] = {}
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor, Event | None]] = {}
 
 
 def _constants(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sized
 
 import torch
 
-from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .device import resolve_device
+from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .stage import feed_ahead
 
 
@@ -30,7 +30,14 @@ class CudaPrefetcher:
         self.finish = functools.partial(normalize, mean=mean, std=std, dtype=dtype, channels_last=channels_last)
 
     def __len__(self) -> int:
+        if not isinstance(self.loader, Sized):
+            raise TypeError(f"{type(self.loader).__name__} has no length")
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+        """This epoch's batches, as a generator whose ``close()`` stops the look-ahead at once (what it held
+        ahead is delivered again by the next pass)."""
         return feed_ahead(self.loader, self.device, self.finish, self.depth)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -44,7 +45,8 @@ class Segment(NamedTuple):
 
 def check_share(share: float | str) -> float | str:
     """``share`` if it is a number from 0 to 1 or "auto", else ValueError in one line."""
-    if share != "auto" and (type(share) not in (int, float) or not 0.0 <= share <= 1.0):
+    if share != "auto" and not (isinstance(share, (int, float)) and not isinstance(share, bool)
+                                and 0.0 <= share <= 1.0):
         raise ValueError(f"gpu_share must be a share from 0 to 1, or 'auto'; got {share!r}")
     return share
 

@@ -20,7 +20,8 @@ import queue
 import threading
 import time
 import types
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ JOIN_AT_EXIT_S = 30.0
 
 @atexit.register
 def _stop_all() -> None:
-    for thread, stop in list(_LIVE.items()):
+    for stop in list(_LIVE.values()):
         stop.set()
     for thread in list(_LIVE):
         thread.join(JOIN_AT_EXIT_S)
@@ -106,7 +107,7 @@ def run_ahead(items: Iterator[Any], produce: Callable[[Any], tuple[torch.Tensor,
 
 
 def feed_ahead(loader: Any, device: torch.device, finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               depth: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+               depth: int = 2) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """(images, targets) of ``loader``'s batches on ``device``, ``depth`` ahead, ``finish`` applied to the
     images on the same stream (normalisation). A :class:`Feed` (an ``EpochLoader`` or a hybrid feed) is told
     each batch the caller receives and is moved to its next epoch only when every batch was; any other

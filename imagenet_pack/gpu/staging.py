@@ -4,9 +4,10 @@ A batch's slot in the workers' ring is released as soon as the main process has 
 a few batches later), so :class:`Staging` copies it out at once into one of a few buffers of its own, made
 once at the batch size and pinned for a CUDA device: the images the workers decoded, the targets, the device
 rows' bytes and plans. Everything the device reads from the host then comes from pinned memory (its copies
-are asynchronous), and nothing is allocated per batch (a buffer whose batch's bytes outgrow it grows once). A buffer is handed out again only once the device has
-read it: :meth:`Staging.release` records an event after the batch's device work is queued, and
-:meth:`Staging.take` waits for it (in the look-ahead's thread, never the training loop's) before reusing.
+are asynchronous), and nothing is allocated per batch (a buffer whose batch's bytes outgrow it grows once).
+A buffer is handed out again only once the device has read it: :meth:`Staging.release` records an event
+after the batch's device work is queued, and :meth:`Staging.take` waits for it (in the look-ahead's thread,
+never the training loop's) before reusing.
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ class Staging:
         """Copy the batch of ``result`` out of its ring slot into the next staging buffer."""
         k = self.next
         self.next = (k + 1) % len(self.images)
-        if self.read[k] is not None:
-            self.read[k].synchronize()  # the device read this buffer's last batch (long since, in practice)
+        read = self.read[k]
+        if read is not None:
+            read.synchronize()  # the device read this buffer's last batch (long since, in practice)
         size, cpu = len(result.targets), result.cpu_rows
         rows = size if result.fallback else cpu  # rows staged but decoded by the worker sit among the images
         images = self.images[k][:rows]

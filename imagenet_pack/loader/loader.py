@@ -15,12 +15,13 @@ iteration starts from the first sample not delivered.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..errors import ImagenetPackError
 from ..machine import default_workers
@@ -28,14 +29,46 @@ from ..read.dataset import LmdbImageNet
 from .ring import BatchRing, CpuRows, NumberedBatches, as_is, shared_empty
 from .sampler import EpochSampler
 
+BatchT = TypeVar("BatchT")
 
-class Feed(abc.ABC):
-    """What a look-ahead needs of a loader (an :class:`EpochLoader`, or the hybrid feed): host-side batches it
-    may run ahead on, a way to say which the training loop received, and the copy of a batch to the device
-    (which a hybrid feed also decodes on)."""
+
+class Feed(abc.ABC, Generic[BatchT]):
+    """What :func:`imagenet_pack.build_loader` returns: a stateful loader of uint8 batches (torchdata's
+    ``StatefulDataLoader`` protocol: iterate it once per epoch, ``state_dict()`` saved mid-epoch resumes with
+    exactly the samples not yet delivered) that a look-ahead (:class:`~imagenet_pack.gpu.prefetch.CudaPrefetcher`)
+    can run ahead of: host-side batches of type ``BatchT``, a way to say which the training loop received, and
+    the copy of a batch to the device (which a hybrid feed also decodes on).
+
+    ``sampler`` is its :class:`EpochSampler`; ``delivered`` the samples of this rank's share of the epoch the
+    training loop received this run; ``gpu_share`` the share of each batch decoded on the device."""
+
+    sampler: EpochSampler
+
+    @property
+    @abc.abstractmethod
+    def epoch(self) -> int:
+        """The epoch the next batch belongs to."""
+
+    @property
+    @abc.abstractmethod
+    def delivered(self) -> int:
+        """Samples of this rank's share of the epoch the training loop received this run."""
+
+    @property
+    def gpu_share(self) -> float:
+        """The share of each batch decoded on the device (as last decided): none for the CPU loader."""
+        return 0.0
 
     @abc.abstractmethod
-    def batches(self) -> Iterator[Any]:
+    def __len__(self) -> int:
+        """Batches in a full epoch (also after resuming mid-epoch)."""
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, int64 targets) of this epoch's remaining batches; the epoch advances at its end."""
+
+    @abc.abstractmethod
+    def batches(self) -> Iterator[BatchT]:
         """This epoch's remaining batches as the workers made them, from the first sample not delivered."""
 
     @abc.abstractmethod
@@ -47,8 +80,16 @@ class Feed(abc.ABC):
         """Move to the next epoch (after the last batch, or when the loop leaves an epoch early)."""
 
     @abc.abstractmethod
-    def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_device(self, batch: BatchT, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and int64 targets of ``batch`` on ``device``, queued on the current stream."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training loop is: save it with the model checkpoint."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume where ``state`` left off (on any world size); ValueError in one line for a bad state."""
 
 
 def copy_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,20 +136,22 @@ def worker_init(worker_id: int) -> None:
         cv2.setNumThreads(1)
 
 
-class EpochLoader(Feed):
+class EpochLoader(Feed[tuple[torch.Tensor, torch.Tensor]]):
     """Iterate once per epoch; see the module docstring. ``dataloader`` is the underlying DataLoader."""
-
-    gpu_share = 0.0  # of each batch decoded on a device: none, the workers decode every row
 
     def __init__(self, dataloader: DataLoader, sampler: EpochSampler, batch_size: int, drop_last: bool,
                  ring: BatchRing | None = None, pin: bool = False):
         self.dataloader, self.sampler, self.batch_size, self.drop_last = dataloader, sampler, batch_size, drop_last
         self.ring, self.pin = ring, pin
-        self.delivered = 0  # samples of this rank's share of the epoch the training loop received this run
+        self._delivered = 0  # samples of this rank's share of the epoch the training loop received this run
 
     @property
     def epoch(self) -> int:
         return self.sampler.epoch
+
+    @property
+    def delivered(self) -> int:
+        return self._delivered
 
     def __len__(self) -> int:
         """Batches in a full epoch (also after resuming mid-epoch)."""
@@ -124,7 +167,7 @@ class EpochLoader(Feed):
     def results(self) -> Iterator[Any]:
         """This epoch's remaining batches as the DataLoader returns them (a ring's :class:`WorkerBatch`), from
         the first sample not delivered; a worker's error as its one line."""
-        self.sampler.skip = self.delivered
+        self.sampler.skip = self._delivered
         try:
             yield from self.dataloader
         except ImagenetPackError as exc:
@@ -136,22 +179,22 @@ class EpochLoader(Feed):
             yield self.ring.take(result, pin=self.pin) if self.ring is not None else result
 
     def deliver(self, samples: int, waited: float = 0.0) -> None:
-        self.delivered += samples
+        self._delivered += samples
 
     def to_device(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return copy_batch(batch, device)
 
     def finish_epoch(self) -> None:
         """Move to the next epoch (called at the end of one, or after leaving it early, e.g. a step limit)."""
-        self.delivered = 0
+        self._delivered = 0
         self.sampler.set_epoch(self.sampler.epoch + 1)
 
     def state_dict(self) -> dict:
         """Epoch and samples the training loop received so far in it (save it with the model checkpoint)."""
-        return self.sampler.state_dict(self.delivered)
+        return self.sampler.state_dict(self._delivered)
 
     def load_state_dict(self, state: dict) -> None:
-        self.delivered = 0
+        self._delivered = 0
         self.sampler.load_state_dict(state)
 
 
@@ -160,7 +203,7 @@ UINT8_ONLY = ("build_loader takes datasets whose samples are uint8 CxHxW tensors
               "transforms, not ToTensor/Normalize or PIL images")
 
 
-def check_uint8_samples(dataset: Dataset, shape: tuple[int, int, int] | None) -> None:
+def check_uint8_samples(dataset: Any, shape: tuple[int, int, int] | None) -> None:
     """ValueError in one line unless ``dataset``'s samples are (uint8 CxHxW tensor, target): a fused decoder
     says so by its batch ``shape``; any other dataset by its first sample, asked for as the loader's sampler
     asks (an (index, epoch) pair)."""
@@ -173,7 +216,7 @@ def check_uint8_samples(dataset: Dataset, shape: tuple[int, int, int] | None) ->
         raise ValueError(f"{UINT8_ONLY}; this dataset gives {kind}")
 
 
-def epoch_loader(dataset: Dataset, batch_size: int, *, train: bool = True, workers: int | None = None,
+def epoch_loader(dataset: Any, batch_size: int, *, train: bool = True, workers: int | None = None,
                  seed: int = 0, prefetch_factor: int = 4, persistent_workers: bool = True,
                  rank: int | None = None, world_size: int | None = None, cpu_rows: CpuRows | None = None,
                  pin: bool = False) -> EpochLoader:
@@ -190,9 +233,9 @@ def epoch_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
     workers = default_workers() if workers is None else workers
     cv2.setNumThreads(1)  # in the parent, before any worker forks (see worker_init)
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
-    common = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
-                  persistent_workers=persistent_workers and workers > 0,
-                  prefetch_factor=prefetch_factor if workers else None)
+    common: dict[str, Any] = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
+                                  persistent_workers=persistent_workers and workers > 0,
+                                  prefetch_factor=prefetch_factor if workers else None)
     if cpu_rows is not None and (not workers or shape is None):
         raise ValueError("a hybrid feed needs loader workers and an LmdbImageNet with a fused decoder")
     if workers and shape is not None:

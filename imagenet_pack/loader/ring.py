@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ class BatchSource(Protocol):
     :class:`BatchRing` needs."""
 
     batch_shape: tuple[int, int, int] | None
+
+    def __len__(self) -> int: ...
 
     def decode_into(self, indices: list[Index], images: torch.Tensor) -> list[int]:
         """Decode ``indices`` into the rows of ``images`` (N, C, H, W); return their targets."""
@@ -45,7 +48,7 @@ def shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> to
     if _NEW_SHARED is None:
         return torch.empty(shape, dtype=dtype).share_memory_()
     storage = _NEW_SHARED(math.prod(shape) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)  # type: ignore[call-overload]  # a private storage
 
 
 class NumberedBatch(list):
@@ -109,7 +112,8 @@ class BatchRing(Dataset):
         self.buffers = shared_empty((slots, batch_size, height, width, channels))
         # room for the device's rows: touched only as far as they fill it (shared memory is allocated lazily)
         rows = batch_size if staged else 0
-        self.data = shared_empty((slots, rows * BYTES_PER_ROW)) if staged else torch.empty((slots, 0), dtype=torch.uint8)
+        self.data = shared_empty((slots, rows * BYTES_PER_ROW)) if staged else \
+            torch.empty((slots, 0), dtype=torch.uint8)
         self.table = shared_empty((slots, rows, len(COLUMNS)), torch.int64) if staged else \
             torch.empty((slots, 0, len(COLUMNS)), dtype=torch.int64)
         self._spares: list[tuple[torch.Tensor, int]] = []  # (buffer handed out before, its use count when free)
@@ -118,7 +122,7 @@ class BatchRing(Dataset):
         return {**self.__dict__, "_spares": []}
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.dataset.__len__()
 
     def __getitems__(self, batch: NumberedBatch) -> WorkerBatch:
         """Decode the first ``batch.cpu_rows`` samples of ``batch`` into a slot and stage the rest there."""

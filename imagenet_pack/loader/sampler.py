@@ -14,7 +14,7 @@ whatever the worker count, world size or timing.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

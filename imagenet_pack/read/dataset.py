@@ -140,7 +140,10 @@ class LmdbImageNet(Dataset):
         its bytes copied into ``staged.data``, its plan drawn as the fused decoder would (same law, same seeds)
         into ``staged.table``; a record that does not fit is decoded here into its row of ``images`` instead.
         Returns the targets. For a :attr:`batch_shape` only."""
-        law = self.decoder.law
+        decoder = self.decoder
+        if not isinstance(decoder, FusedDecoder):
+            raise TypeError("stage_records needs a fused decoder")
+        law = decoder.law
         table, free, targets = staged.table, 0, []
         for row, (item, out) in enumerate(zip(items, images)):
             index, epoch = item if isinstance(item, tuple) else (item, None)
@@ -149,7 +152,7 @@ class LmdbImageNet(Dataset):
             top, left, height, width = (plan := law.plan(record.height, record.width, index, epoch)).box
             size = len(record.image)
             if free + size > len(staged.data):  # no room: this one is decoded here, into its batch row
-                self.decoder(record, index, epoch, where, out=out)
+                decoder(record, index, epoch, where, out=out)
                 size = 0
             else:
                 staged.data[free:free + size] = np.frombuffer(record.image, np.uint8)
@@ -176,8 +179,10 @@ class LmdbImageNet(Dataset):
         record, where = self._read(index)
         if out is None:
             sample = self.decoder(record, index, epoch, where)
-        else:
+        elif isinstance(self.decoder, FusedDecoder):
             sample = self.decoder(record, index, epoch, where, out=out)
+        else:
+            raise TypeError("decoding into a batch row needs a fused decoder")
         if self.transform is not None:
             sample = self.transform(sample)
         return sample, self._target(record)

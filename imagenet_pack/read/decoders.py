@@ -12,7 +12,8 @@ window is cut from the image resized by torch's kernel, whichever way (exactness
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,7 +46,7 @@ class TensorDecoder:
         return to_chw_tensor(decode_full(record.image, (record.height, record.width), where))
 
 
-Decoder = Callable[[Record, int, Union[int, None], str], Any]
+Decoder = Callable[[Record, int, int | None, str], Any]
 DECODERS: dict[str, Callable[[], Decoder]] = {"pil": PilDecoder, "tensor": TensorDecoder}
 
 
@@ -126,7 +127,8 @@ def decode_plan(record: Record, plan: Plan, size: int, where: str, backend: str 
     underneath: no layout conversion anywhere), written into ``dest`` when given (a batch row)."""
     s = dct_scale(plan.box, plan.resize) if dct_scaling else 1
     if s > 1:
-        plan = plan._replace(box=tuple(max(1, v // s) if i >= 2 else v // s for i, v in enumerate(plan.box)))
+        top, left, height, width = plan.box
+        plan = plan._replace(box=(top // s, left // s, max(1, height // s), max(1, width // s)))
     stored = (record.height, record.width)
     if plan.resize != (size, size):  # a window of the resized box (val): resize the box whole, keep the window
         resized = channels_last_image(*plan.resize)
@@ -136,8 +138,8 @@ def decode_plan(record: Record, plan: Plan, size: int, where: str, backend: str 
         target = dest if dest is not None else channels_last_image(size, size)
         return target.copy_(window.flip(2) if plan.flip else window)
     pixels = decode_box(record.image, plan.box, s, stored, where, backend, plan.flip)
-    in_place = dest is not None and dest.permute(1, 2, 0).is_contiguous()
-    target = dest if in_place else channels_last_image(size, size)
+    target = dest if dest is not None and dest.permute(1, 2, 0).is_contiguous() else channels_last_image(size, size)
+    in_place = target is dest
     resample(pixels, target)
     return target if dest is None or in_place else dest.copy_(target)
 

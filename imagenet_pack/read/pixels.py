@@ -112,6 +112,6 @@ def decode_box(data: bytes, box: Box, scale: int, size: tuple[int, int], where: 
         if pixels is not None:
             return cv2.flip(pixels, 1) if flip else pixels
     rgb = decode_full(data, size, where, scale)
-    check_box(box, *rgb.shape[:2], where)
+    check_box(box, rgb.shape[0], rgb.shape[1], where)
     crop = rgb[top:top + h, left:left + w]
     return cv2.flip(crop, 1) if flip else crop

@@ -37,7 +37,7 @@ class StagedRecords:
     def record(self, row: int) -> memoryview:
         """The encoded bytes of sample ``row`` (a view: no copy)."""
         offset, length = self.table[row, OFFSET], self.table[row, LENGTH]
-        return memoryview(self.data)[offset:offset + length]
+        return memoryview(self.data.data)[offset:offset + length]
 
     @property
     def on_device(self) -> np.ndarray:

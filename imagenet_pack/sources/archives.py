@@ -17,8 +17,8 @@ import tarfile
 from pathlib import Path
 
 from ..errors import LayoutError
-from .folders import flat_val
 from ..format import path_problem
+from .folders import flat_val
 from .items import Item, SplitSource, is_image_name
 from .synsets import class_names
 
@@ -82,7 +82,8 @@ def train_from_tar(path: Path, wnids: list[str], names: dict[str, tuple[str, ...
     """The train split of ``ILSVRC2012_img_train.tar``: classes from the inner tar names, sorted."""
     index = {wnid: i for i, wnid in enumerate(wnids)}
     by_class: dict[str, list[tuple[str, int, int, int, tarfile.TarInfo]]] = {}
-    ignored, others = [], []
+    ignored: list[tuple[str, str]] = []
+    others: list[tuple[str, str]] = []
     size = path.stat().st_size
     with _open(path) as outer:
         for name, offset, length, _, info in members(outer, path, str(path), 0, size, others):

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .archives import TRAIN_TAR, VAL_TAR, train_from_tar, val_from_tar
 from ..errors import LayoutError
+from .archives import TRAIN_TAR, VAL_TAR, train_from_tar, val_from_tar
 from .devkit import find_devkit, load_devkit
 from .folders import discover_folders, flat_val, folder_entries, is_flat, scan_class_folders, val_number
 from .items import SplitSource

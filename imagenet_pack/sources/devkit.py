@@ -13,6 +13,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import LayoutError
 from .items import BoundedReader, read_side_file
@@ -96,7 +97,8 @@ def _archive_members(path: Path, wanted: dict[str, int]) -> list[bytes | None]:
         gzipped = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
-        with tarfile.open(fileobj=BoundedReader(stream, DEVKIT_MAX, str(path)), mode="r|") as tar:
+        bounded: Any = BoundedReader(stream, DEVKIT_MAX, str(path))  # a file object: what tarfile reads
+        with tarfile.open(fileobj=bounded, mode="r|") as tar:
             for member in tar:
                 suffix = next((w for w in wanted if member.name.endswith(w) and w not in found), None)
                 if suffix is None or not member.isfile():
@@ -104,7 +106,9 @@ def _archive_members(path: Path, wanted: dict[str, int]) -> list[bytes | None]:
                 if member.size > wanted[suffix]:
                     raise LayoutError(f"{path}: its {member.name} is {member.size} bytes, over the "
                                       f"{wanted[suffix] >> 20} MiB a devkit's takes; it is not one, or it is damaged")
-                found[suffix] = tar.extractfile(member).read(wanted[suffix] + 1)
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    found[suffix] = extracted.read(wanted[suffix] + 1)
     return [found.get(w) for w in wanted]
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from ..errors import LayoutError
 from ..format import path_problem
@@ -113,15 +113,16 @@ def scan_class_folders(split_dir: Path, split: str, wnids: list[str],
                         for name in loops]
             for entry in entries:
                 rel = f"{rel_dir}/{entry.name}"
-                if path_problem(rel):
-                    ignored.append((rel, path_problem(rel)))
+                problem = path_problem(rel)
+                if problem:
+                    ignored.append((rel, problem))
                     continue
                 if not is_image_name(entry.name):
                     ignored.append((rel, "not an image file name (ImageFolder's extensions)"))
                     continue
                 st, why = _entry_kind(entry)
                 if st is None:
-                    ignored.append((rel, why))
+                    ignored.append((rel, why or "not a regular file"))
                     continue
                 items.append(Item(rel, index[folder], entry.path, 0, st.st_size, st.st_mtime_ns))
                 found += 1
@@ -174,8 +175,9 @@ def flat_val(split: str, entries: Iterable[Entry], label: Callable[[str], str], 
     items, ignored = [], [(f"{split}/{name}", reason) for name, reason in ignored]
     for name, file, offset, size, mtime in sorted(entries):
         rel = f"{split}/{name}"
-        if path_problem(rel):
-            ignored.append((rel, path_problem(rel)))
+        problem = path_problem(rel)
+        if problem:
+            ignored.append((rel, problem))
             continue
         if not is_image_name(name):
             ignored.append((rel, "not an image file name (ImageFolder's extensions)"))
@@ -206,7 +208,7 @@ def folder_entries(folder: Path) -> tuple[list[Entry], list[tuple[str, str]]]:
             continue
         st, why = _entry_kind(e)
         if st is None:
-            ignored.append((e.name, why))
+            ignored.append((e.name, why or "not a regular file"))
         else:
             entries.append((e.name, e.path, 0, st.st_size, st.st_mtime_ns))
     return entries, ignored

@@ -12,9 +12,8 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import NamedTuple
-
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import LayoutError
 from ..format import path_bytes

@@ -44,7 +44,8 @@ def kaggle_splits(src: Path) -> dict:
                         f"Kaggle validation folder {data / 'val'}/ labelled by {solution}", ignored)
 
     return {
-        "train": (lambda: scan_class_folders(data / "train", "train", wnids, names)) if (data / "train").is_dir() else None,
+        "train": (lambda: scan_class_folders(data / "train", "train", wnids, names))
+        if (data / "train").is_dir() else None,
         "val": val if (data / "val").is_dir() else None,
     }
 

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..codec import DEFAULT_QUALITY
 from ..errors import ImagenetPackError, LayoutError
 from ..format import MAX_SHARDS
 from ..layout import check_names, report_path
 from ..machine import default_workers
+from ..pool import OrderedPool
 from ..sources.detect import discover
 from ..sources.folders import SPLITS
 from ..sources.items import SplitSource
 from .lock import check_no_overlap, hold_lock
 from .ownership import remove_database
-from ..pool import OrderedPool
 from .prepare import PrepareOptions
 from .report import ConvertReport, SplitReport, report_from_metas, write_report
 from .resume import find_complete

@@ -23,8 +23,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..codec import (DECODE_FLAGS, DEFAULT_QUALITY, FIX_QUALITY, decode_checked, encode_jpeg, resize_max_side,
-                     resize_short_side)
+from ..codec import (
+    DECODE_FLAGS,
+    DEFAULT_QUALITY,
+    FIX_QUALITY,
+    decode_checked,
+    encode_jpeg,
+    resize_max_side,
+    resize_short_side,
+)
 from ..probe import ProbeError, needs_reencode, probe
 from ..sources.items import MAX_FILE_BYTES
 
@@ -84,16 +91,16 @@ def prepare(data: bytes, options: PrepareOptions) -> Prepared:
     if damage and not options.keep_damaged:
         return Prepared(None, skip=f"{said} (the pixels after the damage would be grey, garbage or blurred); pass "
                         "--keep-damaged to store what decodes")
-    fix = f"{fix} re-encoded as it decodes" if damage else needs_reencode(header)
+    fixed = f"{fix} re-encoded as it decodes" if damage else needs_reencode(header)
     if options.short_side and min(rgb.shape[:2]) > options.short_side:
         rgb, image = _resized(resize_short_side(rgb, options.short_side), options.quality)
     elif options.max_side and max(rgb.shape[:2]) > options.max_side:
         rgb, image = _resized(resize_max_side(rgb, options.max_side), options.quality)
     else:
-        image = encode_jpeg(rgb, FIX_QUALITY, full_chroma=True) if fix else data
+        image = encode_jpeg(rgb, FIX_QUALITY, full_chroma=True) if fixed else data
     if image is None:
         return Prepared(None, skip="OpenCV could not re-encode the decoded image as JPEG")
-    return Prepared(image, rgb.shape[0], rgb.shape[1], fix)
+    return Prepared(image, rgb.shape[0], rgb.shape[1], fixed)
 
 
 def _resized(rgb: np.ndarray, quality: int) -> tuple[np.ndarray, bytes | None]:

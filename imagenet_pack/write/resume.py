@@ -83,17 +83,18 @@ def rewind_to_changes(writer: ShardWriter, source: SplitSource, rng: range) -> l
     or whose bytes have changed since (it may have been fixed; the same bytes would fail the same way, so such
     a file stays failed and nothing after it is read again); a
     finished one (of a run not yet complete) from its start if any of its files changed. Says which."""
-    if writer.is_finished:
-        changed = changed_files(*writer.read_meta(STAMPS_KEY, CHECKSUMS_KEY), writer.finished, source, rng,
-                                writer.path)
-        if changed:
+    if writer.finished is not None:
+        stamps, checksums = writer.read_meta(STAMPS_KEY, CHECKSUMS_KEY)
+        paths = changed_files(stamps, checksums, writer.finished, source, rng, writer.path)
+        if paths:
             writer.restart()
-            return [f"{writer.path}: {len(changed)} file(s) changed since this shard was finished "
-                    f"({_names(changed)}); converting the shard again"]
+            return [f"{writer.path}: {len(paths)} file(s) changed since this shard was finished "
+                    f"({_names(paths)}); converting the shard again"]
         return []
     rows = writer.rows()
     changed = [row.item for row in rows if source.items[rng[row.item]].stamp != row.stamp]
-    retried = [p.item for p in writer.state.problems if not p.digest or _content_changed(source.items[rng[p.item]], p)]
+    retried = [p.item for p in writer.state.problems
+               if not p.digest or _content_changed(source.items[rng[p.item]], p)]
     first = min(changed + retried, default=None)
     if first is None:
         return []

@@ -172,9 +172,10 @@ class SplitConversion:
         if image is None:
             try:
                 image, read_id = read_item(item, self.options.prepare.max_bytes)
-            except OSError as exc:
-                read_id = exc.strerror or str(exc)
-            if read_id != result.read_id:  # cheaper than a second CRC, and the parent's CPU is the scarce one
+            except OSError:
+                image = None
+            # the very file the worker read (cheaper than a second CRC, and the parent's CPU is the scarce one)
+            if image is None or read_id != result.read_id:
                 raise ImagenetPackError(f"{item.path}: the file changed or vanished while it was being converted; "
                                         "rerun the same command to resume")
         return encode_record(Record(image, item.target, result.height, result.width), mmap.PAGESIZE,
@@ -185,7 +186,7 @@ class SplitConversion:
         report = SplitReport(source.split, source.description, ignored=list(source.ignored))
         for s in self.options.selected:
             w, rng = writers[s], self.ranges[s]
-            if w.is_finished:
+            if w.finished is not None:
                 report.stored += w.finished.count
                 report.skipped += w.finished.skipped
                 report.fixed += w.finished.fixed

@@ -18,9 +18,22 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from ..errors import FormatError, ImagenetPackError, OutputExistsError
-from ..format import (CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, PATHS_KEY, PROGRESS_KEY, RECORDS_DB, TAILS_DB,
-                      ShardMeta, encode_arrays, encode_checksums, encode_key, encode_paths)
+from ..errors import FormatError, ImagenetPackError, NoTablesError, OutputExistsError
+from ..format import (
+    CHECKSUMS_KEY,
+    LENGTH_KEY,
+    META_DB,
+    META_KEY,
+    PATHS_KEY,
+    PROGRESS_KEY,
+    RECORDS_DB,
+    TAILS_DB,
+    ShardMeta,
+    encode_arrays,
+    encode_checksums,
+    encode_key,
+    encode_paths,
+)
 from ..layout import close_shard
 from ..lmdbfile import LmdbFile
 from .ownership import open_shard_folder
@@ -51,16 +64,17 @@ class ShardWriter:
     def _open_tables(self, fingerprint: str) -> None:
         try:
             length, state, value = self.read_meta(LENGTH_KEY, PROGRESS_KEY, META_KEY)
-        except FormatError as exc:
-            if "holds no named databases" not in str(exc):
-                raise FormatError(f"{exc}; rerun with --overwrite to start over") from exc
-            # a new shard: its tables and progress in one commit
+        except NoTablesError:  # a new shard: its tables and progress in one commit
             self.records, self.tails, self.meta = self._write(self._create_tables(fingerprint))
             self.state, self.finished, self.resumed = Progress(fingerprint), None, False
             return
-        self.records, self.tails, self.meta = (self.env.open_db(n, create=False) for n in (RECORDS_DB, TAILS_DB, META_DB))
+        except FormatError as exc:
+            raise FormatError(f"{exc}; rerun with --overwrite to start over") from exc
+        self.records, self.tails, self.meta = (self.env.open_db(n, create=False)
+                                               for n in (RECORDS_DB, TAILS_DB, META_DB))
         # a shard finished by an earlier (killed) run of a multi-shard conversion
-        self.finished = ShardMeta.from_msgpack(value, str(self.path)) if length is not None and value is not None else None
+        finished = length is not None and value is not None
+        self.finished = ShardMeta.from_msgpack(value, str(self.path)) if finished and value is not None else None
         self.resumed = True
         if self.finished is not None:
             if self.finished.fingerprint != fingerprint:
@@ -121,9 +135,10 @@ class ShardWriter:
 
     def _commit_pending(self, txn) -> Progress:
         state = self.state
-        rows, problems, count = [], list(state.problems), state.count
+        rows: list[Row] = []
+        problems, count = list(state.problems), state.count
         for _, value, tail, row in self._pending:
-            if value is None:
+            if isinstance(row, Problem):
                 problems.append(row)
                 continue
             key = encode_key(count)
@@ -172,6 +187,7 @@ class ShardWriter:
 
     def restart(self) -> None:
         """Empty a finished shard to convert it again from its first item (its sources changed)."""
+        assert self.finished is not None, "restart() is for a finished shard"
         fingerprint = self.finished.fingerprint
 
         def body(txn) -> Progress:
