@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .arguments import positive_int, quality, shard_count, shard_list, split_list
 from .errors import ImagenetPackError
 
 Usage = Callable[[str], NoReturn]  # the verb's parser.error: a usage message, exit 2
@@ -28,49 +29,6 @@ class _StrictParser(argparse.ArgumentParser):
 
     def __init__(self, **kw: Any):
         super().__init__(allow_abbrev=False, **kw)
-
-
-def _splits(text: str) -> tuple[str, ...]:
-    splits = tuple(s for s in text.split(",") if s)
-    if not splits:
-        raise argparse.ArgumentTypeError("give at least one split, e.g. train,val")
-    return splits
-
-
-def _shard_list(text: str) -> tuple[int, ...]:
-    try:
-        shards = tuple(int(s) for s in text.split(",") if s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected shard numbers like 0,1 or 3, got {text!r}") from None
-    if not shards or min(shards) < 0:
-        raise argparse.ArgumentTypeError(f"expected shard numbers like 0,1 or 3, got {text!r}")
-    return shards
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (a one-line usage error otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _shard_count(text: str) -> int:
-    from .format import MAX_SHARDS
-    value = positive_int(text)
-    if value > MAX_SHARDS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_SHARDS} shards per split, got {value}")
-    return value
-
-
-def _quality(text: str) -> int:
-    value = positive_int(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be 1..100, got {value}")
-    return value
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -93,15 +51,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "it is a no-op.")
     p.add_argument("src", type=Path, help="the ImageNet input: a folder holding train/ and val/, or archives")
     p.add_argument("dst", type=Path, help="output directory for the databases (created if absent)")
-    p.add_argument("--splits", type=_splits, default=None,
+    p.add_argument("--splits", type=split_list, default=None,
                    help=f"comma-separated splits, each of which must be in SRC (default: {','.join(convert.splits)}, "
                         "those of them SRC has)")
     p.add_argument("--layout", choices=LAYOUTS, default=convert.layout, help="input layout (default: detect it)")
     p.add_argument("--workers", type=positive_int, default=convert.workers,
                    help="reader/validator processes (default: all cores)")
-    p.add_argument("--shards", type=_shard_count, default=convert.shards,
+    p.add_argument("--shards", type=shard_count, default=convert.shards,
                    help=f"LMDB environments per split, 1 to 999 (default: {convert.shards})")
-    p.add_argument("--only-shards", type=_shard_list, default=None, metavar="S,S,...",
+    p.add_argument("--only-shards", type=shard_list, default=None, metavar="S,S,...",
                    help="write only these of the --shards (0-based), e.g. one set per host on shared storage; "
                         "the database opens once every shard is written, and equals a one-host conversion")
     p.add_argument("--overwrite", action="store_true",
@@ -118,7 +76,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                            "val crop is then Resize(N)+CenterCrop exactly, JPEG re-encoding its only loss)")
     size.add_argument("--max-side", type=positive_int, default=None, metavar="N",
                       help="store images resized so the longer side is at most N (FFCV's max_resolution)")
-    p.add_argument("--quality", type=_quality, default=convert.quality,
+    p.add_argument("--quality", type=quality, default=convert.quality,
                    help=f"JPEG quality of --short-side/--max-side re-encoding (default: {convert.quality})")
     p.add_argument("--commit-mb", type=positive_int, default=convert.batch_bytes >> 20,
                    help=f"commit (and make resumable) every this many MB of images (default: "

@@ -75,10 +75,46 @@ def test_no_module_is_past_320_lines(module):
     assert len(MODULES[module].read_text().splitlines()) <= 320
 
 
+DEVICE_HOMES = {PACKAGE / "gpu" / "device.py", PACKAGE / "machine.py"}
+
+
+def _attribute_chain(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
 def test_only_the_device_module_asks_what_the_device_is():
-    asking = [p for p in PACKAGE.rglob("*.py") if p.name != "device.py" and re.search(r'\.type\s*[!=]=\s*"cuda"',
-                                                                                       p.read_text())]
+    """By meaning: no ``torch.cuda`` attribute, no ``os.cpu_count()``, no comparison of a device's type with
+    "cuda" outside gpu/device.py and machine.py."""
+    asking = []
+    for path in PACKAGE.rglob("*.py"):
+        if path in DEVICE_HOMES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            chain = _attribute_chain(node) if isinstance(node, ast.Attribute) else ""
+            if chain.startswith("torch.cuda.") or chain == "os.cpu_count":
+                asking.append(f"{path}:{node.lineno} {chain}")
+            if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and c.value == "cuda"
+                                                     for c in [node.left, *node.comparators]):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(side, ast.Attribute) and side.attr == "type" for side in sides):
+                    asking.append(f"{path}:{node.lineno} .type == 'cuda'")
     assert not asking, asking
+
+
+def test_no_decision_is_taken_on_an_error_message_text():
+    """Errors are told apart by their class: no ``... in str(exc)`` anywhere in the package."""
+    branching = [f"{path}:{node.lineno}" for path in PACKAGE.rglob("*.py")
+                 for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
+                 and any(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == "str"
+                         and c.args and isinstance(c.args[0], ast.Name) for c in node.comparators)]
+    assert not branching, branching
 
 
 def test_datasets_loaders_and_decoders_are_asked_not_probed():

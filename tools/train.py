@@ -39,7 +39,7 @@ from imagenet_pack import (
     RandomResizedCropDecoder,
     build_loader,
 )
-from imagenet_pack.cli import positive_int
+from imagenet_pack.arguments import positive_int
 from imagenet_pack.gpu.share import check_share
 from imagenet_pack.machine import default_workers
 from imagenet_pack.read.decoders import BACKENDS
