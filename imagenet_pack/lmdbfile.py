@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import zlib
 
 from .errors import CorruptRecordError, FormatError, NoTablesError
 
@@ -80,10 +81,15 @@ def descriptor_limit() -> str:
             "holds one; raise the limit (ulimit -n) or read a database of fewer shards")
 
 
-Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns of a data.mdb
+# a data.mdb's st_dev, st_ino, st_size, st_mtime_ns; what its writer changes on every commit (the newest
+# transaction id, last page and main root of its meta pages); and the CRC-32 of its metadata's checksums value
+# (0 where it has none): a copy over the file that keeps its size and restores its mtime is still told apart,
+# even one of a database of the very same structure
+Identity = tuple[int, int, int, int, int, int, int, int]
+SIGNATURE = (b"meta", b"checksums")  # the format's CRCs of a finished shard's metadata (format.CHECKSUMS_KEY)
 
 
-def identity(st: os.stat_result) -> Identity:
+def file_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
@@ -111,28 +117,45 @@ class LmdbFile:
 
     def _open(self, expected: Identity | None) -> None:
         st = os.fstat(self.fd)
-        self.identity, self.size = identity(st), st.st_size
-        if expected is not None and self.identity != expected:
-            raise FormatError(changed_message(self.path))
+        self.size = st.st_size
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # random access to a file larger than RAM
         self.txn, last, self.psize, main = _header(self._bytes(0, min(self.size, 2 * PAGE_SIZES[-1]), "the header"),
                                                    self.path)
-        self.pages = last + 1
+        self._dbs: dict[bytes, int | None] = {}
+        self._spans: dict[tuple[bytes, bytes], tuple[int, int]] = {}  # where the values of table KEPT are
+        self.main, self.pages = main, last + 1
         if self.size < self.pages * self.psize:
             raise FormatError(f"{self.path}: file is {self.size} bytes but its header says "
                               f"{self.pages * self.psize}: the shard is truncated (an interrupted copy?); copy it "
                               "again or reconvert")
-        self.main = main
-        self._dbs: dict[bytes, int | None] = {}
-        self._spans: dict[tuple[bytes, bytes], tuple[int, int]] = {}  # where the values of table KEPT are
+        self._signature: tuple[int, int] | None = None
+        try:
+            self._signature = self.locate(*SIGNATURE, f"{self.path} meta")
+        except FormatError:  # no tables yet, or damage a read will name: no signature
+            pass
+        self.identity: Identity = (*file_stamp(st), self.txn, last, main, self._signed())
+        if expected is not None and self.identity != expected:
+            raise FormatError(changed_message(self.path))
 
     def changed(self) -> bool:
-        """Whether the file at the path is no longer the one opened (rewritten, truncated, replaced, gone)."""
+        """Whether the file at the path is no longer the one opened (rewritten, truncated, replaced, gone):
+        its stat, then its meta pages read through this descriptor (a copy written over the same file)."""
         try:
-            return identity(os.stat(self.path)) != self.identity
-        except OSError:
+            if file_stamp(os.stat(self.path)) != self.identity[:4]:
+                return True
+            head = os.pread(self.fd, 2 * self.psize, 0)
+            txn, last, _, main = _header(head, self.path)
+        except (OSError, FormatError):
             return True
+        return (txn, last, main) != self.identity[4:7] or self._signed() != self.identity[7]
+
+    def _signed(self) -> int:
+        """CRC-32 of the bytes where the checksums value was found at open (0 without one), read now."""
+        if self._signature is None:
+            return 0
+        offset, length = self._signature
+        return zlib.crc32(os.pread(self.fd, length, offset))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -146,3 +146,24 @@ def test_an_overwrite_running_under_an_open_dataset_is_never_served_half_written
         old[1]
     new = LmdbImageNet(dst, "train")
     assert len(new) == 160 and new.read_record(0).image == (second / new.paths[0]).read_bytes()
+
+
+def test_a_same_size_copy_over_the_database_with_its_mtime_restored_is_seen(tmp_path):
+    """Another database of the same size copied over this one in place (same inode, same size, the old
+    mtime restored): the open dataset says the database changed, never serves the other's images."""
+    from imagenet_pack import ConvertOptions, FormatError, convert
+    from imagenet_pack.synthetic import make_sample_tree
+    for name, seed in (("a", 1), ("b", 2)):
+        make_sample_tree(tmp_path / name, classes=3, train_per_class=6, val_per_class=1, size=(48, 64), seed=seed)
+        convert(tmp_path / name, tmp_path / f"db{name}", ConvertOptions(workers=1, progress=False, splits=("train",)))
+    mine, other = tmp_path / "dba" / "train" / "data.mdb", tmp_path / "dbb" / "train" / "data.mdb"
+    assert mine.stat().st_size == other.stat().st_size
+    ds = LmdbImageNet(tmp_path / "dba", "train", decoder="tensor")
+    first = ds.read_record(0).image
+    st = mine.stat()
+    with open(mine, "r+b") as out:  # in place: the inode stays
+        out.write(other.read_bytes())
+    os.utime(mine, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (mine.stat().st_ino, mine.stat().st_size, mine.stat().st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    with pytest.raises(FormatError, match="changed since it was opened"):
+        assert ds.read_record(0).image == first

@@ -341,3 +341,32 @@ def test_a_verdict_is_kept_only_for_the_same_bytes_and_the_environment_is_always
         monkeypatch.setattr(tasks, "read_item", real_read)
         monkeypatch.setattr(tasks, "prepare", real_prepare)
         assert convert(tree, dst, opts(splits=("train",))).ok  # nothing about the file changed: retried anyway
+
+
+def test_overwrite_deletes_only_through_the_folders_it_checked(tree, tmp_path, monkeypatch):
+    """--overwrite in a DST other users can write is refused before anything is deleted; and a split folder
+    swapped for a link to another database between the proof and the deletion costs that database nothing."""
+    import stat as stat_module
+    from imagenet_pack import UnsafeOutputError
+    from imagenet_pack.write import ownership
+    dst, other = tmp_path / "db", tmp_path / "other"
+    convert(tree, dst, opts(splits=("train",)))
+    convert(tree, other, opts(splits=("train",)))
+    before = files_of(other)
+    dst.chmod(dst.stat().st_mode | stat_module.S_IWGRP)
+    with pytest.raises(UnsafeOutputError, match="other users can write in it"):
+        convert(tree, dst, opts(splits=("train",), overwrite=True, max_side=32))
+    assert (dst / "train" / "data.mdb").is_file()
+    dst.chmod(dst.stat().st_mode & ~stat_module.S_IWGRP)
+    real = ownership.owned_files
+
+    def then_swapped(split_dir):
+        found = real(split_dir)
+        (split_dir).rename(split_dir.with_name("moved"))
+        split_dir.symlink_to(other / "train")
+        return found
+
+    monkeypatch.setattr(ownership, "owned_files", then_swapped)
+    with pytest.raises(UnsafeOutputError, match="without following a link"):
+        ownership.remove_database(dst / "train")
+    assert files_of(other) == before

@@ -138,3 +138,24 @@ def test_a_share_given_now_wins_over_the_resumed_one_and_is_said(db_session):
     assert auto.gpu_share == 0.25
     images, _ = next(iter(new))
     assert images.shape == (4, 3, 16, 16)
+
+
+def test_shared_memory_is_sized_by_the_batch_and_running_out_is_one_line(db_session, monkeypatch):
+    """The hybrid's staging room per row is the one the pinned buffers use (not half a megabyte); a /dev/shm too
+    small for what the loader asks is one line naming /dev/shm and the size, not a torch traceback."""
+    from imagenet_pack import ImagenetPackError
+    from imagenet_pack.loader import ring
+    from imagenet_pack.read.staged import BYTES_PER_ROW
+    assert BYTES_PER_ROW <= 256 << 10
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=1))
+    real = os.statvfs
+
+    class Tiny:
+        f_bavail, f_frsize = 1, 4096  # 4 KiB free
+
+    monkeypatch.setattr(ring.os, "statvfs", lambda path: Tiny() if path == ring.SHM else real(path))
+    for share in (0.0, 1.0):
+        with pytest.raises(ImagenetPackError) as refused:
+            build_loader(ds, 8, workers=1, gpu_share=share, device="cpu")
+        said = str(refused.value)
+        assert "\n" not in said and said.startswith("/dev/shm: the loader asks for") and "MiB" in said

@@ -17,10 +17,8 @@ import numpy as np
 import torch
 
 from ..loader.ring import BatchRing, WorkerBatch
-from ..read.staged import COLUMNS, LENGTH, OFFSET, StagedRecords
+from ..read.staged import BYTES_PER_ROW, COLUMNS, LENGTH, OFFSET, StagedRecords
 from .device import Event, host_empty, record_event
-
-STAGED_BYTES_PER_ROW = 160 << 10  # pinned room per row for staged bytes at first (ImageNet's average ~110 KB)
 
 
 class HostBatch(NamedTuple):
@@ -43,7 +41,7 @@ class Staging:
         self.device = device
         self.images = [host_empty((batch_size, height, width, channels), torch.uint8, device) for _ in range(count)]
         self.targets = [host_empty((batch_size,), torch.int64, device) for _ in range(count)]
-        self.data = [host_empty((batch_size * STAGED_BYTES_PER_ROW,), torch.uint8, device) for _ in range(count)]
+        self.data = [host_empty((batch_size * BYTES_PER_ROW,), torch.uint8, device) for _ in range(count)]
         self.tables = [host_empty((batch_size, len(COLUMNS)), torch.int64, device) for _ in range(count)]
         self.read: list[Event | None] = [None] * count  # when the device has read each buffer
         self.next = 0

@@ -9,6 +9,7 @@ and plans (:mod:`imagenet_pack.read.staged`), so the process that decodes them n
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset
 
+from ..errors import ImagenetPackError
 from ..read.staged import BYTES_PER_ROW, COLUMNS, LENGTH, StagedRecords
 from .sampler import EpochSampler
 
@@ -42,13 +44,33 @@ class BatchSource(Protocol):
 _NEW_SHARED = getattr(torch.UntypedStorage, "_new_shared", None)
 
 
+SHM = "/dev/shm"
+
+
 def shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """An uninitialised tensor allocated in shared memory (``share_memory_()`` would first fill private memory
-    and then copy it there)."""
-    if _NEW_SHARED is None:
-        return torch.empty(shape, dtype=dtype).share_memory_()
-    storage = _NEW_SHARED(math.prod(shape) * dtype.itemsize)
+    and then copy it there). ImagenetPackError in one line, naming /dev/shm and the size asked for, when there
+    is not that much room."""
+    size = math.prod(shape) * dtype.itemsize
+    try:
+        free = os.statvfs(SHM).f_bavail * os.statvfs(SHM).f_frsize if os.path.isdir(SHM) else None
+    except OSError:
+        free = None
+    if free is not None and size > free:
+        raise ImagenetPackError(_no_room(size, free))
+    try:
+        if _NEW_SHARED is None:
+            return torch.empty(shape, dtype=dtype).share_memory_()
+        storage = _NEW_SHARED(size)
+    except RuntimeError as exc:  # the room went between the check and the allocation
+        raise ImagenetPackError(_no_room(size, free) + f" ({str(exc).splitlines()[0][:80]})") from None
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)  # type: ignore[call-overload]  # a private storage
+
+
+def _no_room(size: int, free: int | None) -> str:
+    room = f"{free / 2**20:.0f} MiB free" if free is not None else "not enough room"
+    return (f"{SHM}: the loader asks for {size / 2**20:.0f} MiB of shared memory and {SHM} has {room}: use fewer "
+            "workers, a smaller batch or prefetch_factor, or a larger /dev/shm (docker run --shm-size=8g)")
 
 
 class NumberedBatch(list):

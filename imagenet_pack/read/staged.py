@@ -18,7 +18,9 @@ COLUMNS = ("offset", "length", "target", "height", "width", "box_top", "box_left
            "resize_height", "resize_width", "window_top", "window_left", "flip")
 (OFFSET, LENGTH, TARGET, HEIGHT, WIDTH, BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH, RESIZE_HEIGHT, RESIZE_WIDTH,
  WINDOW_TOP, WINDOW_LEFT, FLIP) = range(len(COLUMNS))
-BYTES_PER_ROW = 1 << 19  # room per row: ImageNet's records average ~110 KB; a batch over it decodes some on CPU
+# room per staged row, in the workers' shared memory and in the pinned staging buffers: ImageNet's records
+# average ~110 KB; a record that does not fit what is left of its batch's room is decoded by the worker instead
+BYTES_PER_ROW = 160 << 10
 
 
 @dataclass

@@ -180,15 +180,78 @@ def written_by_us(path: Path) -> bool:
 
 
 def remove_database(split_dir: Path, shard_dirs: list[Path] | None = None) -> None:
-    """Delete a split's database (for --overwrite), or only ``shard_dirs`` of it: only files
-    :func:`owned_files` proved ours, then the folders they leave empty."""
-    if not split_dir.exists():
+    """Delete a split's database (for --overwrite), or only ``shard_dirs`` of it, and the folders that leaves
+    empty: only files proved ours, and each check and each deletion through the descriptor of the folder that
+    was checked (``unlinkat``), so a folder swapped for a link to another database meanwhile changes nothing.
+    DST and the split folder must be ones no other user can write in (UnsafeOutputError before anything is
+    deleted otherwise)."""
+    dst = split_dir.parent
+    if dst.is_dir():
+        check_own_folder(dst, os.lstat(dst))
+    if not os.path.lexists(split_dir):
         return
-    files = owned_files(split_dir)
-    if shard_dirs is not None:
-        files = [f for f in files if f.parent in shard_dirs]
-    for f in files:
-        f.unlink()
-    for folder in sorted({f.parent for f in files} | {split_dir}, key=lambda p: len(p.parts), reverse=True):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    owned_files(split_dir)  # the whole split proved ours, by name, before anything goes
+    split_fd = _open_folder(split_dir)
+    try:
+        check_own_folder(split_dir, os.fstat(split_fd))
+        chosen = None if shard_dirs is None else {d.name for d in shard_dirs}
+        emptied = True
+        for entry in sorted(os.scandir(split_fd), key=lambda e: e.name):
+            if entry.is_dir(follow_symlinks=False) and parse_shard_name(entry.name):
+                if chosen is not None and entry.name not in chosen:
+                    emptied = False
+                    continue
+                shard_fd = _open_folder(split_dir / entry.name, split_fd)
+                try:
+                    check_own_folder(split_dir / entry.name, os.fstat(shard_fd))
+                    _remove_environment(shard_fd, split_dir / entry.name)
+                    empty = not os.listdir(shard_fd)
+                finally:
+                    os.close(shard_fd)
+                if empty:
+                    os.rmdir(entry.name, dir_fd=split_fd)
+            elif entry.name in LMDB_FILES:
+                if chosen is None:
+                    continue  # the one-shard layout's files: removed together below
+                emptied = False
+            else:
+                emptied = False
+        if chosen is None:
+            _remove_environment(split_fd, split_dir)
+        remaining = os.listdir(split_fd)
+    finally:
+        os.close(split_fd)
+    if emptied and not remaining:
+        dst_fd = _open_folder(dst)
+        try:
+            os.rmdir(split_dir.name, dir_fd=dst_fd)
+        finally:
+            os.close(dst_fd)
+
+
+def _open_folder(path: Path, parent_fd: int | None = None) -> int:
+    """A descriptor on the folder ``path`` (its last name looked up in ``parent_fd`` when given), never
+    through a link."""
+    name = path.name if parent_fd is not None else str(path)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                       dir_fd=parent_fd)
+    except OSError as exc:
+        raise UnsafeOutputError(f"{path}: cannot open this folder without following a link "
+                                f"({exc.strerror or exc}); nothing in it is removed") from None
+
+
+def _remove_environment(fd: int, where: Path) -> None:
+    """Unlink the LMDB files in the open folder ``fd`` after proving them ours through it: regular files of
+    one link of this user's, the environment holding our metadata or progress (or nothing)."""
+    present = [name for name in os.listdir(fd) if name in LMDB_FILES]
+    for name in present:
+        if not own_file(os.stat(name, dir_fd=fd, follow_symlinks=False)):
+            raise UnsafeOutputError(f"{where / name}: is not a regular file of one link of this user's; nothing "
+                                    "more is removed")
+    pinned = Path(f"/proc/self/fd/{fd}")  # the open folder itself, where the system can name it
+    if DATA_FILE in present and not written_by_us(pinned if pinned.is_dir() else where):
+        raise OutputExistsError(f"{where}: holds an LMDB environment imagenet-pack did not write; nothing more is "
+                                "removed: move it away or choose another DST")
+    for name in present:
+        os.unlink(name, dir_fd=fd)
