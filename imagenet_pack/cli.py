@@ -97,7 +97,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("root", type=Path, help="the database directory (DST of convert: it holds train/ and val/)")
     p.add_argument("--decode", action="store_true", help="also decode every image (libjpeg's warnings are damage)")
     p.add_argument("--source", type=Path, default=None, help="also compare every record with this source input")
-    p.add_argument("--workers", type=positive_int, default=1, help="checking processes (default: 1)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="checking processes (default: all cores, as convert)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
     p = verbs["bench"] = sub.add_parser(
@@ -123,8 +124,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--plot", type=Path, default=None,
                    help="draw the ratios as a bar chart (PNG; needs pip install -e '.[plot]')")
     p.add_argument("--device", default=None,
-                   help="also train --arch from each feed (CPU fused, GPU decode, hybrid, synthetic bound) on this "
-                        "device (default: cuda when a GPU is present, else skipped; 'none' skips it)")
+                   help="also train --feed-arch from each feed (CPU fused, GPU decode, hybrid, synthetic bound) on "
+                        "this device (default: cuda when a GPU is present, else skipped; 'none' skips it)")
     p.add_argument("--feed-arch", default=bench.feed_arch,
                    help=f"the training-feed table's model (default: {bench.feed_arch})")
     p.add_argument("--feed-batch-size", type=positive_int, default=bench.feed_batch_size,
@@ -218,6 +219,9 @@ def _verify(args: argparse.Namespace, usage: Usage) -> int:
     from .verification import verify
     report = verify(args.root, decode=args.decode, source=args.source, workers=args.workers,
                     progress=not args.no_progress)
+    if not report.checked and len(report.problems) == 1:  # not a database at all: one line says why
+        print(f"imagenet-pack: error: {report.problems[0]}", file=sys.stderr)
+        return 1
     for problem in report.problems:
         print(f"BAD {problem}")
     if report.ok:

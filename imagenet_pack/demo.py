@@ -41,6 +41,8 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
         for r in report.splits:
             echo(f"converted {r.split}: {r.stored} records in {r.seconds:.1f} s ({r.rate:.0f} images/s with "
                  f"{workers} workers), database/source bytes {r.storage_ratio:.3f}")
+        echo(f"database: {dst}" + ("" if workdir is not None else " (a temporary folder, removed at the end: "
+                                   "demo --dir DIR keeps it)"))
         train = LmdbImageNet(dst, "train", transform=standard_train_transform())
         seen = 0
         loader = DataLoader(train, batch_size=16, num_workers=2)

@@ -3,13 +3,22 @@ elsewhere (a log file, a CI job, a terminal too narrow for a bar, which tqdm wou
 progress is visible either way. Rates count this run's work only (a resumed run starts where it left off)."""
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import time
 
 from tqdm import tqdm
 
 MIN_COLUMNS = 20  # narrower than this (0 on some pseudo-terminals), progress is printed as lines
+
+
+def _columns() -> int:
+    """The width of the terminal on stderr as it reports it (0 when it reports none: plain progress lines then;
+    ``shutil.get_terminal_size`` would say 80)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 0
 
 
 class ProgressMeter:
@@ -20,7 +29,7 @@ class ProgressMeter:
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.done, self.initial, self.started, self.last = initial, initial, time.perf_counter(), time.perf_counter()
         self.enabled, self.bar = enabled, None
-        if enabled and sys.stderr.isatty() and shutil.get_terminal_size().columns >= MIN_COLUMNS:
+        if enabled and sys.stderr.isatty() and _columns() >= MIN_COLUMNS:
             self.bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, smoothing=0.1)
 
     def update(self, n: int = 1, note: str | None = None) -> None:

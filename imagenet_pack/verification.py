@@ -5,9 +5,8 @@ size, optionally more.
 checks its size; ``source`` compares every record with the file it came from (byte-equal for records stored
 as they were; for re-encoded ones, the size the store options give the source's header) and its target.
 Records are read one by one by key, so a damaged page costs the records on it, never the rest of the check
-(and, read through
-:class:`imagenet_pack.lmdbfile.LmdbFile`, never a signal); ``workers`` processes check records in parallel
-and report exactly what one would, in record order.
+(and, read through :class:`imagenet_pack.lmdbfile.LmdbFile`, never a signal); ``workers`` processes (default:
+every core, as the converter) check records in parallel and report exactly what one would, in record order.
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from .codec import decode_checked, stored_size
 from .errors import FormatError, ImagenetPackError
 from .format import CHECKSUMS_KEY, RECORDS_DB, STAMPS_DTYPE, STAMPS_KEY, check_checksum, decode_array, decode_key
 from .layout import meta_values, shard_file
+from .machine import default_workers
 from .meter import ProgressMeter
 from .pool import OrderedPool, WorkerDied
 from .probe import ProbeError, probe
@@ -54,7 +54,7 @@ class _Task:
     store: tuple[int | None, int | None]  # the database's short_side and max_side: what size a source is stored at
 
 
-def verify(root: Path | str, *, decode: bool = False, source: Path | str | None = None, workers: int = 1,
+def verify(root: Path | str, *, decode: bool = False, source: Path | str | None = None, workers: int | None = None,
            progress: bool = False) -> VerifyReport:
     """Check every split of ``root``; problems name the shard and key. Never raises on damaged records."""
     report = VerifyReport()
@@ -81,6 +81,7 @@ def verify(root: Path | str, *, decode: bool = False, source: Path | str | None 
             except FormatError as exc:
                 report.problems.append(str(exc))
     meter = ProgressMeter(sum(t.stop - t.start for t in tasks), "verify", "records", enabled=progress)
+    workers = default_workers() if workers is None else workers  # every core by default, as convert
     pool = OrderedPool(workers, _check, chunk=1) if workers > 1 and len(tasks) > 1 else None  # steady progress
     try:
         for checked, problems in (pool.map(tasks) if pool else map(_check, tasks)):

@@ -76,6 +76,9 @@ def format_table(report: dict) -> str:
     for r, (rates, ratio) in zip(report["results"], cells):
         memory = f"{r['worker_private_mb']:.0f} / {r['worker_shared_mb']:.0f}"
         lines.append(f"{r['name']:<{width}}  {rates:<{rates_w}}  {ratio:<{ratio_w}}  {memory:>26}")
+    if not baselines:
+        lines.append("(no ratios: add --images SRC, the JPEG tree the database was made from, to time the ImageFolder "
+                     "baselines beside it)")
     first = report["time_to_first_batch"]
     lines.append("time to first batch from process start: " + ", ".join(
         f"{name[:-2].replace('_', ' ')} {seconds:.2f} s" for name, seconds in first.items()))

@@ -32,6 +32,12 @@ def detect(src: Path) -> str:
     """The layout of ``src``; LayoutError listing what was expected when none matches."""
     if not src.exists():
         raise LayoutError(f"{src}: input does not exist")
+    if not src.is_dir():
+        raise LayoutError(f"{src}: is a file, not a folder; SRC is the folder that holds train/ and val/ (or the "
+                          "official tars, or Kaggle's ILSVRC/)")
+    if src.name in ("train", "val") and any(_looks_like_class(p.name) for p in _some_entries(src)):
+        raise LayoutError(f"{src}: is a split folder itself (it holds class folders); give its parent, "
+                          f"{src.parent}, as SRC (the splits are taken from there; --splits chooses)")
     if src.is_dir():
         if (src / TRAIN_TAR).is_file() or (src / VAL_TAR).is_file():
             return "archives"
@@ -46,6 +52,20 @@ def detect(src: Path) -> str:
         f"{src}: no known ImageNet layout; expected train/<wnid>/ and val/<wnid>/ class folders, or a flat "
         f"val/ with the devkit, or {TRAIN_TAR} + {VAL_TAR} + devkit, or Kaggle's {KAGGLE_DATA}/; saw {seen}"
     )
+
+
+def _looks_like_class(name: str) -> bool:
+    """A WordNet id: n followed by eight digits."""
+    return len(name) == 9 and name[0] == "n" and name[1:].isdigit()
+
+
+def _some_entries(folder: Path, count: int = 50) -> list[Path]:
+    entries = []
+    for entry in folder.iterdir():
+        entries.append(entry)
+        if len(entries) >= count:
+            break
+    return entries
 
 
 def discover(src: Path, splits: tuple[str, ...], layout: str = "auto") -> tuple[dict[str, SplitSource], list[str]]:

@@ -59,6 +59,11 @@ def find_complete(split_dir: Path, fingerprint: str, source: SplitSource, select
         finally:
             close_shard(path)
         changed += changed_files(stamps, checksums, m, source, ranges[m.shard], path)
+    made_from = {m.source for m in metas}
+    if changed and made_from != {source.description}:
+        raise OutputExistsError(f"{split_dir}: made from another source ({', '.join(sorted(made_from))}), not "
+                                f"{source.description}; give that SRC to resume or check it, or pass --overwrite to "
+                                "replace the database")
     if changed:
         raise OutputExistsError(f"{split_dir}: {len(changed)} source file(s) changed (size or mtime) since the "
                                 f"database was made ({_names(changed)}); pass --overwrite to convert them again")
