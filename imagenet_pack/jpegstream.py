@@ -188,3 +188,16 @@ def without_metadata(data: bytes) -> bytes:
             out = out if out is not None else bytearray(data)
             out[segment.at + 1] = COM
     return bytes(out) if out is not None else data
+
+
+def without_padding(data: bytes) -> bytes | None:
+    """``data`` without the zero bytes just before its end-of-image marker (filler some writers leave after the
+    last scan; libjpeg calls them extraneous), or None when there are none."""
+    end = walk(data).end
+    if end is None:
+        return None
+    eoi = end - 2
+    start = eoi
+    while start > 0 and data[start - 1] == 0:
+        start -= 1
+    return data[:start] + data[eoi:] if start < eoi else None

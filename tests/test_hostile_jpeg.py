@@ -254,3 +254,16 @@ def test_a_progressive_jpeg_cut_at_a_scan_boundary_is_named_not_stored_as_good(k
     kept = prepare(cut, PrepareOptions(keep_damaged=True))
     assert kept.image is not None and kept.image != cut and kept.fixed.startswith("incomplete progressive JPEG")
     assert prepare(whole, PrepareOptions()).image == whole
+
+
+@pytest.mark.parametrize("zeros", [16, 64, 300])
+def test_zero_padding_before_the_end_marker_is_dropped_and_said_when_the_pixels_are_the_same(zeros):
+    """Zero bytes left between the last scan and the end marker (libjpeg calls them extraneous) change no pixel:
+    stored without them, listed as fixed; the same count of random bytes there is still damage."""
+    import random
+    good = _photo_jpeg(4)
+    padded = good[:-2] + bytes(zeros) + b"\xff\xd9"
+    prepared = prepare(padded, PrepareOptions())
+    assert prepared.image == good and prepared.fixed.startswith(f"{zeros} padding bytes before the JPEG end marker")
+    noise = bytes(random.Random(zeros).randrange(1, 255) for _ in range(zeros))
+    assert prepare(good[:-2] + noise + b"\xff\xd9", PrepareOptions()).image is None

@@ -32,6 +32,7 @@ from ..codec import (
     resize_max_side,
     resize_short_side,
 )
+from ..jpegstream import without_padding
 from ..probe import ProbeError, needs_reencode, probe
 from ..sources.items import MAX_FILE_BYTES
 
@@ -76,8 +77,15 @@ def prepare(data: bytes, options: PrepareOptions) -> Prepared:
                         "limit (each scan is a pass over the whole image: it would take that long on every epoch)")
     if not header.complete:
         return Prepared(None, skip=f"truncated {header.kind.upper()}: the file ends before its end marker")
+    padding = None
     if header.kind == "jpeg":
         rgb, damage = decode_checked(data)
+        trimmed = without_padding(data) if damage else None
+        if trimmed is not None:  # zero bytes before the end marker: harmless if the pixels are the very same
+            again, damage_again = decode_checked(trimmed)
+            if damage_again is None and again is not None and rgb is not None and np.array_equal(again, rgb):
+                padding = f"{len(data) - len(trimmed)} padding bytes before the JPEG end marker dropped (same pixels)"
+                data, damage = trimmed, None
     else:
         rgb, damage = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS), None
     if rgb is None or rgb.size == 0:
@@ -100,7 +108,7 @@ def prepare(data: bytes, options: PrepareOptions) -> Prepared:
         image = encode_jpeg(rgb, FIX_QUALITY, full_chroma=True) if fixed else data
     if image is None:
         return Prepared(None, skip="OpenCV could not re-encode the decoded image as JPEG")
-    return Prepared(image, rgb.shape[0], rgb.shape[1], fixed)
+    return Prepared(image, rgb.shape[0], rgb.shape[1], fixed or padding)
 
 
 def _resized(rgb: np.ndarray, quality: int) -> tuple[np.ndarray, bytes | None]:
