@@ -317,3 +317,27 @@ def test_bench_refuses_images_other_than_the_databases_before_timing(tree, tmp_p
     assert "timing" not in captured.out + captured.err
     from imagenet_pack.bench.options import check_same_images
     check_same_images(tree, dst, {"train": "train", "val": "val"})
+
+
+def test_paths_a_user_gets_wrong_are_named_in_one_line(tree, tmp_path, capsys):
+    """verify of no database, SRC a file, SRC a split folder (its parent suggested), and a conversion from
+    another copy of the source over an existing database: each one line that says what it is."""
+    import shutil
+    assert main(["verify", str(tmp_path / "nope"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("imagenet-pack: error:") and "nope" in err
+    afile = tmp_path / "a.JPEG"
+    afile.write_bytes(b"x")
+    assert main(["convert", str(afile), str(tmp_path / "db0"), "--no-progress"]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["convert", str(tree / "train"), str(tmp_path / "db1"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"give its parent, {tree}, as SRC" in err
+    dst = tmp_path / "db"
+    assert main(["convert", str(tree), str(dst), "--no-progress", "--workers", "1"]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy, copy_function=shutil.copy)  # same names, new mtimes
+    capsys.readouterr()
+    assert main(["convert", str(copy), str(dst), "--no-progress", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "made from another source" in err and str(tree) in err
