@@ -30,9 +30,9 @@ def photo_db(tmp_path_factory) -> Path:
 
 
 GEOMETRIES = {  # both of the fused decoders' crop laws: the device runs the plans they draw
-    "train: RandomResizedCrop + flip": lambda: RandomResizedCropDecoder(96, seed=2, dct_scaling=False),
-    "val: Resize(110) + CenterCrop(96)": lambda: CenterCropDecoder(96, resize_size=110),
-    "val, FFCV's centre crop": lambda: CenterCropDecoder(96, geometry="ffcv"),
+    "train: RandomResizedCrop + flip": lambda: RandomResizedCropDecoder(64, seed=2, dct_scaling=False),
+    "val: Resize(73) + CenterCrop(64)": lambda: CenterCropDecoder(64, resize_size=73),
+    "val, FFCV's centre crop": lambda: CenterCropDecoder(64, geometry="ffcv"),
 }
 
 
@@ -46,10 +46,10 @@ def test_gpu_decode_mode_equals_the_fused_cpu_decoder_up_to_the_edges(photo_db, 
     items = [(i, 0) for i in range(len(fused))]
     staged, _ = stage_batch(fused, items)
     with pytest.warns(UserWarning, match="deprecated") if backend == "torchvision" else contextlib.nullcontext():
-        decoder = GpuBatchDecoder(96, "cpu", backend=backend)
+        decoder = GpuBatchDecoder(64, "cpu", backend=backend)
     assert decoder.regions == (backend == "nvimgcodec")  # torchvision decodes whole images: the box is cut after
     images = decoder(staged)
-    assert images.dtype == torch.uint8 and images.shape == (16, 3, 96, 96)
+    assert images.dtype == torch.uint8 and images.shape == (16, 3, 64, 64)
     assert images.is_contiguous(memory_format=torch.channels_last) and decoder.fallbacks == 0
     reference = torch.stack([fused[item][0] for item in items])
     errors = edge_errors(images, reference)

@@ -110,7 +110,8 @@ def test_gpu_check_runs_every_section_on_cpu(tmp_path):
     script = TRAIN.parent / "gpu_check.py"
     result = subprocess.run([sys.executable, str(script), "--device", "cpu", "--arch", "resnet18", "--batch-size", "4",
                              "--image-size", "32", "--steps", "2", "--images", str(images / "train"), "--count", "24",
-                             "--workers", "1", "--resume-shares", "auto"], capture_output=True, text=True, timeout=600)
+                             "--workers", "1", "--resume-shares", "auto", "--feeds", "synthetic,cpu,gpu,hybrid",
+                             "--stages"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
     for label in ("CPU fused decode", "GPU decode mode", "hybrid, auto share", "synthetic on device (compute bound)"):
@@ -118,6 +119,8 @@ def test_gpu_check_runs_every_section_on_cpu(tmp_path):
         assert float(line.split(label)[1].split()[0]) > 0, line
     assert "torchvision.io.decode_jpeg" in out and "to OpenCV 0" in out
     assert "torch operations" in out and "each feed in a fresh process" in out
+    stages = next(x for x in out.splitlines() if "per batch (wall time):" in x)
+    assert all(f"{stage} " in stages for stage in ("staging", "decode", "table", "resample", "merge"))
     assert "--gpu-share auto: 6 steps, 24 samples: each once, in the epoch's order" in out
     assert out.index("summary (CPU device") > out.index("--gpu-share auto:")  # the summary comes last
     assert out.strip().endswith("gpu check: every check holds")
@@ -227,10 +230,10 @@ def test_a_step_limited_run_resumes_mid_epoch_and_max_steps_counts_every_run(db_
     assert len(seen) == len(set(seen)) == 20  # five batches of the same epoch, none repeated
 
 
-def test_an_unknown_arch_is_one_line_naming_it(db_session, tmp_path):
-    result = subprocess.run([sys.executable, str(TRAIN), str(db_session), "--device", "cpu", "--arch", "resnet999",
-                             "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
+def test_an_unknown_arch_is_one_line_naming_it(train_module, db_session, tmp_path, capsys):
+    code = train_module.main([str(db_session), "--device", "cpu", "--arch", "resnet999", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
         "train.py: error: --arch resnet999: torchvision has no such classification model (e.g. resnet18, resnet50, "
         "efficientnet_b0)"]

@@ -181,6 +181,9 @@ class Run:
     """One training process: its data, model and optimiser, and where it is (epoch, global step)."""
 
     def __init__(self, args: argparse.Namespace):
+        if args.arch not in torchvision.models.list_models(module=torchvision.models):
+            raise ImagenetPackError(f"--arch {args.arch}: torchvision has no such classification model (e.g. "
+                                    "resnet18, resnet50, efficientnet_b0)")
         self.args = args
         self.rank, self.world, self.device = setup(args.device)
         self.cuda = self.device.type == "cuda"
@@ -189,9 +192,6 @@ class Run:
         self.checkpoint = args.output / CHECKPOINT
         self.train_loader, self.val_loader, classes = build_loaders(args, self.world, self.device)
         self.model_classes = classes
-        if args.arch not in torchvision.models.list_models(module=torchvision.models):
-            raise ImagenetPackError(f"--arch {args.arch}: torchvision has no such classification model (e.g. "
-                                    "resnet18, resnet50, efficientnet_b0)")
         self.model = torchvision.models.get_model(args.arch, num_classes=classes).to(self.device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
