@@ -341,3 +341,15 @@ def test_paths_a_user_gets_wrong_are_named_in_one_line(tree, tmp_path, capsys):
     assert main(["convert", str(copy), str(dst), "--no-progress", "--workers", "1"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "made from another source" in err and str(tree) in err
+
+
+def test_bench_entries_of_a_val_only_tree_time_its_val_folder_for_both_baselines(tree, tmp_path):
+    """--images holding val/ alone (an evaluation-only database): both baselines read val/, nothing fails."""
+    import shutil
+    from imagenet_pack.bench.loaders import bench_entries
+    from imagenet_pack.bench.options import BenchOptions, check_same_images
+    shutil.rmtree(tree / "train")
+    assert main(["convert", str(tree), str(tmp_path / "db"), "--no-progress", "--workers", "1"]) == 0
+    entries = bench_entries(tmp_path / "db", BenchOptions(images=tree))
+    assert entries["train-baseline"][1].root == entries["val-baseline"][1].root == str(tree / "val")
+    check_same_images(tree, tmp_path / "db", {"train": "val", "val": "val"})

@@ -49,10 +49,9 @@ def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, Any
     entries: dict[str, tuple[str, Any]] = {}
     if options.images is not None:
         trees = split_dirs(options.images)
-        entries["train-baseline"] = ("train", SourceFolder(trees.get("train", trees["val"]),
-                                                            transform=standard_train_transform()))
-        entries["val-baseline"] = ("val", SourceFolder(trees.get("val", trees["train"]),
-                                                        transform=standard_val_transform()))
+        train_tree, val_tree = trees.get("train") or trees["val"], trees.get("val") or trees["train"]
+        entries["train-baseline"] = ("train", SourceFolder(train_tree, transform=standard_train_transform()))
+        entries["val-baseline"] = ("val", SourceFolder(val_tree, transform=standard_val_transform()))
     entries["train-lmdb-dropin"] = ("train", LmdbImageNet(root, train_split, transform=standard_train_transform()))
     for backend in installed_backends():
         suffix = "" if backend == "opencv" else f"-{backend}"
