@@ -36,6 +36,7 @@ GEOMETRIES = {  # both of the fused decoders' crop laws: the device runs the pla
 }
 
 
+@pytest.mark.slow  # the kernels under Triton's interpreter: seconds a batch (test_resample checks them fast)
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("backend", [pytest.param("nvimgcodec", marks=pytest.mark.nvimgcodec), "torchvision"])
 def test_gpu_decode_mode_equals_the_fused_cpu_decoder_up_to_the_edges(photo_db, backend, geometry):

@@ -29,6 +29,7 @@ def deleted_descriptors(under: Path) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 def test_descriptors_end_with_the_datasets_that_use_them(tree, tmp_path):
     """Databases opened, read, dropped and deleted leave no descriptor on a deleted file (their disk space is
@@ -53,6 +54,7 @@ def test_descriptors_end_with_the_datasets_that_use_them(tree, tmp_path):
     assert kept[2][1] == kept.targets[2]
 
 
+@pytest.mark.slow
 def test_a_conversion_of_many_shards_and_its_reading_fit_a_low_descriptor_limit(tree, tmp_path):
     """convert --shards 60 under ulimit -n 48 works (writers are opened a few at a time); reading all 60
     shards there is refused in one line that names the descriptor limit, or works."""
