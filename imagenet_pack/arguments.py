@@ -1,10 +1,9 @@
 """The argparse value types of the command line and the tools: each turns a bad value into a one-line usage
-error naming what was expected."""
+error naming what was expected. Imports nothing heavy: the command line is parsed before its Ctrl-C handler
+has anything slow to interrupt."""
 from __future__ import annotations
 
 import argparse
-
-from .format import MAX_SHARDS
 
 
 def split_list(text: str) -> tuple[str, ...]:
@@ -39,6 +38,7 @@ def positive_int(text: str) -> int:
 
 def shard_count(text: str) -> int:
     """A shard count from 1 to the format's limit."""
+    from .format import MAX_SHARDS  # here, not at import: the command starts before numpy is loaded
     value = positive_int(text)
     if value > MAX_SHARDS:
         raise argparse.ArgumentTypeError(f"at most {MAX_SHARDS} shards per split, got {value}")
