@@ -23,7 +23,6 @@ reads from the host (the box table, a fallback's pixels) comes from pinned memor
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import glob
 import importlib.util
@@ -45,7 +44,7 @@ from ..read.staged import (
     WIDTH,
     StagedRecords,
 )
-from .device import StageClock, host_empty, is_cuda, resolve_device, stream_handle
+from .device import StageClock, host_empty, is_cuda, resolve_device, stream_handle, timed
 from .resample import Decoded, box_rows, resample_boxes
 
 GPU_BACKENDS = ("nvimgcodec", "torchvision", "auto")
@@ -118,16 +117,14 @@ class GpuBatchDecoder:
                               device=self.device).permute(0, 3, 1, 2)
         rows = staged.on_device
         if len(rows):
-            with self._stage("decode"):
+            with timed(self.stages, "decode"):
                 images = self.decode(staged, rows)
-            with self._stage("table"):
+            with timed(self.stages, "table"):
                 boxes = box_rows(staged.table[:staged.rows], rows, images, self.size, first)
-            with self._stage("resample"):
+            with timed(self.stages, "resample"):
                 resample_boxes(boxes, out, self.size)
         return out
 
-    def _stage(self, name: str):
-        return self.stages(name) if self.stages is not None else contextlib.nullcontext()
 
     def decode(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded]:
         """Where each of ``rows`` was decoded on the device: its box where :attr:`regions`, else the whole image

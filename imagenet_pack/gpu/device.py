@@ -134,6 +134,11 @@ def peak_memory(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if is_cuda(device) else None
 
 
+def timed(clock: StageClock | None, stage: str) -> contextlib.AbstractContextManager[None]:
+    """``clock(stage)`` where a clock is attached, else nothing."""
+    return clock(stage) if clock is not None else contextlib.nullcontext()
+
+
 class StageClock:
     """Time per named stage of device work: CUDA events around each stage, read only once the device has
     passed them (never waited for while the work runs), on a GPU; wall time on a CPU device, where the work is

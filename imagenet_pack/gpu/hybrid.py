@@ -11,7 +11,6 @@ of the CPU-only loader.
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from ..loader.loader import Feed, epoch_loader
 from ..machine import default_workers
 from ..read.dataset import LmdbImageNet
 from .decode import GpuBatchDecoder
-from .device import StageClock, pins, resolve_device
+from .device import StageClock, pins, resolve_device, timed
 from .share import SharePolicy
 from .stage import feed_ahead
 from .staging import HostBatch, Staging
@@ -75,7 +74,7 @@ class HybridLoader(Feed[HostBatch]):
         """This epoch's remaining batches, each staged on the host as one :class:`~.staging.HostBatch`."""
         for result in self.epoch_loader.results():
             self.policy.observe_workers(result.cpu_rows, result.seconds)
-            with self._stage("staging"):
+            with timed(self.stages, "staging"):
                 staged = self.staging.take(self.ring, result)
             yield staged
 
@@ -92,7 +91,7 @@ class HybridLoader(Feed[HostBatch]):
         size = len(batch.targets)
         side = self.shape[1]
         out = torch.empty((size, side, side, 3), dtype=torch.uint8, device=self.device).permute(0, 3, 1, 2)
-        with self._stage("merge"):
+        with timed(self.stages, "merge"):
             out[:len(batch.images)].copy_(batch.images, non_blocking=True)
         if batch.staged is not None:
             # what the device's rows cost, told to the share once the device has passed them (never waited for)
@@ -101,7 +100,7 @@ class HybridLoader(Feed[HostBatch]):
             self._rows.append(batch.staged.rows)
             for _, seconds in self._cost.done():
                 self.policy.observe_device(self._rows.pop(0), seconds)
-        with self._stage("merge"):
+        with timed(self.stages, "merge"):
             targets = batch.targets.to(self.device, non_blocking=True, copy=True)
         self.staging.release(batch)
         return out, targets
@@ -111,9 +110,6 @@ class HybridLoader(Feed[HostBatch]):
         decode, table and resample); None stops."""
         self.stages = self.decoder.stages = clock
 
-    def _stage(self, name: str):
-        """The :attr:`stages` clock around a stage's work, if one is attached."""
-        return self.stages(name) if self.stages is not None else contextlib.nullcontext()
 
     def state_dict(self) -> dict:
         return {**self.epoch_loader.state_dict(), **self.policy.state()}

@@ -53,9 +53,10 @@ def shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> to
     is not that much room."""
     size = math.prod(shape) * dtype.itemsize
     try:
-        free = os.statvfs(SHM).f_bavail * os.statvfs(SHM).f_frsize if os.path.isdir(SHM) else None
+        room = os.statvfs(SHM) if os.path.isdir(SHM) else None
     except OSError:
-        free = None
+        room = None
+    free = room.f_bavail * room.f_frsize if room is not None else None
     if free is not None and size > free:
         raise ImagenetPackError(_no_room(size, free))
     try:

@@ -67,6 +67,7 @@ class SplitConversion:
         self.source, self.split_dir, self.options = source, split_dir, options
         self.fingerprint = options.fingerprint(source)
         self.ranges = shard_ranges(len(source.items), options.shards)
+        self._mean_size: float | None = None  # of a source file, sampled when the first writer opens
 
     def shard_dirs(self) -> list[Path]:
         """The folders of the shards this run writes."""
@@ -113,10 +114,11 @@ class SplitConversion:
         return source, sum(p.stat().st_blocks * 512 for p in data if p.is_file())
 
     def _writer(self, s: int) -> ShardWriter:
-        items = self.source.items
-        sample = items[:: max(1, len(items) // 256)]
-        mean = sum(_item_size(i) for i in sample) / max(1, len(sample))
-        map_size = self.options.initial_map_size or int(mean * len(self.ranges[s]) * 1.25) + (64 << 20)
+        if self._mean_size is None:  # once a run: a writer may be opened again (ShardWriters keeps a few open)
+            items = self.source.items
+            sample = items[:: max(1, len(items) // 256)]
+            self._mean_size = sum(_item_size(i) for i in sample) / max(1, len(sample))
+        map_size = self.options.initial_map_size or int(self._mean_size * len(self.ranges[s]) * 1.25) + (64 << 20)
         return ShardWriter(shard_dir(self.split_dir, s, self.options.shards), self.fingerprint, map_size=map_size,
                            batch_bytes=self.options.batch_bytes)
 
