@@ -29,7 +29,8 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool = True, worke
     decoded on ``device`` while the CPU workers decode the rest; batches then arrive on the device as uint8,
     in the sampler's order, with the same crops and the same exact resume. ``"auto"`` chooses the share from
     what each side can carry and revisits it (:class:`~imagenet_pack.gpu.share.SharePolicy`);
-    ``loader.gpu_share`` tells the share decided last.
+    ``loader.gpu_share`` tells the share decided last. ``workers`` defaults to every core, less two for a hybrid
+    feed (the training loop's and the device stage's).
     """
     options: dict[str, Any] = dict(train=train, workers=workers, seed=seed, prefetch_factor=prefetch_factor,
                                    persistent_workers=persistent_workers, rank=rank, world_size=world_size)

@@ -254,3 +254,76 @@ def test_the_device_path_never_reads_a_device_value_on_the_host(db_session, monk
     monkeypatch.undo()
     assert images.shape == expected[0].shape and targets.shape == expected[1].shape
     assert threading.active_count() >= 1
+
+
+def test_a_share_set_while_a_worker_decodes_a_batch_applies_to_its_rows_not_yet_decoded(db_session, monkeypatch):
+    """A worker stages every row, then decodes rows from the first on while the share read before each row
+    leaves it more: a share raised after two rows stops it at three of six; raised past what it has done, at
+    once; the rows it decoded are the CPU loader's, the rest stay staged for the device."""
+    from imagenet_pack.loader.ring import BatchRing, NumberedBatch
+    from imagenet_pack.read.decoders import FusedDecoder
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    ring = BatchRing(ds, 2, 6, ds.batch_shape, staged=True)
+    items = [(i, 1) for i in range(6)]
+    for later, expected in ((0.5, 3), (1.0, 2)):
+        ring.set_share(0.0)
+        decoded = []
+        real = FusedDecoder.__call__
+
+        def counting(self, *args, _real=real, _later=later, **kwargs):
+            out = _real(self, *args, **kwargs)
+            decoded.append(args[1])
+            if len(decoded) == 2:
+                ring.set_share(_later)  # the main process decides, two rows into the batch
+            return out
+        monkeypatch.setattr(FusedDecoder, "__call__", counting)
+        result = ring.__getitems__(NumberedBatch(items, 0))
+        monkeypatch.setattr(FusedDecoder, "__call__", real)
+        assert result.cpu_rows == expected and decoded == list(range(expected)) and not result.fallback
+        images = ring.images(0).permute(0, 3, 1, 2)
+        assert all(torch.equal(images[row], ds[items[row]][0]) for row in range(expected))
+        assert (ring.staged(0).table[expected:6, columns.LENGTH] > 0).all()
+
+
+def test_a_decision_is_in_effect_within_two_delivered_batches_and_saved_where_it_was_made(db_session):
+    """An "auto" share driven by an injected clock, started at 0.5 (its measured balance point): the loop's
+    appetite, read from the clock, is far below what the workers carry, so the first decision (after the
+    warm-up and one window) drops the share to 0. The batch the loop receives next but one is all the
+    workers'; the decision is saved where the loop stood, and a resumed run starts from it."""
+    from imagenet_pack.gpu.share import Segment, SharePolicy
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    loader = build_loader(ds, 2, workers=1, prefetch_factor=1, seed=3, gpu_share=0.5, device="cpu",
+                          persistent_workers=False)
+    ticks = iter(range(0, 10_000, 100))
+    loader.policy = SharePolicy("auto", torch.device("cuda", 0), workers=1, clock=lambda: float(next(ticks)))
+    loader.policy.start(cpu_row_seconds=1.0, device_row_seconds=1.0)
+    splits = []
+    for batch in loader.batches():
+        splits.append(batch.cpu_rows)
+        loader.deliver(len(batch.targets))
+        loader.staging.release(batch)
+    decided = SharePolicy.WARMUP + SharePolicy.WINDOW
+    assert len(splits) == 12 and splits[:decided] == [1] * decided and splits[decided + 1:] == [2]
+    assert loader.policy.segments == [Segment(0, 0, 0.5), Segment(0, 2 * decided, 0.0)]
+    resumed = build_loader(ds, 2, workers=1, seed=3, gpu_share="auto", device="cpu", persistent_workers=False)
+    resumed.load_state_dict(loader.state_dict())
+    assert resumed.gpu_share == 0.0 and resumed.ring.cpu_rows(2) == 2
+
+
+def test_the_first_batch_is_split_at_the_balance_point_measured_at_start_up(db_session, monkeypatch):
+    """Before the first batch an "auto" feed decodes a few records on each side: with a worker paying 20 ms a
+    row and the device 10 ms, the device takes two thirds of the first batch, not none."""
+    import time
+
+    from imagenet_pack.gpu.share import SharePolicy
+    from imagenet_pack.read.decoders import FusedDecoder
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    loader = build_loader(ds, 6, workers=1, seed=3, gpu_share=0.5, device="cpu", persistent_workers=False)
+    loader.policy = SharePolicy("auto", torch.device("cuda", 0), workers=1)
+    real_cpu = FusedDecoder.__call__
+    monkeypatch.setattr(FusedDecoder, "__call__", lambda *a, **k: time.sleep(0.02) or real_cpu(*a, **k))
+    # the device's pixels are not looked at here, only its time (Triton's interpreter would swamp it)
+    monkeypatch.setattr(GpuBatchDecoder, "__call__", lambda self, staged, *a, **k: time.sleep(0.01 * staged.rows))
+    first = next(loader.batches())
+    assert loader.policy.started and loader.gpu_share == pytest.approx(2 / 3, abs=0.05)
+    assert first.cpu_rows == 6 - round(6 * loader.gpu_share) == 2

@@ -1,7 +1,7 @@
-"""The hybrid feed's share, driven by an injected clock: it is chosen from what each side can carry (the
-workers' cost per row, the device's, the training loop's appetite), not from the first burst of a full
-queue; it applies from the first batch not yet dispatched; it is revisited; every decision is saved, so a
-resumed run splits each batch as the uninterrupted one did."""
+"""The hybrid feed's share, driven by an injected clock: it starts at the balance point measured at start-up;
+it is chosen from what each side can carry (the workers' cost per row, the device's, the training loop's
+appetite), not from the first burst of a full queue; it applies to the next batch the workers decode; it is
+revisited; every decision is saved where the loop stood, so a resumed run goes on from the share in force."""
 from __future__ import annotations
 
 import pytest
@@ -15,37 +15,44 @@ BATCH = 64
 
 class Run:
     """A training loop of ``step`` seconds a batch fed by ``workers`` workers paying ``cpu_cost`` seconds a
-    row, and a device paying ``device_cost`` a row; the loader dispatches ``ahead`` batches ahead."""
+    row, and a device paying ``device_cost`` a row; the workers decode each batch at the share in force just
+    before it is delivered (no batch finished ahead: the case where the share matters)."""
 
-    def __init__(self, policy: SharePolicy, *, step: float, cpu_cost: float, device_cost: float = 1e-4,
-                 ahead: int = 16, workers: int = 16):
+    def __init__(self, policy: SharePolicy, *, step: float, cpu_cost: float, device_cost: float = 1e-4):
         self.policy, self.step, self.cpu_cost, self.device_cost = policy, step, cpu_cost, device_cost
-        self.ahead, self.workers, self.now, self.dispatched, self.splits = ahead, workers, 0.0, 0, []
+        self.now, self.splits = 0.0, []
         policy.clock = lambda: self.now
-        for _ in range(ahead):
-            self._dispatch()
-
-    def _dispatch(self) -> None:
-        cpu = self.policy.cpu_rows(0, self.dispatched * BATCH, BATCH)
-        self.splits.append(cpu)
-        self.dispatched += 1
 
     def deliver(self, batches: int, waited: float = 0.0) -> None:
         for _ in range(batches):
-            k = len(self.splits) - self.ahead  # the batch delivered now
-            cpu = self.splits[k]
+            cpu = BATCH - round(BATCH * self.policy.share)
+            self.splits.append(cpu)
             self.policy.observe_workers(cpu, cpu * self.cpu_cost)
             if cpu < BATCH:
                 self.policy.observe_device(BATCH - cpu, (BATCH - cpu) * self.device_cost)
             self.now += self.step + waited
-            self.policy.observe_delivery(BATCH, waited)
-            self._dispatch()
+            self.policy.observe_delivery(BATCH, waited, (0, len(self.splits) * BATCH))
+
+
+def test_the_run_starts_at_the_balance_point_measured_at_start_up():
+    """16 workers at 10 ms a row carry 1600 images/s, the device 3200: two thirds of each batch go to the
+    device until the loop's appetite is known; a fixed share, a CPU device or a resumed run measure nothing."""
+    policy = SharePolicy("auto", CUDA, workers=16)
+    assert not policy.started and policy.share == 0.0
+    policy.start(cpu_row_seconds=0.01, device_row_seconds=1 / 3200)
+    assert policy.started and policy.segments == [Segment(0, 0, 43 / 64)]  # 2/3, rounded up to a 64th
+    assert SharePolicy(0.25, CUDA, workers=4).started and SharePolicy("auto", torch.device("cpu"), workers=4).started
+    resumed = SharePolicy("auto", CUDA, workers=16)
+    resumed.restore({"gpu_share_segments": [[0, 0, 0.5]]})
+    assert resumed.started and resumed.share == 0.5
 
 
 def test_workers_that_keep_up_leave_the_gpu_alone():
     policy = SharePolicy("auto", CUDA, workers=16)
-    Run(policy, step=0.05, cpu_cost=0.004).deliver(40)  # 16 / 0.004 = 4000 img/s against 1280 wanted
-    assert policy.segments == [Segment(0, 0, 0.0)] and policy.share == 0.0
+    policy.start(cpu_row_seconds=0.004, device_row_seconds=1e-4)
+    run = Run(policy, step=0.05, cpu_cost=0.004)  # 16 / 0.004 = 4000 img/s against 1280 wanted
+    run.deliver(40)
+    assert policy.share == 0.0 and run.splits[-1] == BATCH
 
 
 def test_a_full_queue_s_burst_does_not_hide_workers_that_cannot_keep_up():
@@ -58,15 +65,15 @@ def test_a_full_queue_s_burst_does_not_hide_workers_that_cannot_keep_up():
     assert policy.share == pytest.approx(need, abs=1 / 64) and policy.share >= need
 
 
-def test_a_decision_applies_from_the_first_batch_not_yet_dispatched():
+def test_a_decision_applies_to_the_next_batch_decoded_and_is_kept_where_the_loop_stood():
     policy = SharePolicy("auto", CUDA, workers=16)
-    run = Run(policy, step=0.025, cpu_cost=0.01, ahead=16)
-    run.deliver(SharePolicy.WARMUP + SharePolicy.WINDOW)  # the decision comes with the last delivery ...
-    dispatched = len(run.splits) - 1  # ... when this many batches were dispatched already (16 ahead of it)
+    run = Run(policy, step=0.025, cpu_cost=0.01)
+    run.deliver(SharePolicy.WARMUP + SharePolicy.WINDOW)  # the decision comes with the last delivery
     (epoch, consumed, share), = policy.segments[1:]
-    assert (epoch, consumed) == (0, dispatched * BATCH) and dispatched > SharePolicy.WARMUP + SharePolicy.WINDOW
-    assert run.splits[:dispatched] == [BATCH] * dispatched  # those keep the split they were dispatched with
-    assert run.splits[dispatched] == BATCH - round(BATCH * share)  # the next one takes the new share
+    assert (epoch, consumed) == (0, len(run.splits) * BATCH)
+    assert run.splits == [BATCH] * len(run.splits)  # decoded before it
+    run.deliver(1)
+    assert run.splits[-1] == BATCH - round(BATCH * share)  # the very next batch follows it
 
 
 def test_the_share_is_revisited_when_the_loop_slows_down():
@@ -88,20 +95,24 @@ def test_the_device_never_gets_more_than_it_can_carry():
     assert policy.share == pytest.approx(1600 / (800 + 1600), abs=1 / 64)
 
 
-def test_a_resume_between_decisions_splits_every_batch_as_the_uninterrupted_run():
+def test_a_resumed_run_goes_on_from_the_share_in_force_and_keeps_the_decisions():
     first = SharePolicy("auto", CUDA, workers=16)
     run = Run(first, step=0.025, cpu_cost=0.01)
     run.deliver(SharePolicy.WARMUP + 2 * SharePolicy.WINDOW + 3)  # stopped after a decision, before the next
     state = first.state()
     resumed = SharePolicy("auto", CUDA, workers=16)
     resumed.restore(state)
-    assert resumed.segments == first.segments
-    assert [resumed.cpu_rows(0, k * BATCH, BATCH) for k in range(len(run.splits))] == run.splits
-    assert SharePolicy("auto", CUDA, workers=16).cpu_rows(0, len(run.splits) * BATCH, BATCH) == BATCH  # (fresh)
+    assert resumed.segments == first.segments and len(first.segments) >= 2
+    assert resumed.share == first.share  # where the resumed run starts
+    # the saved decisions tell how every batch delivered was split
+    assert [BATCH - round(BATCH * first.share_at(0, k * BATCH)) for k in range(len(run.splits))] == run.splits
 
 
 def test_fixed_shares_and_the_cpu_device():
-    assert SharePolicy(0.25, CUDA, workers=4).cpu_rows(3, 1000, 64) == 48
+    fixed = SharePolicy(0.25, CUDA, workers=4)
+    run = Run(fixed, step=0.001, cpu_cost=0.1)
+    run.deliver(40)
+    assert run.splits == [48] * 40 and fixed.segments == [Segment(0, 0, 0.25)]
     cpu = SharePolicy("auto", torch.device("cpu"), workers=4)  # the "device" is the workers' own cores
     Run(cpu, step=0.001, cpu_cost=0.1).deliver(40)
     assert cpu.segments == [Segment(0, 0, 0.0)]

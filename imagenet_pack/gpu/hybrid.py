@@ -1,9 +1,10 @@
 """The hybrid feed: every batch decoded partly by the CPU workers and partly on the device, in the sampler's
 order. The one home of the merge (:meth:`HybridLoader.to_device`); the share is :mod:`.share`'s.
 
-The workers decode the first rows of each batch into shared memory and stage the rest for the device: they
-read and check those records and draw their plans (same law and seeds as the CPU decoders) into the same
-slot, so the main process never reads the database. It copies the batch out into a pinned staging buffer
+The workers stage every row of each batch in shared memory (each record read and checked, its plan drawn
+with the CPU decoders' law and seeds) and decode rows from the first on while the share, read before each
+row, leaves them more: the rest are the device's, so a new share applies at once and the main process never
+reads the database. It copies the batch out into a pinned staging buffer
 (:mod:`.staging`) and hands that one block to the device stage, which, on the look-ahead's stream
 (:mod:`.stage`), copies the workers' rows in, decodes and resamples the staged rows into theirs
 (:class:`~.decode.GpuBatchDecoder`) and copies the targets. Samples, crops, order and exact resume are those
@@ -11,6 +12,7 @@ of the CPU-only loader.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +21,9 @@ import torch
 from ..loader.loader import Feed, epoch_loader
 from ..machine import default_workers
 from ..read.dataset import LmdbImageNet
+from ..read.staged import StagedRecords
 from .decode import GpuBatchDecoder
-from .device import StageClock, pins, resolve_device, timed
+from .device import StageClock, pins, resolve_device, synchronize, timed
 from .share import SharePolicy
 from .stage import feed_ahead
 from .staging import HostBatch, Staging
@@ -31,19 +34,23 @@ class HybridLoader(Feed[HostBatch]):
     (see the module docstring). Iterating it yields uint8 batches on the device; wrap it in
     :class:`~imagenet_pack.gpu.prefetch.CudaPrefetcher` to have them normalised in the same look-ahead."""
 
+    HOST_CORES = 2  # cores not given to workers by default: the training loop's, the device stage's
+    START_ROWS = 16  # records decoded on each side at start-up to measure what a row costs
+
     def __init__(self, dataset: LmdbImageNet, batch_size: int, *, share: float | str, device: torch.device | str,
                  **loader_options: Any):
         if dataset.batch_shape is None:  # build_loader says so in words; here, a programming error
             raise TypeError("HybridLoader needs a fused decoder's batch shape")
         self.shape = dataset.batch_shape
         self.dataset, self.device = dataset, resolve_device(device)
-        workers = loader_options.get("workers")
-        self.policy = SharePolicy(share, self.device, default_workers() if workers is None else workers)
-        self.epoch_loader = epoch_loader(dataset, batch_size, cpu_rows=self.policy.cpu_rows, pin=pins(self.device),
-                                   **loader_options)
+        if loader_options.get("workers") is None:  # leave cores to the device stage and the training loop
+            loader_options["workers"] = max(1, default_workers() - self.HOST_CORES)
+        self.policy = SharePolicy(share, self.device, loader_options["workers"])
+        self.epoch_loader = epoch_loader(dataset, batch_size, staged=True, pin=pins(self.device), **loader_options)
         if self.epoch_loader.ring is None:
             raise TypeError("HybridLoader needs loader workers (the ring their batches are staged in)")
         self.ring = self.epoch_loader.ring
+        self.ring.set_share(self.policy.share)
         self.decoder = GpuBatchDecoder(self.shape[1], self.device, batch_size=batch_size)
         self.staging = Staging(4, batch_size, self.shape, self.device)
         self.sampler = self.epoch_loader.sampler
@@ -72,6 +79,9 @@ class HybridLoader(Feed[HostBatch]):
 
     def batches(self) -> Iterator[HostBatch]:
         """This epoch's remaining batches, each staged on the host as one :class:`~.staging.HostBatch`."""
+        if not self.policy.started:
+            self.policy.start(*self._row_costs())
+            self.ring.set_share(self.policy.share)
         for result in self.epoch_loader.results():
             self.policy.observe_workers(result.cpu_rows, result.seconds)
             with timed(self.stages, "staging"):
@@ -80,7 +90,9 @@ class HybridLoader(Feed[HostBatch]):
 
     def deliver(self, samples: int, waited: float = 0.0) -> None:
         self.epoch_loader.deliver(samples)
-        self.policy.observe_delivery(samples, waited)
+        at = (self.epoch, self.sampler.consumed(self.delivered))
+        self.policy.observe_delivery(samples, waited, at)
+        self.ring.set_share(self.policy.share)
 
     def finish_epoch(self) -> None:
         self.epoch_loader.finish_epoch()
@@ -117,3 +129,23 @@ class HybridLoader(Feed[HostBatch]):
     def load_state_dict(self, state: dict) -> None:
         self.epoch_loader.load_state_dict(state)
         self.policy.restore(state)
+        self.ring.set_share(self.policy.share)
+
+    def _row_costs(self) -> tuple[float, float]:
+        """Seconds a row costs one worker and the device stage, measured on the first records (the device's
+        after a first call that compiles and warms what it uses)."""
+        count = min(self.START_ROWS, len(self.dataset))
+        items = list(range(count))
+        staged = StagedRecords.allocate(count)
+        side = self.shape[1]
+        images = torch.empty((count, side, side, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        self.dataset.stage_records(items, staged, images)
+        started = time.perf_counter()
+        self.dataset.decode_staged(items, staged, images, lambda: count)
+        cpu = (time.perf_counter() - started) / max(count, 1)
+        self.decoder(staged)
+        synchronize(self.device)
+        started = time.perf_counter()
+        self.decoder(staged)
+        synchronize(self.device)
+        return cpu, (time.perf_counter() - started) / max(count, 1)

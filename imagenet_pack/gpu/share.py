@@ -13,13 +13,19 @@ A share s sends the last ``round(s * N)`` rows of each batch to the device; the 
 If the workers alone carry ``D`` with a margin, the share is 0 (the GPU stays free for training); else it is
 the smallest that lets them keep up, ``1 - C_cpu / (D (1 + margin))``, and never past the point where the
 device becomes the slower side, ``C_dev / (C_cpu + C_dev)``. Nothing is read from the first burst of a
-queue filled ahead: costs are measured where they are paid, not inferred from waits.
+queue filled ahead: costs are measured where they are paid, not inferred from waits. Before the first batch
+(:meth:`SharePolicy.start`) the loader measures both costs on a few records, and the run starts at that
+balance point, where the two sides together feed the most, not at 0; the first decision then lowers it to
+what the loop asks for.
 
-A decision applies from the first batch not yet dispatched to the workers (a loader dispatches several
-ahead), and is kept as a segment ``(epoch, consumed, share)``: :meth:`SharePolicy.state` saves them all, so a
-resumed "auto" run splits every batch up to the last decision exactly as the interrupted run did, and decides
-anew after it. A fixed share given to the resumed run wins from the resumed position on (a warning says so
-when it differs from the saved one): the split never changes which samples or crops a batch holds.
+A decision takes effect at once: the workers read the share before each row they decode
+(:class:`~imagenet_pack.loader.ring.BatchRing`), so every row not yet decoded follows it; only batches the
+workers finished ahead of the loop keep the split they were made with. Each decision is kept as a segment
+``(epoch, consumed, share)``, where the training loop stood when it was made: :meth:`SharePolicy.state` saves
+them, and a resumed "auto" run starts from the share in force where it stopped. A fixed share splits every
+batch the same way in any run (so a resumed run's pixels are those of the uninterrupted run); given to a
+resumed run it wins from the resumed position on (a warning says so when it differs from the saved one). The
+split never changes which samples or crops a batch holds.
 """
 from __future__ import annotations
 
@@ -64,7 +70,7 @@ class SharePolicy:
         self.auto = share == "auto" and is_cuda(device)  # on a CPU device the "device" is the workers' cores
         self.segments = [Segment(0, 0, 0.0 if share == "auto" else float(share))]
         self.workers, self.clock = max(1, workers), clock
-        self._dispatched = (0, 0)  # where the next batch handed to the workers starts
+        self.started = not self.auto  # a fixed share needs no measurement
         self._deliveries = 0
         self._last: float | None = None
         self._window = {"samples": 0, "seconds": 0.0, "cpu_rows": 0, "cpu_seconds": 0.0, "device_rows": 0,
@@ -76,12 +82,15 @@ class SharePolicy:
         return self.segments[-1].share
 
     def share_at(self, epoch: int, at: int) -> float:
+        """The share in force when the training loop stood at sample ``at`` of ``epoch``."""
         return next(s.share for s in reversed(self.segments) if (s.epoch, s.consumed) <= (epoch, at))
 
-    def cpu_rows(self, epoch: int, at: int, size: int) -> int:
-        """Rows of the batch of ``size`` starting at (``epoch``, ``at``) that the workers decode."""
-        self._dispatched = (epoch, at + size)
-        return size - int(round(size * self.share_at(epoch, at)))
+    def start(self, cpu_row_seconds: float, device_row_seconds: float) -> None:
+        """Start from the balance point of what a worker and the device were measured to pay per row."""
+        self.started = True
+        cpu = self.workers / max(cpu_row_seconds, 1e-9)
+        device = 1 / max(device_row_seconds, 1e-9)
+        self.segments = [Segment(*self.segments[-1][:2], self._steps(device / (cpu + device)))]
 
     def observe_workers(self, rows: int, seconds: float) -> None:
         """The workers decoded ``rows`` rows of a batch in ``seconds``."""
@@ -93,8 +102,9 @@ class SharePolicy:
         self._window["device_rows"] += rows
         self._window["device_seconds"] += seconds
 
-    def observe_delivery(self, samples: int, waited: float) -> None:
-        """The training loop received ``samples`` after waiting ``waited`` seconds for them."""
+    def observe_delivery(self, samples: int, waited: float, at: tuple[int, int]) -> None:
+        """The training loop received ``samples`` after waiting ``waited`` seconds for them, and now stands at
+        (epoch, samples of it the job consumed) ``at``."""
         now = self.clock()
         self._deliveries += 1
         if self._last is not None and self._deliveries > self.WARMUP:
@@ -102,9 +112,12 @@ class SharePolicy:
             self._window["seconds"] += max(now - self._last - waited, 1e-9)
         self._last = now
         if self.auto and self._deliveries > self.WARMUP and (self._deliveries - self.WARMUP) % self.WINDOW == 0:
-            self._decide()
+            self._decide(at)
 
-    def _decide(self) -> None:
+    def _steps(self, share: float) -> float:
+        return math.ceil(share * self.STEPS - 1e-9) / self.STEPS
+
+    def _decide(self, at: tuple[int, int]) -> None:
         w = self._window
         if w["samples"] and w["cpu_rows"]:
             demand = w["samples"] / w["seconds"]
@@ -115,9 +128,9 @@ class SharePolicy:
             else:
                 balance = 1.0 if math.isinf(device) else device / (cpu + device)
                 share = min(1 - cpu / (demand * (1 + self.MARGIN)), balance)
-            share = math.ceil(share * self.STEPS - 1e-9) / self.STEPS
+            share = self._steps(share)
             if share != self.share:
-                self.segments.append(Segment(*self._dispatched, share))
+                self.segments.append(Segment(*at, share))
         self._window = dict.fromkeys(self._window, 0)
 
     def state(self) -> dict:
@@ -142,7 +155,7 @@ class SharePolicy:
             restored.append(Segment(epoch, consumed, float(item[2])))
         if restored != sorted(restored) or restored[0][:2] != (0, 0):
             raise ValueError("loader state's gpu_share segments do not start at (0, 0) in order")
-        self.segments = restored
+        self.segments, self.started = restored, True
         if self.given == "auto":  # the saved decisions stand, and new ones follow them
             return
         # a share given now wins from the resumed position on (the split never changes samples or crops)

@@ -61,15 +61,17 @@ class Staging:
         targets = self.targets[k][:size]
         targets.numpy()[:] = result.targets
         staged = None
-        if cpu < size:
+        if cpu < size:  # the device's rows: their plans, and their bytes (back to back from the first's)
             source = ring.staged(result.slot)
             table = self.tables[k][:size - cpu].numpy()
-            np.copyto(table, source.table[:size - cpu])
+            np.copyto(table, source.table[cpu:size])
+            start = int(table[0, OFFSET])
+            table[:, OFFSET] -= start
             used = int((table[:, OFFSET] + table[:, LENGTH]).max())
             if used > len(self.data[k]):  # a batch of unusually large files: this buffer grows, once
                 self.data[k] = host_empty((max(used, 2 * len(self.data[k])),), torch.uint8, self.device)
             data = self.data[k].numpy()
-            np.copyto(data[:used], source.data[:used])
+            np.copyto(data[:used], source.data[start:start + used])
             staged = StagedRecords(data, table, size - cpu)
         return HostBatch(images.permute(0, 3, 1, 2), targets, staged, cpu, result.seconds, k)
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..errors import ImagenetPackError
 from ..machine import default_workers
 from ..read.dataset import LmdbImageNet
-from .ring import BatchRing, CpuRows, NumberedBatches, as_is, shared_empty
+from .ring import BatchRing, NumberedBatches, as_is, shared_empty
 from .sampler import EpochSampler
 
 BatchT = TypeVar("BatchT")
@@ -218,15 +218,15 @@ def check_uint8_samples(dataset: Any, shape: tuple[int, int, int] | None) -> Non
 
 def epoch_loader(dataset: Any, batch_size: int, *, train: bool = True, workers: int | None = None,
                  seed: int = 0, prefetch_factor: int = 4, persistent_workers: bool = True,
-                 rank: int | None = None, world_size: int | None = None, cpu_rows: CpuRows | None = None,
+                 rank: int | None = None, world_size: int | None = None, staged: bool = False,
                  pin: bool = False) -> EpochLoader:
     """A uint8-batch loader over ``dataset`` (use a fused decoder or ``decoder="tensor"``).
 
     ``train`` shuffles every epoch, pads ranks to equal length and drops the last partial batch; eval keeps
     the order and gives every sample to exactly one rank. ``pin``: batches in pinned memory (for a CUDA
     device). With workers and a dataset with a ``batch_shape`` the batches go through a :class:`BatchRing`
-    of ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``cpu_rows`` (a hybrid feed's) says how
-    many rows of each batch the workers decode; they stage the rest in the ring for the device.
+    of ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``staged`` (a hybrid feed's): the workers
+    stage every row in the ring and decode the first ones the ring's share leaves them; the rest are the device's.
     """
     shape = dataset.batch_shape if isinstance(dataset, LmdbImageNet) else None  # any other dataset: collated
     check_uint8_samples(dataset, shape)
@@ -236,11 +236,11 @@ def epoch_loader(dataset: Any, batch_size: int, *, train: bool = True, workers: 
     common: dict[str, Any] = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
                                   persistent_workers=persistent_workers and workers > 0,
                                   prefetch_factor=prefetch_factor if workers else None)
-    if cpu_rows is not None and (not workers or shape is None):
+    if staged and (not workers or shape is None):
         raise ValueError("a hybrid feed needs loader workers and an LmdbImageNet with a fused decoder")
     if workers and shape is not None:
-        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape, staged=cpu_rows is not None)
-        batches = NumberedBatches(sampler, batch_size, drop_last=train, cpu_rows=cpu_rows)
+        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape, staged=staged)
+        batches = NumberedBatches(sampler, batch_size, drop_last=train)
         return EpochLoader(DataLoader(ring, batch_sampler=batches, collate_fn=as_is, **common), sampler, batch_size,
                            drop_last=train, ring=ring, pin=pin)
     dataloader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_uint8,

@@ -39,6 +39,10 @@ class BatchSource(Protocol):
     def stage_records(self, indices: list[Index], staged: StagedRecords, images: torch.Tensor) -> list[int]:
         """Stage ``indices`` for a decoder elsewhere (those that do not fit: decoded into ``images``)."""
 
+    def decode_staged(self, indices: list[Index], staged: StagedRecords, images: torch.Tensor,
+                      wanted: Callable[[], int]) -> int:
+        """Decode staged rows into ``images`` from the first on, while there are fewer than ``wanted()``."""
+
 # private: an uninitialised shared-memory storage, touched only where written (the public share_memory_()
 # first fills private memory and then copies it there); the fallback gives the same tensor, slower
 _NEW_SHARED = getattr(torch.UntypedStorage, "_new_shared", None)
@@ -75,36 +79,25 @@ def _no_room(size: int, free: int | None) -> str:
 
 
 class NumberedBatch(list):
-    """The sampler's indices of one batch, the batch's number in this iteration (which picks its ring slot),
-    and how many of its first rows the workers decode (the rest are staged for the device, a hybrid feed)."""
+    """The sampler's indices of one batch and the batch's number in this iteration (which picks its ring slot)."""
 
-    def __init__(self, indices: list, number: int, cpu_rows: int):
+    def __init__(self, indices: list, number: int):
         super().__init__(indices)
-        self.number, self.cpu_rows = number, cpu_rows
-
-
-# (epoch, samples of the epoch the job had consumed when the batch starts, batch size) -> rows the workers decode
-CpuRows = Callable[[int, int, int], int]
+        self.number = number
 
 
 class NumberedBatches:
-    """A ``BatchSampler`` over ``sampler`` whose batches carry their number and their CPU rows, decided in the
-    main process as each batch is dispatched (so a share chosen mid-run applies from a known batch on)."""
+    """A ``BatchSampler`` over ``sampler`` whose batches carry their number."""
 
-    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool, cpu_rows: CpuRows | None = None):
-        self.sampler, self.batch_size = sampler, batch_size
+    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool):
         self.batches = BatchSampler(sampler, batch_size, drop_last)
-        self.cpu_rows = cpu_rows
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[NumberedBatch]:
-        epoch, first = self.sampler.epoch, self.sampler.skip
         for number, indices in enumerate(self.batches):
-            at = self.sampler.consumed(first + number * self.batch_size)
-            cpu = len(indices) if self.cpu_rows is None else self.cpu_rows(epoch, at, len(indices))
-            yield NumberedBatch(indices, number, cpu)
+            yield NumberedBatch(indices, number)
 
 
 class WorkerBatch(NamedTuple):
@@ -112,33 +105,39 @@ class WorkerBatch(NamedTuple):
 
     slot: int
     targets: list[int]  # of every row
-    cpu_rows: int  # rows decoded into the slot's images (the first ones); the rest are staged ...
-    fallback: bool  # ... except those that did not fit, decoded into their image rows too
+    cpu_rows: int  # rows decoded into the slot's images (the first ones); the rest are the device's ...
+    fallback: bool  # ... except those that did not fit as records, decoded into their image rows too
     seconds: float  # the worker's time decoding its rows (what a row costs the CPU, for a hybrid share)
 
 
 class BatchRing(Dataset):
     """Workers decode each batch into one of ``slots`` shared-memory batch buffers allocated once, and send
-    back a :class:`WorkerBatch`; with ``staged`` each slot can also hold the device's rows as records.
+    back a :class:`WorkerBatch`; with ``staged`` (a hybrid feed) each slot also holds every row as a record.
 
     ``dataset`` is a :class:`BatchSource`. Reuse is safe because DataLoader keeps at most
     ``prefetch_factor * workers`` batches dispatched and not yet returned, so with one slot more than that a
     new batch never lands in the slot of a batch still pending or being returned; and :meth:`take` copies
     each batch out of its slot before the user sees it, so a batch the user keeps is never overwritten.
+
+    The split of a staged batch is decided as late as it can be: a worker stages every row, then decodes rows
+    from the first on while they number fewer than what the device share (:meth:`set_share`, one value in
+    shared memory that the main process rewrites) leaves to the workers at that moment. A share decided while
+    a batch is being decoded applies to its rows not yet decoded.
     """
 
     def __init__(self, dataset: BatchSource, slots: int, batch_size: int, shape: tuple[int, int, int],
                  staged: bool = False):
-        self.dataset = dataset
+        self.dataset, self.is_staged = dataset, staged
         channels, height, width = shape
         # (slot, N, H, W, C): every batch channels-last, as the decoders write it
         self.buffers = shared_empty((slots, batch_size, height, width, channels))
-        # room for the device's rows: touched only as far as they fill it (shared memory is allocated lazily)
+        # room for every row as a record: touched only as far as they fill it (shared memory is allocated lazily)
         rows = batch_size if staged else 0
         self.data = shared_empty((slots, rows * BYTES_PER_ROW)) if staged else \
             torch.empty((slots, 0), dtype=torch.uint8)
         self.table = shared_empty((slots, rows, len(COLUMNS)), torch.int64) if staged else \
             torch.empty((slots, 0, len(COLUMNS)), dtype=torch.int64)
+        self.share = shared_empty((1,), torch.float64).fill_(0.0)  # of each batch, left to the device
         self._spares: list[tuple[torch.Tensor, int]] = []  # (buffer handed out before, its use count when free)
 
     def __getstate__(self) -> dict:
@@ -147,17 +146,26 @@ class BatchRing(Dataset):
     def __len__(self) -> int:
         return self.dataset.__len__()
 
+    def set_share(self, share: float) -> None:
+        """From now on the workers leave ``share`` of each batch's rows not yet decoded to the device."""
+        self.share[0] = share
+
+    def cpu_rows(self, size: int) -> int:
+        """Rows of a batch of ``size`` the workers decode at the share now set."""
+        return size - int(round(size * float(self.share[0])))
+
     def __getitems__(self, batch: NumberedBatch) -> WorkerBatch:
-        """Decode the first ``batch.cpu_rows`` samples of ``batch`` into a slot and stage the rest there."""
-        slot, cpu = batch.number % len(self.buffers), batch.cpu_rows
+        """Decode ``batch`` into a slot; staged, decode only the first rows the share now leaves the workers."""
+        slot, size = batch.number % len(self.buffers), len(batch)
         images = self.buffers[slot].permute(0, 3, 1, 2)
         started = time.perf_counter()
-        targets = self.dataset.decode_into(batch[:cpu], images[:cpu])
-        fallback = False
-        if cpu < len(batch):
-            staged = self.staged(slot)
-            targets += self.dataset.stage_records(batch[cpu:], staged, images[cpu:])
-            fallback = bool((staged.table[:staged.rows, LENGTH] == 0).any())
+        if not self.is_staged:
+            targets = self.dataset.decode_into(batch, images[:size])
+            return WorkerBatch(slot, targets, size, False, time.perf_counter() - started)
+        staged = self.staged(slot)
+        targets = self.dataset.stage_records(batch, staged, images)
+        cpu = self.dataset.decode_staged(batch, staged, images, lambda: self.cpu_rows(size))
+        fallback = bool((staged.table[cpu:size, LENGTH] == 0).any())
         return WorkerBatch(slot, targets, cpu, fallback, time.perf_counter() - started)
 
     def staged(self, slot: int) -> StagedRecords:

@@ -5,7 +5,7 @@ import bisect
 import operator
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from ..format import Record
 from ..layout import done_with_shards, shard_file, use_shards
 from .decoders import Decoder, FusedDecoder, resolve_decoder
 from .reader import Shard, load_split, read_paths
-from .staged import StagedRecords
+from .staged import HEIGHT, LENGTH, TARGET, WIDTH, StagedRecords
 
 
 class LmdbImageNet(Dataset):
@@ -135,7 +135,7 @@ class LmdbImageNet(Dataset):
         :attr:`batch_shape` only: the loader's shared-memory batches); returns their targets."""
         return [self._sample(item, out)[1] for item, out in zip(items, images)]
 
-    def stage_records(self, items: list[int | tuple[int, int]], staged: StagedRecords, images: Any) -> list[int]:
+    def stage_records(self, items: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any) -> list[int]:
         """Stage the samples at ``items`` for a decoder elsewhere (:mod:`.staged`): each record read and checked,
         its bytes copied into ``staged.data``, its plan drawn as the fused decoder would (same law, same seeds)
         into ``staged.table``; a record that does not fit is decoded here into its row of ``images`` instead.
@@ -162,6 +162,27 @@ class LmdbImageNet(Dataset):
             targets.append(self._target(record))
         staged.rows = len(items)
         return targets
+
+    def decode_staged(self, items: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any,
+                      wanted: Callable[[], int]) -> int:
+        """Decode the rows :meth:`stage_records` staged for ``items`` into their rows of ``images``, from the first
+        on, while fewer than ``wanted()`` (asked before each row) are done; returns how many are. Each is the
+        fused decoder's sample of that record, as :meth:`decode_into` gives (rows staged without bytes were
+        decoded when staged)."""
+        decoder, table = self.decoder, staged.table
+        if not isinstance(decoder, FusedDecoder):
+            raise TypeError("decode_staged needs a fused decoder")
+        done = 0
+        while done < staged.rows and done < wanted():
+            if table[done, LENGTH]:
+                item = items[done]
+                index, epoch = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+                index = self._checked_index(index)
+                record = Record(bytes(staged.record(done)), int(table[done, TARGET]), int(table[done, HEIGHT]),
+                                int(table[done, WIDTH]))
+                decoder(record, index, epoch, self._where(index), out=images[done])
+            done += 1
+        return done
 
     def _checked_index(self, index: int) -> int:
         index = operator.index(index)
@@ -196,11 +217,18 @@ class LmdbImageNet(Dataset):
         negative indices count from the end, as for ``dataset[index]``."""
         return self._read(self._checked_index(index))[0]
 
+    def _shard(self, index: int) -> Shard:
+        return self._shards[bisect.bisect_right(self._starts, index) - 1]
+
+    def _where(self, index: int) -> str:
+        """Record ``index`` named in messages: its shard and its place there."""
+        shard = self._shard(index)
+        return f"{shard.path} record {index - shard.start}"
+
     def _read(self, index: int) -> tuple[Record, str]:
-        shard = self._shards[bisect.bisect_right(self._starts, index) - 1]
-        local = index - shard.start
-        where = f"{shard.path} record {local}"
-        return shard.read(local, where), where
+        shard = self._shard(index)
+        where = self._where(index)
+        return shard.read(index - shard.start, where), where
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={len(self)}, "
