@@ -21,7 +21,8 @@ from .format import CHECKSUMS_KEY, LENGTH_KEY, META_DB, META_KEY, ShardMeta, che
 from .lmdbfile import DATA_FILE, LOCK_FILE, Identity, LmdbFile, changed_message
 from .shardlock import holder, lock_path
 
-LMDB_FILES = (DATA_FILE, LOCK_FILE)
+COMPACTING_FILE = DATA_FILE + ".compacting"  # a shard's compacted copy, renamed over data.mdb once complete
+LMDB_FILES = (DATA_FILE, LOCK_FILE, COMPACTING_FILE)
 REPORT_NAME = "convert-report.jsonl"
 _SHARD_NAME = re.compile(r"shard-(\d{3})-of-(\d{3})")
 
@@ -212,7 +213,7 @@ def _read_shard_meta(path: Path, expected: Identity | None) -> ShardMeta:
     length, value, checksums = meta_values(path, LENGTH_KEY, META_KEY, CHECKSUMS_KEY, expected=expected)
     if length is None or value is None:
         raise IncompleteShardError(f"{path}: incomplete database (no length key): its conversion did not "
-                                   "finish; rerun the same `imagenet-pack convert` command to resume it")
+                                   f"finish; {IncompleteShardError.remedy}")
     meta = ShardMeta.from_msgpack(value, str(path))  # a version check first: older formats differ
     check_checksum(checksums, "meta", value, str(path))
     try:

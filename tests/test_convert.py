@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,3 +276,58 @@ def test_short_side_stores_torchvisions_resize_and_val_is_then_a_centre_crop_of_
         stored = ds[i][0]
         crop = transforms.CenterCrop(224)(transforms.Resize(256)(stored))
         assert (val[i][0].float() - crop.float()).abs().mean() < 0.5
+
+
+def test_a_rerun_after_fixing_a_bad_file_leaves_the_shard_no_larger_than_a_clean_conversion(tmp_path, monkeypatch):
+    """The bad file sorts first, so fixing it makes the rerun store every record again: LMDB can seldom reuse
+    the pages the first copies leave free for new multi-page records, so the shard is compacted when it
+    finishes (through a copy renamed over it) and ends within a few percent of a clean conversion's size."""
+    tree = make_sample_tree(tmp_path / "imagenet", classes=2, train_per_class=12, val_per_class=0,
+                            size=(200, 260), seed=5)
+    first = sorted((tree / "train").rglob("*.JPEG"))[0]
+    good = first.read_bytes()
+    bad = first.with_name("a_" + first.name)
+    bad.write_bytes(good[:len(good) // 3])  # truncated: the conversion stops, unfinished
+    options = opts(splits=("train",))
+    assert not convert(tree, tmp_path / "db", options).ok
+    bad.write_bytes(good)  # fixed
+    clean = convert(tree, tmp_path / "clean", options)
+    size = lambda db: (db / "train" / "data.mdb").stat().st_size  # noqa: E731
+    monkeypatch.setattr(ShardWriter, "SLACK", float("inf"))  # what the rerun leaves without compaction ...
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "db", kept)
+    assert convert(tree, kept, options).ok and size(kept) > 1.3 * size(tmp_path / "clean")
+    monkeypatch.undo()
+    assert convert(tree, tmp_path / "db", options).ok and clean.ok  # ... and with it
+    assert size(tmp_path / "db") <= 1.05 * size(tmp_path / "clean")
+    assert records(tmp_path / "db") == records(tmp_path / "clean")
+    assert not list((tmp_path / "db").rglob("*.compacting"))
+
+
+def test_a_compaction_killed_before_its_rename_leaves_a_copy_the_next_run_removes(tree, tmp_path, monkeypatch):
+    """The copy is ours by name and kind (a plain file of this user's) and the shard whole without it: the next
+    run that opens the shard removes it; a link of that name is refused and left alone."""
+    from imagenet_pack.errors import UnsafeOutputError
+    dst = tmp_path / "db"
+    monkeypatch.setattr(ShardWriter, "finish", lambda self, *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        convert(tree, dst, opts(splits=("train",)))
+    monkeypatch.undo()
+    stale = dst / "train" / "data.mdb.compacting"
+    stale.write_bytes(b"half a copy")
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep")
+    stale.rename(tmp_path / "moved")
+    stale.symlink_to(target)
+    with pytest.raises((UnsafeOutputError, OutputExistsError), match="data.mdb.compacting"):
+        convert(tree, dst, opts(splits=("train",)))
+    assert target.read_bytes() == b"keep"
+    stale.unlink()
+    (tmp_path / "moved").rename(stale)
+    assert convert(tree, dst, opts(splits=("train",))).ok and not stale.exists()
+    assert records(dst) == records(_clean(tree, tmp_path))
+
+
+def _clean(tree: Path, tmp_path: Path) -> Path:
+    convert(tree, tmp_path / "clean", opts(splits=("train",)))
+    return tmp_path / "clean"

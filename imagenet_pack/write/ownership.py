@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import OutputExistsError, UnsafeOutputError
 from ..format import META_KEY, PROGRESS_KEY
-from ..layout import LMDB_FILES, close_shard, meta_values, parse_shard_name, temporary_name
+from ..layout import COMPACTING_FILE, LMDB_FILES, close_shard, meta_values, parse_shard_name, temporary_name
 from ..lmdbfile import DATA_FILE, holds_nothing
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -128,6 +128,8 @@ def open_shard_folder(path: Path) -> tuple[int, str]:
                 raise UnsafeOutputError(f"{path / name}: is not a regular file of one link of this user's (a "
                                         "symbolic link, a hard link, a special file or another user's); "
                                         "imagenet-pack never writes through one: remove it")
+            if name == COMPACTING_FILE:  # a compaction killed before its rename: data.mdb is whole without it
+                os.unlink(name, dir_fd=fd)
     except BaseException:
         os.close(fd)
         raise

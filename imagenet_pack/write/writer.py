@@ -34,14 +34,15 @@ from ..format import (
     encode_key,
     encode_paths,
 )
-from ..layout import close_shard
-from ..lmdbfile import LmdbFile
+from ..layout import COMPACTING_FILE, close_shard
+from ..lmdbfile import DATA_FILE, LmdbFile
 from .ownership import open_shard_folder
 from .state import Problem, Progress, Row, decode_rows, encode_rows, rows_key
 
 
 class ShardWriter:
-    """Appends records to one shard in item order; call :meth:`add` per item, then :meth:`finish`."""
+    """Appends records to one shard in item order: ``with ShardWriter(path, ...) as out:``, :meth:`add` per
+    item, then :meth:`finish`; leaving the block closes it (what was committed stays, a resumable prefix)."""
 
     def __init__(self, path: Path, fingerprint: str, *, map_size: int, batch_bytes: int):
         self.path, self.batch_bytes = path, batch_bytes
@@ -221,7 +222,44 @@ class ShardWriter:
         self._write(body)
         self.finished = meta
         self.env.sync(True)
+        self._compact()
         return meta
+
+    SLACK = 1.05  # a finished file larger than this times the pages it uses is compacted
+
+    def _compact(self) -> None:
+        """Rewrite the finished shard without the pages it no longer uses, when they are many: records stored
+        again after a rewind (a fixed file, a changed one) leave their first copies' pages free, and LMDB can
+        seldom reuse them for new records, which need runs of free pages. A compact copy is written beside the
+        file (through the shard's folder), synced and renamed over it; without room for it, the shard stays
+        as it is (whole, only larger)."""
+        used = 2  # the two meta pages
+        with self.env.begin() as txn:
+            for db in (None, self.records, self.tails, self.meta):
+                stat = txn.stat(db) if db is not None else self.env.stat()
+                used += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        pages = self.env.info()["last_pgno"] + 1
+        if pages <= used * self.SLACK + 16:
+            return
+        fd = os.open(COMPACTING_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=self.folder)
+        try:
+            self.env.copyfd(fd, compact=True)
+            os.fsync(fd)
+        except (lmdb.Error, OSError):  # no room for the copy: the shard is whole as it is
+            os.close(fd)
+            os.unlink(COMPACTING_FILE, dir_fd=self.folder)
+            return
+        os.close(fd)
+        self.env.close()
+        os.rename(COMPACTING_FILE, DATA_FILE, src_dir_fd=self.folder, dst_dir_fd=self.folder)
+        os.fsync(self.folder)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.env.close()
