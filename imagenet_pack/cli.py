@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .arguments import positive_int, quality, shard_count, shard_list, split_list
-from .errors import ImagenetPackError
+from .errors import DamagedError, ImagenetPackError
 
 Usage = Callable[[str], NoReturn]  # the verb's parser.error: a usage message, exit 2
 _VERBS: dict[str, Callable[[argparse.Namespace, Usage], int]] = {}
@@ -35,7 +35,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     """The command's parser and each verb's; every default is the option dataclass's own."""
     from .bench.options import BenchOptions
     from .sources.detect import LAYOUTS
-    from .write.converter import ConvertOptions
+    from .write.options import ConvertOptions
     convert, bench = ConvertOptions(), BenchOptions()
     parser = argparse.ArgumentParser(prog="imagenet-pack", description="Pack ILSVRC2012 into LMDB for PyTorch.",
                                      allow_abbrev=False)
@@ -65,6 +65,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--overwrite", action="store_true",
                    help="replace a database of other input or options in DST (only files imagenet-pack wrote "
                         "are removed; SRC and DST must not overlap)")
+    p.add_argument("--repair", action="store_true",
+                   help="check DST as verify does and convert again, from SRC, only the shards found damaged (give "
+                        "the options the database was made with)")
     p.add_argument("--skip-bad", action="store_true",
                    help="finish the database even when some images could not be read (they are listed in the report)")
     p.add_argument("--keep-damaged", action="store_true",
@@ -113,7 +116,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                         "adds the ImageFolder baselines and the accuracy reference")
     p.add_argument("--workers", type=positive_int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--rounds", type=positive_int, default=bench.rounds,
-                   help=f"timed rounds after a warm-up (default: {bench.rounds})")
+                   help=f"timed rounds after a warm-up, and fresh processes (up to 3) timed to their first batch "
+                        f"(default: {bench.rounds})")
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--limit", type=positive_int, default=bench.limit, metavar="N",
                        help=f"images per entry per round, and for --accuracy (default: {bench.limit})")
@@ -187,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @_verb("convert")
 def _convert(args: argparse.Namespace, usage: Usage) -> int:
-    from .write import ConvertOptions, convert
+    from .write.converter import convert
+    from .write.options import ConvertOptions
     try:  # the options' own checks, said as usage errors
         options = ConvertOptions(splits=args.splits or ConvertOptions.splits, require_splits=args.splits is not None,
                                  workers=args.workers, shards=args.shards,
@@ -197,6 +202,10 @@ def _convert(args: argparse.Namespace, usage: Usage) -> int:
                                  only_shards=args.only_shards)
     except ValueError as exc:
         usage(str(exc))
+    if args.repair and args.overwrite:
+        usage("--repair keeps what is sound and --overwrite replaces everything: choose one")
+    if args.repair:
+        from .repair import repair as convert
     report = convert(args.src, args.dst, options, echo=lambda line: print(line, flush=True))
     print("\n".join(report.table()))
     if not report.ok:
@@ -227,7 +236,8 @@ def _verify(args: argparse.Namespace, usage: Usage) -> int:
     if report.ok:
         print(f"ok: {report.checked} records checked")
         return 0
-    print(f"imagenet-pack: error: {len(report.problems)} problem(s) in {report.checked} records", file=sys.stderr)
+    print(f"imagenet-pack: error: {len(report.problems)} problem(s) in {report.checked} records; "
+          f"{DamagedError.remedy}", file=sys.stderr)
     return 1
 
 

@@ -19,7 +19,10 @@ class FormatError(ImagenetPackError):
 
 
 class IncompleteShardError(FormatError):
-    """A shard's conversion has not finished (no length key): rerunning the same convert command resumes it."""
+    """A shard's conversion has not finished (no length key). ``remedy`` ends its messages."""
+
+    remedy = ("rerun the same `imagenet-pack convert` command to resume it, adding --skip-bad if it stopped on "
+              "files it could not store (its convert-report.jsonl lists them) or after fixing them")
 
 
 class NoTablesError(FormatError):
@@ -27,7 +30,15 @@ class NoTablesError(FormatError):
     (a writer starting a new shard creates its tables then)."""
 
 
-class CorruptRecordError(FormatError):
+class DamagedError(FormatError):
+    """A database's bytes are damaged: a page, its metadata or a record fails its checks. ``remedy`` is what
+    every such message ends with."""
+
+    remedy = ("the database is damaged: rerun the convert command that made it with --repair, which converts "
+              "the damaged shards again from SRC")
+
+
+class CorruptRecordError(DamagedError):
     """A record's bytes do not match its checksum, or it cannot be decoded as a record."""
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .errors import CorruptRecordError, FormatError
+from .errors import CorruptRecordError, DamagedError, FormatError
 
 FORMAT_NAME = "imagenet_pack"
 FORMAT_VERSION = 3
@@ -131,16 +131,16 @@ def decode_record(value: bytes | memoryview, where: str, tail: Callable[[], byte
         if not isinstance(image, bytes) or len(image) > size:
             raise ValueError("image is not a byte string of at most its size")
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise CorruptRecordError(f"{where}: not a valid record ({exc}); the database is damaged, reconvert it") from exc
+        raise CorruptRecordError(f"{where}: not a valid record ({exc}); {DamagedError.remedy}") from exc
     if len(image) < size:
         rest = tail() if tail is not None else None
         if rest is None:
             raise CorruptRecordError(f"{where}: the last {size - len(image)} image bytes (tails table) are "
-                                     "missing; the database is damaged, reconvert it")
+                                     f"missing; {DamagedError.remedy}")
         image = image + bytes(rest)
     if len(image) != size or record_crc(zlib.crc32(image), size, target, height, width) != crc:
         raise CorruptRecordError(f"{where}: checksum mismatch, the stored record is damaged; "
-                                 "run `imagenet-pack verify` and reconvert the database")
+                                 f"{DamagedError.remedy}")
     return Record(image, target, height, width)
 
 
@@ -160,10 +160,10 @@ def encode_arrays(targets: np.ndarray, sizes: np.ndarray, stamps: np.ndarray, nu
 def decode_array(data: bytes | memoryview | None, dtype: str, count: int, where: str, name: str) -> np.ndarray:
     """``count`` values of ``dtype`` viewing ``data`` (no copy: a buffer from LMDB's map stays shared)."""
     if data is None:
-        raise FormatError(f"{where}: no {name!r} key; the database is damaged, reconvert it")
+        raise DamagedError(f"{where}: no {name!r} key; {DamagedError.remedy}")
     if len(data) != count * np.dtype(dtype).itemsize:
-        raise FormatError(f"{where}: {name!r} holds {len(data)} bytes, expected {count} values of {dtype}; "
-                          "the database is damaged, reconvert it")
+        raise DamagedError(f"{where}: {name!r} holds {len(data)} bytes, expected {count} values of {dtype}; "
+                          f"{DamagedError.remedy}")
     return np.frombuffer(data, dtype=dtype)
 
 
@@ -229,7 +229,7 @@ class ShardMeta:
         try:
             meta = msgpack.unpackb(value, raw=False)
         except (ValueError, msgpack.UnpackException) as exc:
-            raise FormatError(f"{where}: metadata is not valid msgpack ({exc}); reconvert the database") from exc
+            raise DamagedError(f"{where}: metadata is not valid msgpack ({exc}); {DamagedError.remedy}") from exc
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise FormatError(f"{where}: not an {FORMAT_NAME} database (format field is {found!r})")
@@ -241,7 +241,7 @@ class ShardMeta:
         try:
             return cls._checked(meta)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise FormatError(f"{where}: metadata field missing or malformed ({exc}); reconvert the database") from exc
+            raise DamagedError(f"{where}: metadata field missing or malformed ({exc}); {DamagedError.remedy}") from exc
 
     @classmethod
     def _checked(cls, meta: dict) -> ShardMeta:
@@ -306,6 +306,6 @@ def check_checksum(checksums: bytes | None, name: str, value: bytes | np.ndarray
     except (KeyError, TypeError, ValueError, msgpack.UnpackException):
         expected = None
     if type(expected) is not int:
-        raise FormatError(f"{where}: no checksum for its {name}; the database is damaged, reconvert it")
+        raise DamagedError(f"{where}: no checksum for its {name}; {DamagedError.remedy}")
     if zlib.crc32(bytes(value)) != expected:
-        raise FormatError(f"{where}: its {name} fail their checksum; the metadata is damaged, reconvert it")
+        raise DamagedError(f"{where}: its {name} fail their checksum; {DamagedError.remedy}")

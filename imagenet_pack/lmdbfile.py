@@ -22,7 +22,7 @@ import os
 import struct
 import zlib
 
-from .errors import CorruptRecordError, FormatError, NoTablesError
+from .errors import CorruptRecordError, DamagedError, FormatError, NoTablesError
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"
@@ -54,7 +54,7 @@ def _header(data: bytes, where: str) -> tuple[int, int, int, int]:
                     and (best is None or txn > best[0]):
                 best = (txn, last, psize, _DB.unpack(main)[7])
     if best is None:
-        raise FormatError(f"{where}: not an LMDB file (no valid meta page); the shard is damaged, reconvert it")
+        raise DamagedError(f"{where}: not an LMDB file (no valid meta page); {DamagedError.remedy}")
     return best
 
 
@@ -178,25 +178,25 @@ class LmdbFile:
         """(page bytes, flags, lower, upper) of page ``pgno``, which must be one of ``kinds`` (an overflow page:
         its header only)."""
         if not 0 <= pgno < self.pages:
-            raise CorruptRecordError(f"{where}: points to page {pgno}, past the {self.pages} pages in use; the "
-                                     "shard is damaged, run `imagenet-pack verify` and reconvert")
+            raise CorruptRecordError(f"{where}: points to page {pgno}, past the {self.pages} pages in use; "
+                                     f"{DamagedError.remedy}")
         page = self._bytes(pgno * self.psize, self.psize if kinds & (_BRANCH | _LEAF) else _PAGE_HEADER, where)
         stored, _, flags, lower, upper = _PAGE.unpack_from(page)
         if stored != pgno or not flags & kinds or flags & ~(_BRANCH | _LEAF | _OVERFLOW):
             raise CorruptRecordError(f"{where}: page {pgno} is not what the tree says it is (header: page "
-                                     f"{stored}, flags {flags:#x}); the shard is damaged, reconvert it")
+                                     f"{stored}, flags {flags:#x}); {DamagedError.remedy}")
         if flags & (_BRANCH | _LEAF) and not _PAGE_HEADER <= lower <= upper <= self.psize:
-            raise CorruptRecordError(f"{where}: page {pgno} has a damaged header; the shard is damaged, reconvert it")
+            raise CorruptRecordError(f"{where}: page {pgno} has a damaged header; {DamagedError.remedy}")
         return page, flags, lower, upper
 
     def _node(self, page: bytes, index: int, upper: int, where: str) -> tuple[int, int, int, int]:
         """(lo | hi << 16, flags, key size, key offset in the page) of node ``index``."""
         at = struct.unpack_from("<H", page, _PAGE_HEADER + 2 * index)[0]
         if not upper <= at <= self.psize - _NODE.size:
-            raise CorruptRecordError(f"{where}: a node pointer leaves its page; the shard is damaged, reconvert it")
+            raise CorruptRecordError(f"{where}: a node pointer leaves its page; {DamagedError.remedy}")
         lo, hi, flags, ksize = _NODE.unpack_from(page, at)
         if at + _NODE.size + ksize > self.psize:
-            raise CorruptRecordError(f"{where}: a key runs past its page; the shard is damaged, reconvert it")
+            raise CorruptRecordError(f"{where}: a key runs past its page; {DamagedError.remedy}")
         return lo | hi << 16, flags, ksize, at + _NODE.size
 
     @staticmethod
@@ -222,7 +222,7 @@ class LmdbFile:
                     low, high = (mid + 1, high) if found < key else (low, mid - 1)
                 return None
             if count == 0:
-                raise CorruptRecordError(f"{where}: an empty branch page; the shard is damaged, reconvert it")
+                raise CorruptRecordError(f"{where}: an empty branch page; {DamagedError.remedy}")
             child = count - 1
             if key is not None:  # the last child whose first key is <= key (child 0's key is empty: -inf)
                 low, high, child = 1, count - 1, 0
@@ -234,8 +234,8 @@ class LmdbFile:
                         high = mid - 1
             node = self._node(page, child, upper, where)
             pgno = node[0] | node[1] << 32
-        raise CorruptRecordError(f"{where}: the tree is deeper than {_MAX_DEPTH} levels (a loop); the shard is "
-                                 "damaged, reconvert it")
+        raise CorruptRecordError(f"{where}: the tree is deeper than {_MAX_DEPTH} levels (a loop); "
+                                 f"{DamagedError.remedy}")
 
     def _value(self, pgno: int, page: bytes, upper: int, index: int, where: str) -> tuple[int, int, int]:
         """(file offset, length, node flags) of the value of node ``index`` on leaf page ``pgno``."""
@@ -243,16 +243,17 @@ class LmdbFile:
         data_at = key_at + ksize
         if flags & _BIGDATA:
             if data_at + 8 > self.psize:
-                raise CorruptRecordError(f"{where}: a value's page number runs past its page; the shard is damaged")
+                raise CorruptRecordError(f"{where}: a value's page number runs past its page; "
+                                         f"{DamagedError.remedy}")
             first = struct.unpack_from("<Q", page, data_at)[0]
             pages = struct.unpack_from("<I", self._page(first, _OVERFLOW, where)[0], 12)[0]
             if first + pages > self.pages or size + _PAGE_HEADER > pages * self.psize:
                 raise CorruptRecordError(f"{where}: a value of {size} bytes does not fit the {pages} pages it "
-                                         "claims; the shard is damaged, run `imagenet-pack verify` and reconvert")
+                                         f"claims; {DamagedError.remedy}")
             return first * self.psize + _PAGE_HEADER, size, flags
         if data_at + size > self.psize:
-            raise CorruptRecordError(f"{where}: a value of {size} bytes runs past its page; the shard is damaged, "
-                                     "run `imagenet-pack verify` and reconvert")
+            raise CorruptRecordError(f"{where}: a value of {size} bytes runs past its page; "
+                                     f"{DamagedError.remedy}")
         return pgno * self.psize + data_at, size, flags
 
     def db(self, name: bytes, where: str) -> int | None:

@@ -34,6 +34,7 @@ class VerifyReport:
 
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    damaged: set[Path] = field(default_factory=set)  # the shards that hold a problem (``convert --repair``)
 
     @property
     def ok(self) -> bool:
@@ -76,20 +77,26 @@ def verify(root: Path | str, *, decode: bool = False, source: Path | str | None 
             shards = finished_shards(Path(root) / split)
         by_path = {item.path: item for item in inputs[split].items} if split in inputs else None
         for shard, meta in shards:
+            before = len(report.problems)
             try:
                 tasks += _shard_tasks(shard, meta, decode, by_path, report)
             except FormatError as exc:
                 report.problems.append(str(exc))
+            if len(report.problems) > before:
+                report.damaged.add(shard.path)
     meter = ProgressMeter(sum(t.stop - t.start for t in tasks), "verify", "records", enabled=progress)
     workers = default_workers() if workers is None else workers  # every core by default, as convert
     pool = OrderedPool(workers, _check, chunk=1) if workers > 1 and len(tasks) > 1 else None  # steady progress
     try:
-        for checked, problems in (pool.map(tasks) if pool else map(_check, tasks)):
+        for task, (checked, problems) in zip(tasks, pool.map(tasks) if pool else map(_check, tasks)):
             report.checked += checked
             report.problems += problems
+            if problems:
+                report.damaged.add(task.shard.path)
             meter.update(checked)
     except WorkerDied as exc:
         first = exc.tasks[0] if exc.tasks else None
+        report.damaged.update(task.shard.path for task in exc.tasks)
         report.problems.append(f"verify {exc}" + (f" while checking {first.shard.path} records {first.start}.."
                                                   f"{first.stop - 1}" if first else "") + "; the rest is unchecked")
     finally:

@@ -29,6 +29,8 @@ def test_bad_files_cost_themselves_only(tree, tmp_path):
     assert first.returncode == 1 and "2 image(s) could not be stored" in first.stderr
     assert sum(line.startswith("  skipped ") for line in first.stdout.splitlines()) == 2  # every one listed
     size = (db / "train" / "data.mdb").stat().st_size
+    info = cli("info", db)  # its advice, run as written, finishes the database
+    assert info.returncode == 1 and "adding --skip-bad if it stopped on files it could not store" in info.stdout
     finish = cli("convert", tree, db, "--workers", "1", "--no-progress", "--skip-bad")
     assert finish.returncode == 0, finish.stderr
     train_row = next(line for line in finish.stdout.splitlines() if line.startswith("train "))
@@ -90,3 +92,34 @@ def test_every_verb_says_what_it_does_in_its_help(verb):
     assert result.returncode == 0
     description = result.stdout.split("\n\n")[1]
     assert len(description) > 60 and not description.startswith(("positional", "options")), result.stdout
+
+
+def test_the_advice_of_verify_and_a_damaged_read_repairs_the_database_when_run_as_written(tree, tmp_path):
+    """A record of shard 1 of 2 bit-rotted: reading it and ``verify`` both advise rerunning the convert command
+    with --repair; run as written, it converts shard 1 again (shard 0's file untouched) and the database then
+    verifies, equal to a clean conversion; with no damage, --repair changes nothing."""
+    from helpers import flip_payload_byte, records
+    db = tmp_path / "db"
+    command = ["convert", tree, db, "--shards", "2", "--splits", "train", "--workers", "1", "--no-progress"]
+    assert cli(*command).returncode == 0
+    ds = LmdbImageNet(db, "train")
+    shard1 = db / "train" / "shard-001-of-002"
+    victim = len(ds) - 1
+    flip_payload_byte(shard1, tree / "train" / ds.paths[victim].split("/", 1)[1])
+    with pytest.raises(Exception, match="rerun the convert command that made it with --repair") as error:
+        LmdbImageNet(db, "train")[victim]
+    assert "\n" not in str(error.value)
+    verified = cli("verify", db, "--no-progress")
+    assert verified.returncode == 1 and "rerun the convert command that made it with --repair" in verified.stderr
+    kept = (db / "train" / "shard-000-of-002" / "data.mdb").stat()
+    repaired = cli(*command, "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"{shard1}: damaged; converting it again" in repaired.stdout
+    assert (db / "train" / "shard-000-of-002" / "data.mdb").stat().st_ino == kept.st_ino
+    assert cli("verify", db, "--no-progress").returncode == 0
+    convert(tree, tmp_path / "clean", opts(shards=2, splits=("train",)))
+    assert records(db) == records(tmp_path / "clean")
+    again = cli(*command, "--repair")
+    assert again.returncode == 0 and "no damage found" in again.stdout and "nothing to do" in again.stdout
+    both = cli(*command, "--repair", "--overwrite")
+    assert both.returncode == 2 and "choose one" in both.stderr

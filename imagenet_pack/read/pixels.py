@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..codec import decode_rgb
-from ..errors import DecodeError
+from ..errors import DamagedError, DecodeError
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -94,7 +94,7 @@ def decode_full(data: bytes, size: tuple[int, int], where: str, scale: int = 1) 
     expected = (-(-size[0] // scale), -(-size[1] // scale))
     if rgb.shape[:2] != expected:
         raise DecodeError(f"{where}: the JPEG decodes to {rgb.shape[0]}x{rgb.shape[1]} at 1/{scale}, its record "
-                          f"says {size[0]}x{size[1]}; the database is damaged, reconvert it")
+                          f"says {size[0]}x{size[1]}; {DamagedError.remedy}")
     return rgb
 
 

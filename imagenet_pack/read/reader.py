@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptRecordError, FormatError, IncompleteShardError
+from ..errors import CorruptRecordError, DamagedError, FormatError, IncompleteShardError
 from ..format import (
     CHECKSUMS_KEY,
     META_DB,
@@ -58,12 +58,12 @@ class Shard:
         key = encode_key(local)
         value = file.read(RECORDS_DB, key, where)
         if value is None:
-            raise CorruptRecordError(f"{where}: missing although the metadata lists it; reconvert the database")
+            raise CorruptRecordError(f"{where}: missing although the metadata lists it; {DamagedError.remedy}")
         record = decode_record(value, where, lambda: file.read(TAILS_DB, key, f"{where} tail"))
         expected = int(self._array(file, TARGETS_KEY, self.targets_dtype, 1, local, local + 1)[0])
         if record.target != expected:
             raise CorruptRecordError(f"{where}: target {record.target} differs from the metadata's {expected}; "
-                                     "reconvert the database")
+                                     f"{DamagedError.remedy}")
         return record
 
     def targets(self, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -82,10 +82,10 @@ class Shard:
         where = f"{self.path} {key.decode()}"
         found = file.locate(META_DB, key, where)
         if found is None:
-            raise FormatError(f"{self.path}: no {key.decode()!r} key; the database is damaged, reconvert it")
+            raise DamagedError(f"{self.path}: no {key.decode()!r} key; {DamagedError.remedy}")
         if found[1] != self.count * itemsize:
-            raise FormatError(f"{self.path}: {key.decode()!r} holds {found[1]} bytes, expected {self.count} records "
-                              f"of {dtype}; the database is damaged, reconvert it")
+            raise DamagedError(f"{self.path}: {key.decode()!r} holds {found[1]} bytes, expected {self.count} records "
+                              f"of {dtype}; {DamagedError.remedy}")
         if not 0 <= start <= stop <= self.count:
             raise IndexError(f"records {start}..{stop} outside the shard's {self.count}")
         data = file.read_at(found[0] + start * itemsize, (stop - start) * itemsize, where)
@@ -126,7 +126,7 @@ def read_paths(shard_path: Path, expected: Identity | None = None) -> list[str]:
     """The source paths of every record of one shard, in record order (checked against their checksum)."""
     blob, checksums = meta_values(shard_path, PATHS_KEY, CHECKSUMS_KEY, expected=expected)
     if blob is None:
-        raise FormatError(f"{shard_path}: no paths key; the database is damaged, reconvert it")
+        raise DamagedError(f"{shard_path}: no paths key; {DamagedError.remedy}")
     check_checksum(checksums, "paths", blob, str(shard_path))
     return decode_paths(blob)
 

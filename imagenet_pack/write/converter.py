@@ -10,76 +10,29 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..codec import DEFAULT_QUALITY
 from ..errors import ImagenetPackError, LayoutError
-from ..format import MAX_SHARDS
 from ..layout import check_names, report_path
 from ..machine import default_workers
 from ..pool import OrderedPool
 from ..sources.detect import discover
-from ..sources.folders import SPLITS
 from ..sources.items import SplitSource
 from .lock import check_no_overlap, hold_lock
+from .options import ConvertOptions
 from .ownership import remove_database
-from .prepare import PrepareOptions
 from .report import ConvertReport, SplitReport, report_from_metas, write_report
 from .resume import find_complete
 from .split import SplitConversion
 from .tasks import init_worker, prepare_task
 
 
-@dataclass(frozen=True)
-class ConvertOptions:
-    """How to convert. ``workers=None`` uses every core; ``short_side`` (torchvision's ``Resize``) or
-    ``max_side`` (FFCV's) store images resized and re-encoded at ``quality``."""
-
-    splits: tuple[str, ...] = SPLITS
-    require_splits: bool = False  # every one of ``splits`` must be found (the user named them), else an error
-    workers: int | None = None
-    shards: int = 1
-    overwrite: bool = False
-    skip_bad: bool = False
-    keep_damaged: bool = False
-    max_side: int | None = None
-    short_side: int | None = None
-    quality: int = DEFAULT_QUALITY
-    layout: str = "auto"
-    progress: bool = True
-    initial_map_size: int | None = None  # None: estimated from the source size; the map grows when full
-    batch_bytes: int = 64 << 20  # a commit (a point a killed run resumes from) every this many bytes of images
-    only_shards: tuple[int, ...] | None = None  # write only these of the ``shards`` (several hosts, one DST)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.shards <= MAX_SHARDS:
-            raise ValueError(f"--shards: at most {MAX_SHARDS} shards per split, got {self.shards}")
-        if self.only_shards is not None and not all(0 <= s < self.shards for s in self.only_shards):
-            raise ValueError(f"--only-shards {','.join(map(str, self.only_shards))}: shards are numbered "
-                             f"0..{self.shards - 1} with --shards {self.shards}")
-        if self.max_side and self.short_side:
-            raise ValueError("choose one of max_side (the longer side) and short_side (the shorter side)")
-
-    @property
-    def selected(self) -> tuple[int, ...]:
-        """The shards this run writes."""
-        return tuple(sorted(set(self.only_shards))) if self.only_shards is not None else tuple(range(self.shards))
-
-    @property
-    def prepare(self) -> PrepareOptions:
-        return PrepareOptions(self.max_side, self.short_side, self.quality, self.keep_damaged)
-
-    def fingerprint(self, source: SplitSource) -> str:
-        """Identifies the input and the options that change what is stored: resuming over others is refused."""
-        return (f"{source.fingerprint()}|shards={self.shards}|max_side={self.max_side}|"
-                f"short_side={self.short_side}|quality={self.quality}|keep_damaged={self.keep_damaged}")
-
-
 def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertOptions(), *,
-            echo: Callable[[str], None] | None = None) -> ConvertReport:
+            echo: Callable[[str], None] | None = None, again: dict[str, list[Path]] | None = None) -> ConvertReport:
     """Convert the splits found under ``src`` into ``dst/<split>/``; see :class:`ConvertOptions`. ``echo``
-    receives notes on what was found as they happen (the CLI prints them).
+    receives notes on what was found as they happen (the CLI prints them). ``again``: split -> shard folders
+    to convert again (damaged ones, :func:`imagenet_pack.repair.repair`), removed first under the lock,
+    each file proved ours.
 
     Raises:
         LayoutError: ``src`` is not a readable layout.
@@ -107,8 +60,9 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
                           f"{','.join(options.splits)}: add it to SRC, or leave it out of --splits")
     for note in notes:
         echo(note)
-    done = _complete_splits(dst, options, sources) if dst.is_dir() else {}
-    if set(done) == set(sources):  # the same command over its own complete database: nothing to write
+    again = {split: shards for split, shards in (again or {}).items() if shards}
+    done = _complete_splits(dst, options, sources) if dst.is_dir() and not again else {}
+    if set(done) == set(sources) and not again:  # the same command over its own complete database: nothing to write
         return _already_complete(dst, options, sources, done, notes, echo)
     try:
         dst.mkdir(parents=True, exist_ok=True)
@@ -120,6 +74,8 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     with hold_lock(dst, options.selected):
         gc.freeze()  # millions of long-lived items: keep the cyclic GC from rescanning them during the run
         try:
+            for split, shards in again.items():
+                remove_database(dst / split, None if shards == [dst / split] else shards)
             return _convert(dst, options, sources, notes, echo)
         finally:
             gc.unfreeze()
