@@ -1,13 +1,10 @@
 """imagenet_pack: pack ILSVRC2012 into LMDB once, feed it to PyTorch fast.
 
-The package is two wings around one contract: ``sources`` and ``write`` make databases, ``read``,
-``loader`` and ``gpu`` read them, and ``format`` (specified in docs/FORMAT.md), ``layout`` (where each piece
-is), ``lmdbfile`` (the fences around LMDB's file) and ``codec`` (the decode policy) are what both share;
-``bench`` measures. Every public name (what a user calls or receives: ``build_loader`` returns a ``Feed``, a
-dataset's ``read_record`` a ``Record``) is importable from here, and imported on first use: importing the
-package costs nothing, torch is imported only by the reading names, so ``imagenet-pack convert`` starts in a
-fraction of a second (and a Ctrl-C at any moment meets the command's own handler).
-"""
+Every public name (what a user calls or receives: ``build_loader`` returns a ``Feed``, a dataset's
+``read_record`` a ``Record``) is importable from here, and imported on first use: importing the package costs
+nothing, torch is imported only by the reading names, so ``imagenet-pack convert`` starts in a fraction of a
+second (and a Ctrl-C at any moment meets the command's own handler). How the package is built, and the map of
+its modules: docs/DESIGN.md."""
 from __future__ import annotations
 
 import importlib
@@ -31,7 +28,7 @@ __version__ = "0.2.0"
 # name -> module, imported on first use (the reading ones import torch)
 _LAZY = {
     "convert": "write.converter",
-    "ConvertOptions": "write.converter",
+    "ConvertOptions": "write.options",
     "ConvertReport": "write.report",
     "verify": "verification",
     "VerifyReport": "verification",
@@ -63,7 +60,8 @@ if TYPE_CHECKING:
     from .read.dataset import LmdbImageNet
     from .read.decoders import CenterCropDecoder, RandomResizedCropDecoder
     from .verification import VerifyReport, verify
-    from .write.converter import ConvertOptions, convert
+    from .write.converter import convert
+    from .write.options import ConvertOptions
     from .write.report import ConvertReport
 
 

@@ -16,7 +16,8 @@ from .machine import default_workers
 from .read.dataset import LmdbImageNet
 from .read.decoders import RandomResizedCropDecoder, installed_backends
 from .synthetic import make_sample_tree
-from .write import ConvertOptions, convert
+from .write.converter import convert
+from .write.options import ConvertOptions
 
 
 def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int = 30, workers: int | None = None,

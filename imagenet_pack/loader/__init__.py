@@ -1,10 +1,7 @@
 """Batching: a deterministic resumable sampler, shared-memory batch buffers, and the loader that ties them.
+The device side (``imagenet_pack.gpu``) builds on this; nothing here imports it. Its modules are mapped in
+docs/DESIGN.md."""
 
-Read in this order: ``sampler`` (:class:`EpochSampler`), ``loader`` (:func:`epoch_loader`,
-:class:`EpochLoader`, the :class:`Feed` protocol a look-ahead uses), ``ring`` (:class:`BatchRing`, the
-workers' shared-memory batches, and the :class:`BatchSource` protocol it needs of a dataset). The device side
-(``imagenet_pack.gpu``) builds on this; nothing here imports it.
-"""
 from __future__ import annotations
 
 from .loader import EpochLoader, Feed, collate_uint8, epoch_loader

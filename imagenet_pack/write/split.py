@@ -15,8 +15,9 @@ from ..format import Record, ShardMeta, encode_record
 from ..layout import find_shards, shard_dir, shard_of
 from ..lmdbfile import DATA_FILE
 from ..meter import ProgressMeter
-from ..pool import WorkerDied
+from ..pool import OrderedPool, WorkerDied
 from ..sources.items import Item, SplitSource, read_item
+from .options import ConvertOptions
 from .ownership import make_own_folder, owned_files
 from .report import SplitReport, audit
 from .resume import item_stamps, rewind_to_changes, shard_ranges
@@ -54,16 +55,20 @@ class ShardWriters:
         for writer in self.open.values():
             writer.flush()
 
-    def close(self) -> None:
+    def __enter__(self) -> ShardWriters:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close every writer still open (what each committed stays; a batch not flushed is dropped)."""
         for writer in self.open.values():
             writer.close()
         self.open.clear()
 
 
 class SplitConversion:
-    """Converts ``source`` into ``split_dir`` with ``options`` (a :class:`~.converter.ConvertOptions`)."""
+    """Converts ``source`` into ``split_dir`` with ``options``."""
 
-    def __init__(self, source: SplitSource, split_dir: Path, options):
+    def __init__(self, source: SplitSource, split_dir: Path, options: ConvertOptions):
         self.source, self.split_dir, self.options = source, split_dir, options
         self.fingerprint = options.fingerprint(source)
         self.ranges = shard_ranges(len(source.items), options.shards)
@@ -86,11 +91,10 @@ class SplitConversion:
                                     f"{', '.join(map(str, sorted(counts)))}, not {self.options.shards}; {hint}")
         owned_files(self.split_dir)  # never write into a folder of someone else's files
 
-    def run(self, pool, echo: Callable[[str], None]) -> SplitReport:
+    def run(self, pool: OrderedPool | None, echo: Callable[[str], None]) -> SplitReport:
         started = time.perf_counter()
         self.check_existing()
-        writers = ShardWriters(self._writer)
-        try:
+        with ShardWriters(self._writer) as writers:
             notes = self._open(writers)
             for note in notes:
                 echo(note)
@@ -99,8 +103,6 @@ class SplitConversion:
             report.complete = not report.skipped or self.options.skip_bad
             if report.complete:  # shard by shard: a kill between two leaves finished shards that a rerun keeps
                 self._finish(writers)
-        finally:
-            writers.close()
         report.converted, report.seconds = converted, time.perf_counter() - started
         report.source_bytes, report.db_bytes = self.sizes()
         warnings, report.class_counts = audit(self.source)
@@ -129,7 +131,7 @@ class SplitConversion:
             notes += rewind_to_changes(writers[s], self.source, self.ranges[s])
         return notes
 
-    def _convert(self, writers: ShardWriters, pool) -> int:
+    def _convert(self, writers: ShardWriters, pool: OrderedPool | None) -> int:
         """Convert every item not yet committed, in order; returns how many there were."""
         todo = []
         for s in self.options.selected:
@@ -160,7 +162,7 @@ class SplitConversion:
         writers.flush()
         return len(todo)
 
-    def _results(self, todo: list, pool) -> Iterator[Result]:
+    def _results(self, todo: list, pool: OrderedPool | None) -> Iterator[Result]:
         if pool is None:
             init_worker(self.options.prepare, in_parent=True)
             return map(prepare_task, todo)
