@@ -104,10 +104,10 @@ def first_batch_loader(kind: str, root: Path, workers: int, batch_size: int):
 FIRST_BATCH_TIMEOUT = 300  # seconds a first-batch process may take, exit included, before it is killed
 
 
-def time_to_first_batch(kind: str, root: Path, workers: int, batch_size: int) -> float:
-    """Seconds from starting a fresh Python process to its first batch (median of 3)."""
+def time_to_first_batch(kind: str, root: Path, workers: int, batch_size: int, runs: int = 3) -> float:
+    """Seconds from starting a fresh Python process to its first batch (the median of ``runs``)."""
     times = []
-    for _ in range(3):
+    for _ in range(runs):
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-c", FIRST_BATCH, kind, str(root), str(workers), str(batch_size)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -126,7 +126,7 @@ def time_to_first_batch(kind: str, root: Path, workers: int, batch_size: int) ->
         if process.returncode != 0 or not line.startswith("first batch"):
             raise ImagenetPackError(f"timing the first batch ({kind}) failed: {err.strip()[-500:]}")
         times.append(elapsed)
-    return sorted(times)[1]
+    return sorted(times)[len(times) // 2]
 
 
 def run_bench(root: Path | str, options: BenchOptions | None = None,
@@ -168,10 +168,11 @@ def run_bench(root: Path | str, options: BenchOptions | None = None,
         baseline = baselines[kind]
         r["ratio_to_baseline"] = ratio(r, baseline) if baseline else None
     echo("timing the first batch from process start")
-    first = {"lmdb_fused_train_s": time_to_first_batch("fused", root, workers, options.batch_size)}
+    runs = min(3, options.rounds)  # one fresh process per round, at most three
+    first = {"lmdb_fused_train_s": time_to_first_batch("fused", root, workers, options.batch_size, runs)}
     if options.images is not None:
         first["imagefolder_train_s"] = time_to_first_batch(
-            "imagefolder", split_dirs(options.images).get("train", options.images), workers, options.batch_size)
+            "imagefolder", split_dirs(options.images).get("train", options.images), workers, options.batch_size, runs)
     feed = None
     if options.feed_device is not None:
         from ..read.dataset import LmdbImageNet
