@@ -112,7 +112,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "predictions through every read path.")
     p.add_argument("root", type=Path, help="a database written by `imagenet-pack convert`")
     p.add_argument("--images", type=Path, default=None,
-                   help="the JPEG tree DB was converted from (holding train/ and val/, or one class-folder tree): "
+                   help="the SRC DB was converted from, in any layout convert reads (or one class-folder tree): "
                         "adds the ImageFolder baselines and the accuracy reference")
     p.add_argument("--workers", type=positive_int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--rounds", type=positive_int, default=bench.rounds,
@@ -205,8 +205,9 @@ def _convert(args: argparse.Namespace, usage: Usage) -> int:
     if args.repair and args.overwrite:
         usage("--repair keeps what is sound and --overwrite replaces everything: choose one")
     if args.repair:
-        from .repair import repair as convert
-    report = convert(args.src, args.dst, options, echo=lambda line: print(line, flush=True))
+        from .repair import repair
+    run = repair if args.repair else convert
+    report = run(args.src, args.dst, options, echo=lambda line: print(line, flush=True))
     print("\n".join(report.table()))
     if not report.ok:
         print(f"imagenet-pack: error: {report.unfinished()}", file=sys.stderr)

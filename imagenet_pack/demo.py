@@ -39,9 +39,9 @@ def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int =
         echo(f"generated {n_files} ImageNet-like JPEGs (~500x375, q90) in {src} "
              f"({time.perf_counter() - start:.1f} s)")
         report = convert(src, dst, ConvertOptions(workers=workers, progress=False))
-        for r in report.splits:
-            echo(f"converted {r.split}: {r.stored} records in {r.seconds:.1f} s ({r.rate:.0f} images/s with "
-                 f"{workers} workers), database/source bytes {r.storage_ratio:.3f}")
+        for split in report.splits:
+            echo(f"converted {split.split}: {split.stored} records in {split.seconds:.1f} s ({split.rate:.0f} "
+                 f"images/s with {workers} workers), database/source bytes {split.storage_ratio:.3f}")
         echo(f"database: {dst}" + ("" if workdir is not None else " (a temporary folder, removed at the end: "
                                    "demo --dir DIR keeps it)"))
         train = LmdbImageNet(dst, "train", transform=standard_train_transform())

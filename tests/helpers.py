@@ -2,17 +2,22 @@
 process, and ways to damage a database on disk."""
 from __future__ import annotations
 
+import io
+import random
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import cv2
 import lmdb
 import numpy as np
+import scipy.io
 
 from imagenet_pack import ConvertOptions, LmdbImageNet, convert
 from imagenet_pack.format import META_DB
 from imagenet_pack.layout import close_shard as close_handle
+from imagenet_pack.sources.synsets import builtin_names
 from imagenet_pack.synthetic import make_sample_tree
 
 
@@ -105,3 +110,45 @@ def photo_db(root: Path, copies: int) -> Path:
     source = photo_tree(root / "src", MIXED_SIZES * copies, split="train")
     convert(source, root / "db", opts(splits=("train",)))
     return root / "db"
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def devkit_bytes(id_order: list[str], val_wnids: list[str], *, extra_truth: list[int] = ()) -> bytes:
+    """A devkit .tar.gz: meta.mat with 1000 leaves in ``id_order`` (ILSVRC2012_ID = position + 1) followed by
+    860 non-leaf synsets, and a ground-truth file for ``val_wnids``."""
+    names = builtin_names()
+    leaf = [(i + 1, w, ", ".join(names[w]), "gloss", 0, np.zeros(0), 0, 1300) for i, w in enumerate(id_order)]
+    inner = [(1001 + k, f"n9{k:07d}", f"inner {k}", "gloss", 2, np.array([1.0, 2.0]), 3, 0) for k in range(860)]
+    dt = [(f, "O") for f in ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
+                             "wordnet_height", "num_train_images")]
+    mat = io.BytesIO()
+    scipy.io.savemat(mat, {"synsets": np.array(leaf + inner, dtype=dt)})
+    ids = {w: i + 1 for i, w in enumerate(id_order)}
+    truth = "".join(f"{ids[w]}\n" for w in val_wnids) + "".join(f"{t}\n" for t in extra_truth)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        add_member(tar, "ILSVRC2012_devkit_t12/data/meta.mat", mat.getvalue())
+        add_member(tar, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth.encode())
+    return out.getvalue()
+
+
+def devkit_tree(root: Path) -> Path:
+    """ILSVRC2012's extracted devkit layout at ``root``: train/<wnid>/ class folders, a flat val/ of
+    ``ILSVRC2012_val_<n>.JPEG`` and the devkit (1000 classes) naming their labels; val holds 5 of them."""
+    tree = small_tree(root.parent / f"{root.name}-folders", classes=5, per_class=4)
+    for path in sorted((tree / "train").rglob("*.JPEG")):
+        (root / "train" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / "train" / path.parent.name / path.name).write_bytes(path.read_bytes())
+    val = sorted((tree / "val").rglob("*.JPEG"))
+    (root / "val").mkdir(parents=True)
+    for i, path in enumerate(val):
+        (root / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG").write_bytes(path.read_bytes())
+    order = sorted(builtin_names())
+    random.Random(2).shuffle(order)  # ILSVRC2012_ID order is not sorted-wnid order
+    (root / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(devkit_bytes(order, [p.parent.name for p in val]))
+    return root

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from imagenet_pack import FormatError, LmdbImageNet, __version__
+from imagenet_pack import FormatError, ImagenetPackError, LmdbImageNet, __version__
 from imagenet_pack.bench import report as bench_report
 from imagenet_pack.cli import main
 from imagenet_pack.synthetic import make_sample_tree
@@ -315,8 +315,34 @@ def test_bench_refuses_images_other_than_the_databases_before_timing(tree, tmp_p
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "not the images" in captured.err and "give --images the SRC" in captured.err
     assert "timing" not in captured.out + captured.err
+    from imagenet_pack.bench.folders import image_sources
     from imagenet_pack.bench.options import check_same_images
-    check_same_images(tree, dst, {"train": "train", "val": "val"})
+    check_same_images(image_sources(tree), tree, dst, {"train": "train", "val": "val"})
+
+
+def test_bench_reads_the_devkit_layout_convert_took_and_scores_a_partial_val(tmp_path, capsys):
+    """SRC in the devkit layout (class folders for train, a flat val and the devkit), its val holding some of
+    the classes: bench --images SRC times both baselines from it, and --accuracy scores every pipeline over
+    the classes present, the reference reading the very files of the records (agreement 100% with itself)."""
+    import torch
+
+    from helpers import devkit_tree
+    src = devkit_tree(tmp_path / "src")
+    dst = tmp_path / "db"
+    assert main(["convert", str(src), str(dst), "--no-progress", "--workers", "1"]) == 0
+    weights = tmp_path / "resnet18.pt"
+    torch.save(__import__("torchvision").models.resnet18(num_classes=1000).state_dict(), weights)
+    out = tmp_path / "bench.json"
+    capsys.readouterr()
+    assert main(["bench", str(dst), "--images", str(src), "--rounds", "1", "--limit", "4", "--workers", "1",
+                 "--batch-size", "2", "--device", "none", "--accuracy", "--arch", "resnet18", "--weights",
+                 str(weights), "--json", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    names = {r["name"] for r in report["results"]}
+    assert {"train-baseline", "val-baseline"} <= names
+    rows = {r["pipeline"]: r for r in report["accuracy"]["rows"]}
+    reference = next(r for name, r in rows.items() if name.startswith("reference"))
+    assert reference["agreement"] == 100.0 and (report["accuracy"]["images"], report["accuracy"]["of"]) == (4, 15)
 
 
 def test_paths_a_user_gets_wrong_are_named_in_one_line(tree, tmp_path, capsys):
@@ -346,10 +372,32 @@ def test_paths_a_user_gets_wrong_are_named_in_one_line(tree, tmp_path, capsys):
 def test_bench_entries_of_a_val_only_tree_time_its_val_folder_for_both_baselines(tree, tmp_path):
     """--images holding val/ alone (an evaluation-only database): both baselines read val/, nothing fails."""
     import shutil
+    from imagenet_pack.bench.folders import image_sources
     from imagenet_pack.bench.loaders import bench_entries
-    from imagenet_pack.bench.options import BenchOptions, check_same_images
+    from imagenet_pack.bench.options import check_same_images
     shutil.rmtree(tree / "train")
     assert main(["convert", str(tree), str(tmp_path / "db"), "--no-progress", "--workers", "1"]) == 0
-    entries = bench_entries(tmp_path / "db", BenchOptions(images=tree))
-    assert entries["train-baseline"][1].root == entries["val-baseline"][1].root == str(tree / "val")
-    check_same_images(tree, tmp_path / "db", {"train": "val", "val": "val"})
+    sources = image_sources(tree)
+    entries = bench_entries(tmp_path / "db", sources)
+    assert entries["train-baseline"][1].source is entries["val-baseline"][1].source is sources["val"]
+    check_same_images(sources, tree, tmp_path / "db", {"train": "val", "val": "val"})
+
+
+def test_a_partial_val_in_class_folders_passes_the_accuracy_check_before_anything_is_timed(tree, tmp_path):
+    """val/ holding 3 of the 4 classes train/ has: the reference's class list is the database's (the classes
+    of every split, as convert takes them), so the check made before timing passes; a database of other
+    classes given to --compare fails it at once, naming the pipeline."""
+    import shutil
+
+    from imagenet_pack.bench.accuracy import check_pipelines
+    from imagenet_pack.bench.folders import image_sources
+    from imagenet_pack.bench.options import BenchOptions
+    shutil.rmtree(sorted((tree / "val").iterdir())[0])
+    assert main(["convert", str(tree), str(tmp_path / "db"), "--no-progress", "--workers", "1"]) == 0
+    options = BenchOptions(images=tree, limit=4, accuracy=True)
+    check_pipelines(tmp_path / "db", options, image_sources(tree))
+    other = make_sample_tree(tmp_path / "other", classes=3, train_per_class=2, val_per_class=2, size=(48, 64), seed=4)
+    assert main(["convert", str(other), str(tmp_path / "odb"), "--no-progress", "--workers", "1"]) == 0
+    compare = BenchOptions(images=tree, limit=4, accuracy=True, databases=(tmp_path / "odb",))
+    with pytest.raises(ImagenetPackError, match=r"fused val decoder on .*odb.*: its 3 classes are not the 4"):
+        check_pipelines(tmp_path / "db", compare, image_sources(tree))

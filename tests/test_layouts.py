@@ -7,9 +7,7 @@ import random
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.io
 from torchvision.datasets import ImageFolder
 from torchvision.datasets import imagenet as tvi
 
@@ -17,34 +15,10 @@ from imagenet_pack import ConvertOptions, LayoutError, LmdbImageNet, convert
 from imagenet_pack.sources.detect import detect
 from imagenet_pack.sources.synsets import builtin_names
 
-from helpers import small_tree
+from helpers import add_member as _add
+from helpers import devkit_bytes, small_tree
 
 WNIDS = sorted(builtin_names())
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def devkit_bytes(id_order: list[str], val_wnids: list[str], *, extra_truth: list[int] = ()) -> bytes:
-    """A devkit .tar.gz: meta.mat with 1000 leaves in ``id_order`` (ILSVRC2012_ID = position + 1) followed by
-    860 non-leaf synsets, and a ground-truth file for ``val_wnids``."""
-    names = builtin_names()
-    leaf = [(i + 1, w, ", ".join(names[w]), "gloss", 0, np.zeros(0), 0, 1300) for i, w in enumerate(id_order)]
-    inner = [(1001 + k, f"n9{k:07d}", f"inner {k}", "gloss", 2, np.array([1.0, 2.0]), 3, 0) for k in range(860)]
-    dt = [(f, "O") for f in ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
-                             "wordnet_height", "num_train_images")]
-    mat = io.BytesIO()
-    scipy.io.savemat(mat, {"synsets": np.array(leaf + inner, dtype=dt)})
-    ids = {w: i + 1 for i, w in enumerate(id_order)}
-    truth = "".join(f"{ids[w]}\n" for w in val_wnids) + "".join(f"{t}\n" for t in extra_truth)
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        _add(tar, "ILSVRC2012_devkit_t12/data/meta.mat", mat.getvalue())
-        _add(tar, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth.encode())
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from ..errors import ImagenetPackError
 from ..gpu.device import default_device
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..sources.synsets import builtin_names
-from .options import split_dirs
 
 LITE0_MEAN, LITE0_STD = (127 / 255,) * 3, (128 / 255,) * 3
 ACCURACY_INSTALL = "pip install -e '.[accuracy]'"
@@ -117,9 +116,11 @@ def imagenet_targets(wnids: list[str]) -> np.ndarray:
     return np.array([standard[w] for w in wnids])
 
 
-def pipelines(root: Path, options, indices: list[int]) -> dict[str, tuple[Callable[[], Iterator], list[str]]]:
+def pipelines(root: Path, options, sources: dict, indices: list[int]
+              ) -> dict[str, tuple[Callable[[], Iterator], list[str]]]:
     """name -> (a function yielding uint8 (N, 3, 224, 224) batches of the records at ``indices``, in order;
-    the classes' wnids)."""
+    the classes' wnids). The reference reads the source files of those very records, from ``sources`` (the
+    images of ``--images`` by split)."""
     from torch.utils.data import Subset
     from torchvision import transforms
 
@@ -136,10 +137,11 @@ def pipelines(root: Path, options, indices: list[int]) -> dict[str, tuple[Callab
         return lambda: (x for x, _ in DataLoader(Subset(dataset, indices), batch_size=_BATCH, num_workers=workers))
 
     out: dict[str, tuple[Callable[[], Iterator], list[str]]] = {}
-    if options.images is not None:
-        folder = SourceFolder(split_dirs(options.images).get("val", options.images), transform=reference)
-        out["reference: ImageFolder + PIL, Resize(256), CenterCrop(224)"] = (batches(folder), folder.classes)
     dropin = LmdbImageNet(root, split, transform=reference)
+    if sources:
+        source = sources.get("val") or next(iter(sources.values()))
+        folder = SourceFolder(source, transform=reference, paths=dropin.paths)  # record i's own source file
+        out["reference: ImageFolder + PIL, Resize(256), CenterCrop(224)"] = (batches(folder), folder.classes)
     out["drop-in: LmdbImageNet + the same transforms"] = (batches(dropin), dropin.wnids)
     for backend in installed_backends():
         fused = LmdbImageNet(root, split, decoder=CenterCropDecoder(224, backend=backend))
@@ -199,9 +201,25 @@ class _Progress:
             self.echo(f"  {self.name}: {self.done}/{self.total} images, {now - self.started:.0f} s")
 
 
-def accuracy_table(root: Path, options, model_and_norm: tuple, echo: Callable[[str], None]) -> dict:
+def check_pipelines(root: Path, options, sources: dict) -> None:
+    """What :func:`accuracy_table` needs, checked before anything is timed: the database's classes are
+    ILSVRC2012's, and every pipeline reads the same images of the same class list. ImagenetPackError in one
+    line saying which pipeline differs and how."""
+    from ..read.dataset import LmdbImageNet
+    from ..read.reader import list_splits
+    split = "val" if "val" in list_splits(root) else list_splits(root)[0]
+    db = LmdbImageNet(root, split)
+    imagenet_targets(db.wnids)
+    for name, (_, wnids) in pipelines(root, options, sources, evaluated(len(db), options.limit)).items():
+        if list(wnids) != list(db.wnids):
+            raise ImagenetPackError(f"{name}: its {len(wnids)} classes are not the {len(db.wnids)} of {root}/{split} "
+                                    "(another class list, so a target means another class): compare databases "
+                                    "converted from the same SRC")
+
+
+def accuracy_table(root: Path, options, sources: dict, model_and_norm: tuple, echo: Callable[[str], None]) -> dict:
     """Top-1, top-5, agreement with the reference and images/s of every pipeline (see the module docstring),
-    over the same ``options.limit`` images for each."""
+    over the same ``options.limit`` images for each (checked beforehand by :func:`check_pipelines`)."""
     model, mean, std, description = model_and_norm
     from ..read.dataset import LmdbImageNet
     from ..read.reader import list_splits
@@ -209,7 +227,7 @@ def accuracy_table(root: Path, options, model_and_norm: tuple, echo: Callable[[s
     db = LmdbImageNet(root, split)
     indices = evaluated(len(db), options.limit)
     labels = torch.from_numpy(imagenet_targets(db.wnids)[db.targets[indices].astype(np.int64)])
-    named = pipelines(root, options, indices)
+    named = pipelines(root, options, sources, indices)
     started = time.perf_counter()
     first = next(iter(named.values()))[0]()
     _predict(model, [next(first)], mean, std, lambda n: None)

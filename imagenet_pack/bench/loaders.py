@@ -24,7 +24,8 @@ from typing import Any
 
 from ..errors import ImagenetPackError
 from ..machine import cpu_name, default_workers
-from .options import BenchOptions, check_same_images, split_dirs
+from ..sources.items import SplitSource
+from .options import BenchOptions, check_same_images
 
 FIRST_BATCH = """
 import sys
@@ -36,8 +37,9 @@ print("first batch", flush=True)
 """
 
 
-def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, Any]]:
-    """name -> (kind "train" or "val", dataset) for every entry the machine can run."""
+def bench_entries(root: Path, sources: dict[str, SplitSource]) -> dict[str, tuple[str, Any]]:
+    """name -> (kind "train" or "val", dataset) for every entry the machine can run; ``sources``: the images
+    of ``--images`` by split (:func:`.folders.image_sources`), for the baselines."""
     from ..read.dataset import LmdbImageNet
     from ..read.decoders import CenterCropDecoder, RandomResizedCropDecoder, installed_backends
     from .folders import SourceFolder
@@ -47,11 +49,10 @@ def bench_entries(root: Path, options: BenchOptions) -> dict[str, tuple[str, Any
     train_split = "train" if "train" in splits else splits[0]
     val_split = "val" if "val" in splits else splits[0]
     entries: dict[str, tuple[str, Any]] = {}
-    if options.images is not None:
-        trees = split_dirs(options.images)
-        train_tree, val_tree = trees.get("train") or trees["val"], trees.get("val") or trees["train"]
-        entries["train-baseline"] = ("train", SourceFolder(train_tree, transform=standard_train_transform()))
-        entries["val-baseline"] = ("val", SourceFolder(val_tree, transform=standard_val_transform()))
+    if sources:
+        train_source, val_source = sources.get("train") or sources["val"], sources.get("val") or sources["train"]
+        entries["train-baseline"] = ("train", SourceFolder(train_source, transform=standard_train_transform()))
+        entries["val-baseline"] = ("val", SourceFolder(val_source, transform=standard_val_transform()))
     entries["train-lmdb-dropin"] = ("train", LmdbImageNet(root, train_split, transform=standard_train_transform()))
     for backend in installed_backends():
         suffix = "" if backend == "opencv" else f"-{backend}"
@@ -84,13 +85,16 @@ def check_device(device: str) -> None:
 
 def first_batch_loader(kind: str, root: Path, workers: int, batch_size: int):
     """The loader whose first batch :func:`time_to_first_batch` times: ``fused`` (build_loader over the
-    train split with the fused decoder, as a trainer runs it) or ``imagefolder`` (root: a class folder)."""
+    train split with the fused decoder, as a trainer runs it) or ``imagefolder`` (root: the images, any
+    layout convert reads)."""
     if kind == "imagefolder":
         from torch.utils.data import DataLoader
 
-        from .folders import SourceFolder
+        from .folders import SourceFolder, image_sources
         from .timing import standard_train_transform
-        return DataLoader(SourceFolder(root, transform=standard_train_transform()), batch_size=batch_size,
+        sources = image_sources(root)
+        source = sources.get("train") or sources["val"]
+        return DataLoader(SourceFolder(source, transform=standard_train_transform()), batch_size=batch_size,
                           shuffle=True, num_workers=workers)
     from ..feeds import build_loader
     from ..read.dataset import LmdbImageNet
@@ -138,23 +142,28 @@ def run_bench(root: Path | str, options: BenchOptions | None = None,
     import torchvision
 
     from ..gpu.device import cuda_available, device_name
+    from .folders import image_sources
     from .timing import measure, ratio
 
     echo = echo or (lambda line: None)
     root = Path(root)
     workers = options.workers or default_workers()
-    entries = bench_entries(root, options)
+    sources = image_sources(options.images) if options.images is not None else {}
+    entries = bench_entries(root, sources)
     model = None
     if options.images is not None:  # everything that can fail is tried before the first image is timed
         splits = list_splits_of(root)
-        check_same_images(options.images, root, {k: k if k in splits else splits[0] for k in ("train", "val")})
+        check_same_images(sources, options.images, root, {k: k if k in splits else splits[0] for k in ("train", "val")})
     if options.accuracy:
         from .accuracy import load_model
         model = load_model(options.arch, options.weights)
         for other in options.databases:
             other_splits = list_splits_of(other)
             if options.images is not None:
-                check_same_images(options.images, other, {"val": "val" if "val" in other_splits else other_splits[0]})
+                check_same_images(sources, options.images, other,
+                                  {"val": "val" if "val" in other_splits else other_splits[0]})
+        from .accuracy import check_pipelines
+        check_pipelines(root, options, sources)
     if options.feed_device is not None:
         check_device(options.feed_device)
     echo(f"timing {len(entries)} loaders, {options.limit or 'an epoch of'} images a round, {options.rounds} "
@@ -171,8 +180,8 @@ def run_bench(root: Path | str, options: BenchOptions | None = None,
     runs = min(3, options.rounds)  # one fresh process per round, at most three
     first = {"lmdb_fused_train_s": time_to_first_batch("fused", root, workers, options.batch_size, runs)}
     if options.images is not None:
-        first["imagefolder_train_s"] = time_to_first_batch(
-            "imagefolder", split_dirs(options.images).get("train", options.images), workers, options.batch_size, runs)
+        first["imagefolder_train_s"] = time_to_first_batch("imagefolder", options.images, workers, options.batch_size,
+                                                           runs)
     feed = None
     if options.feed_device is not None:
         from ..read.dataset import LmdbImageNet
@@ -188,7 +197,7 @@ def run_bench(root: Path | str, options: BenchOptions | None = None,
     if model is not None:
         from .accuracy import accuracy_table
         echo("evaluating the model through every read path")
-        accuracy = accuracy_table(root, options, model, echo)
+        accuracy = accuracy_table(root, options, sources, model, echo)
     return {"machine": {"cores": default_workers(), "platform": platform.platform(), "cpu": cpu_name(),
                         "cuda": device_name(torch.device("cuda", 0)) if cuda_available() else None},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,

@@ -5,14 +5,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ImagenetPackError
+from ..sources.items import SplitSource
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """What to measure: ``images`` (a class-folder tree, or the root holding train/ and val/) adds the
-    ImageFolder baselines; ``rounds`` timed rounds of ``limit`` images per entry after a warm-up (``limit``
-    None: whole epochs); ``workers`` loader processes; ``accuracy`` adds the accuracy table, with
-    ``databases`` compared there too."""
+    """What to measure: ``images`` (the SRC the database was converted from, in any layout convert reads, or
+    one tree of class folders) adds the ImageFolder baselines; ``rounds`` timed rounds of ``limit`` images per
+    entry after a warm-up (``limit`` None: whole epochs); ``workers`` loader processes; ``accuracy`` adds the
+    accuracy table, with ``databases`` compared there too."""
 
     images: Path | None = None
     workers: int | None = None
@@ -29,29 +30,22 @@ class BenchOptions:
     databases: tuple[Path, ...] = field(default_factory=tuple)
 
 
-def check_same_images(images: Path, root: Path, splits: dict[str, str]) -> None:
-    """ImagenetPackError in one line unless the JPEG tree ``images`` holds the very files each database split
-    (bench kind -> split of ``root``) was converted from: the same paths (a tree of class folders standing for
-    every split), and the same size where the database kept it. Read before any timing."""
-    import os
-
+def check_same_images(sources: dict[str, SplitSource], images: Path, root: Path, splits: dict[str, str]) -> None:
+    """ImagenetPackError in one line unless ``sources`` (the images of ``images``, by split) hold the very files
+    each database split (bench kind -> split of ``root``) was converted from: every path it lists. Read before
+    any timing."""
     from ..read.dataset import LmdbImageNet
-    trees = split_dirs(images)
     for kind, split in splits.items():
-        tree = trees.get(kind, next(iter(trees.values())))
+        source = sources.get(kind) or next(iter(sources.values()))
+        have = {within_split(item.path): item for item in source.items}
         paths = LmdbImageNet(root, split).paths
-        missing = [p for p in paths if not os.path.isfile(tree / p.split("/", 1)[-1])]
+        missing = [p for p in paths if within_split(p) not in have]
         if missing:
             raise ImagenetPackError(
                 f"{images}: not the images {root}/{split} was made from ({len(missing)} of its {len(paths)} "
-                f"source files are not in {tree}, e.g. {missing[0]}): give --images the SRC it was converted from")
+                f"source files are not in it, e.g. {missing[0]}): give --images the SRC it was converted from")
 
 
-def split_dirs(images: Path) -> dict[str, Path]:
-    """The class-folder trees of ``images`` by split: ROOT/train and ROOT/val, or ROOT itself as both."""
-    found = {s: images / s for s in ("train", "val") if (images / s).is_dir()}
-    if not found and images.is_dir():
-        found = {"train": images, "val": images}
-    if not found:
-        raise ImagenetPackError(f"{images}: not a folder of class folders (nor one holding train/ and val/)")
-    return found
+def within_split(path: str) -> str:
+    """A source path without its first folder (the split's, or the tree's own name), as both sides name it."""
+    return path.split("/", 1)[-1]
