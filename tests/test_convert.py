@@ -221,6 +221,21 @@ def test_audit_warns_for_a_full_class_list_with_other_counts(tmp_path):
     counts = [c for c in counts if c["action"] == "count" and c["split"] == "val"]
     assert len(counts) == 1000 and counts[0] == {"split": "val", "action": "count", "wnid": "n01440764",
                                                   "images": 1, "ilsvrc2012": 50}
+    train = [json.loads(line) for line in report.report_path.read_text().splitlines()]
+    train = [c for c in train if c["action"] == "count" and c["split"] == "train"]  # class folders: no devkit
+    assert len(train) == 1000 and train[0]["images"] == 1 and train[0]["ilsvrc2012"] == "732..1300"
+
+
+def test_a_no_op_rerun_reports_the_counts_without_warning_again(tmp_path, caplog):
+    src = make_sample_tree(tmp_path / "src", classes=1000, train_per_class=1, val_per_class=0, size=(16, 16))
+    with caplog.at_level("WARNING"):
+        convert(src, tmp_path / "db", opts(workers=2, splits=("train",)))
+    assert sum("ILSVRC2012 has" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = convert(src, tmp_path / "db", opts(workers=2, splits=("train",)))
+    assert again.noop and not any("ILSVRC2012 has" in r.getMessage() for r in caplog.records)
+    assert again.splits[0].warnings and len(again.splits[0].class_counts) == 1000  # still in its report
 
 
 def test_a_file_changed_or_removed_between_worker_and_writer_is_an_error(tree, tmp_path, monkeypatch):

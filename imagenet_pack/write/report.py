@@ -7,7 +7,6 @@ with its canonical counts (one warning line on the terminal).
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +14,9 @@ from ..format import ShardMeta
 from ..sources.items import SplitSource
 from .ownership import write_file
 
-log = logging.getLogger(__name__)
-
 CANONICAL_COUNTS = {"train": 1_281_167, "val": 50_000}
 CANONICAL_VAL_PER_CLASS = 50
+CANONICAL_TRAIN_PER_CLASS = (732, 1300)  # the fewest and the most train images of an ILSVRC2012 class
 
 
 @dataclass
@@ -39,7 +37,7 @@ class SplitReport:
     complete: bool = False
     already_complete: bool = False
     warnings: list[str] = field(default_factory=list)
-    class_counts: list[tuple[str, int, int]] = field(default_factory=list)  # wnid, images, ILSVRC2012's
+    class_counts: list[tuple[str, int, int | str]] = field(default_factory=list)  # wnid, images, ILSVRC2012's
 
     @property
     def storage_ratio(self) -> float:
@@ -85,9 +83,10 @@ class ConvertReport:
                 "them and rerun the same command (a changed file is read again, and every file after it).")
 
 
-def audit(source: SplitSource) -> tuple[list[str], list[tuple[str, int, int]]]:
-    """Compare a full ILSVRC2012 split (1000 classes) with the canonical counts: (one warning line, logged
-    once; every class whose count differs, as (wnid, images, ILSVRC2012's), for the report)."""
+def audit(source: SplitSource) -> tuple[list[str], list[tuple[str, int, int | str]]]:
+    """Compare a full ILSVRC2012 split (1000 classes) with the canonical counts: (one warning line; every class
+    whose count differs, as (wnid, images, ILSVRC2012's), for the report). A class's train count is known from
+    the devkit; without one, a count outside ILSVRC2012's range per class is the difference."""
     if len(source.wnids) != 1000 or source.split not in CANONICAL_COUNTS:
         return [], []
     counts = [0] * len(source.wnids)
@@ -95,14 +94,15 @@ def audit(source: SplitSource) -> tuple[list[str], list[tuple[str, int, int]]]:
         counts[item.target] += 1
     per_class = source.expected_counts or (
         {w: CANONICAL_VAL_PER_CLASS for w in source.wnids} if source.split == "val" else None)
-    differ = [(w, c, per_class[w]) for w, c in zip(source.wnids, counts) if per_class and w in per_class
-              and c != per_class[w]]
+    low, high = CANONICAL_TRAIN_PER_CLASS
+    differ: list[tuple[str, int, int | str]] = (
+        [(w, c, per_class[w]) for w, c in zip(source.wnids, counts) if w in per_class and c != per_class[w]]
+        if per_class else [(w, c, f"{low}..{high}") for w, c in zip(source.wnids, counts) if not low <= c <= high])
     expected = CANONICAL_COUNTS[source.split]
     if len(source.items) == expected and not differ:
         return [], []
     line = (f"{source.split}: {len(source.items)} images, ILSVRC2012 has {expected}" +
             (f"; {len(differ)} of its 1000 classes hold another count (each listed in the report)" if differ else ""))
-    log.warning(line)
     return [line], differ
 
 

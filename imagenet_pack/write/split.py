@@ -1,6 +1,7 @@
 """One split's conversion: its shards' writers, the items still to convert, the commits, the final metadata."""
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import time
@@ -23,6 +24,8 @@ from .report import SplitReport, audit
 from .resume import item_stamps, rewind_to_changes, shard_ranges
 from .tasks import Result, init_worker, prepare_task
 from .writer import ShardWriter
+
+log = logging.getLogger(__name__)
 
 
 class ShardWriters:
@@ -106,6 +109,8 @@ class SplitConversion:
         report.converted, report.seconds = converted, time.perf_counter() - started
         report.source_bytes, report.db_bytes = self.sizes()
         warnings, report.class_counts = audit(self.source)
+        for line in warnings:  # said by the run that converts; a split found complete is only reported
+            log.warning(line)
         report.warnings = notes + warnings
         return report
 
