@@ -35,7 +35,7 @@ from imagenet_pack.machine import default_workers
 from imagenet_pack.bench.timing import measure, ratio
 from imagenet_pack.codec import DECODE_FLAGS
 from imagenet_pack.read.decoders import installed_backends
-from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
+from imagenet_pack.read.nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE
 
 from common import source_tree, standard_train_transform, write_json
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
+from imagenet_pack.read.nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE
 
 from imagenet_pack import convert
 from helpers import opts, small_tree

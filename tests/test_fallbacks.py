@@ -16,8 +16,8 @@ def test_antialiased_resize_fallback_gives_the_same_pixels(db_session, monkeypat
     # whole images: always a shrink to 20 px (torch's path)
     plans = [Plan((0, 0, r.height, r.width), (20, 20), (0, 0), i % 2 == 0) for i, r in enumerate(records)]
     fast = [decoders.decode_plan(r, p, 20, "t") for r, p in zip(records, plans)]
-    assert decoders._UPSAMPLE_AA is not None  # this torch has the private op: the comparison means something
-    monkeypatch.setattr(decoders, "_UPSAMPLE_AA", None)
+    assert decoders.UPSAMPLE_BILINEAR_AA is not None  # this torch has the private op: the comparison means something
+    monkeypatch.setattr(decoders, "UPSAMPLE_BILINEAR_AA", None)
     for i, (r, p) in enumerate(zip(records, plans)):
         row = torch.zeros((1, 20, 20, 3), dtype=torch.uint8).permute(0, 3, 1, 2)[0]
         assert torch.equal(decoders.decode_plan(r, p, 20, "t", dest=row), fast[i]), i
@@ -26,7 +26,7 @@ def test_antialiased_resize_fallback_gives_the_same_pixels(db_session, monkeypat
 def test_shared_memory_fallback_feeds_workers_the_same_batches(db_session, monkeypatch):
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     reference = list(build_loader(ds, 4, workers=0, seed=1))
-    monkeypatch.setattr(ring, "_NEW_SHARED", None)
+    monkeypatch.setattr(ring, "NEW_SHARED", None)
     tensor = ring.shared_empty((2, 3))
     assert tensor.is_shared() and tensor.shape == (2, 3) and tensor.dtype == torch.uint8
     loader = build_loader(ds, 4, workers=2, seed=1, persistent_workers=False)
@@ -38,7 +38,7 @@ def test_shared_memory_fallback_feeds_workers_the_same_batches(db_session, monke
 
 
 def test_without_the_storage_use_count_output_buffers_are_never_reused(monkeypatch):
-    monkeypatch.setattr(ring, "_STORAGE_USE_COUNT", None)
+    monkeypatch.setattr(ring, "STORAGE_USE_COUNT", None)
     batch_ring = BatchRing([], 2, 4, (3, 8, 8))
     batch_ring.buffers[0].fill_(1)
     batch_ring.buffers[1].fill_(2)

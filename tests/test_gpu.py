@@ -9,7 +9,8 @@ import torch
 
 from imagenet_pack import CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader
 from imagenet_pack.bench.feed import device_path_cost, stage_batch
-from imagenet_pack.gpu.decode import REGIONS_FROM_NVJPEG, GpuBatchDecoder, nvjpeg_version
+from imagenet_pack.gpu.decode import GpuBatchDecoder
+from imagenet_pack.read.nvcodec import REGIONS_FROM_NVJPEG, nvjpeg_version
 from imagenet_pack.gpu.device import resolve_device
 
 import helpers

@@ -209,16 +209,38 @@ def test_a_device_without_index_is_this_process_s_current_gpu(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")
 
 
+@pytest.mark.nvimgcodec
 def test_cpu_threads_of_the_workers_decoders_are_one(monkeypatch):
-    from imagenet_pack.read import pixels
+    from imagenet_pack.read import nvcodec
     made = []
-    monkeypatch.setattr(pixels, "_NV", None)
-    nv = pixels.nvimgcodec()[0]
+    monkeypatch.setattr(nvcodec, "_NV", None)
+    nv = nvcodec.cpu_decoder()[0]
     real = nv.Decoder
     monkeypatch.setattr(nv, "Decoder", lambda **kw: made.append(kw) or real(**kw))
-    monkeypatch.setattr(pixels, "_NV", (os.getpid() + 1, None, None, None))  # as in a freshly forked worker
-    pixels.nvimgcodec()
+    monkeypatch.setattr(nvcodec, "_NV", (os.getpid() + 1, None, None, None))  # as in a freshly forked worker
+    nvcodec.cpu_decoder()
     assert made and made[0]["max_num_cpu_threads"] == 1
+
+
+@pytest.mark.nvimgcodec
+def test_the_device_s_decoders_are_set_per_mode(db_session, monkeypatch):
+    """GPU decode mode gives the hardware engine 0.65 of each batch and lets nvImageCodec balance it against
+    the hybrid decoder (the cores are the device stage's); the hybrid feed gives the engine everything, the
+    hybrid decoder only what the engine refuses (the cores are the workers')."""
+    from imagenet_pack.read import nvcodec
+    nv = nvcodec.cpu_decoder()[0]
+    made = []
+    monkeypatch.setattr(nv, "Decoder", lambda **kw: made.append(kw) or object())
+    ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
+    for share in (1.0, 0.5, "auto"):
+        loader = build_loader(ds, 4, workers=1, gpu_share=share, device="cpu", persistent_workers=False)
+        nvcodec.gpu_decoder(0, kinds=("hw", "hybrid"), threads=2, batch_size=4, hw_load=loader.decoder.hw_load)
+    (mode, hybrid, auto) = [kw["backends"] for kw in made]
+    assert [b.backend_kind for b in mode] == [nv.BackendKind.HW_GPU_ONLY, nv.BackendKind.HYBRID_CPU_GPU]
+    assert mode[0].load_hint == pytest.approx(0.65) and mode[0].load_hint_policy == nv.LoadHintPolicy.ADAPTIVE_MINIMIZE_IDLE_TIME
+    for backends in (hybrid, auto):
+        assert backends[0].load_hint == 1.0 and backends[0].load_hint_policy == nv.LoadHintPolicy.FIXED
+    assert all(kw["device_id"] == 0 and kw["max_num_cpu_threads"] == 2 for kw in made)
 
 
 def test_the_device_path_never_reads_a_device_value_on_the_host(db_session, monkeypatch):

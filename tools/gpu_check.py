@@ -42,10 +42,9 @@ import torch
 
 from imagenet_pack import ConvertOptions, CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader, convert
 from imagenet_pack.bench.feed import FEED_NAMES, FEEDS, decode_benchmark, device_path_cost, edge_errors, train_from_feed
-from imagenet_pack.gpu.decode import REGIONS_FROM_NVJPEG, nvjpeg_version
 from imagenet_pack.gpu.device import device_count, device_name
 from imagenet_pack.machine import default_workers
-from imagenet_pack.read.pixels import NVIMGCODEC_AVAILABLE
+from imagenet_pack.read import nvcodec
 from imagenet_pack.synthetic import make_sample_tree
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
@@ -197,10 +196,10 @@ def summary(cuda: bool, decode: dict, cost: dict, feeds: list[dict]) -> list[str
 
 def nvjpeg_text() -> str:
     """Which nvJPEG nvImageCodec loads, and so which way the device decodes boxes."""
-    version = nvjpeg_version()
+    version = nvcodec.nvjpeg_version()
     if version is None:
         return "no nvJPEG"
-    way = "regions" if version[:2] >= REGIONS_FROM_NVJPEG else "whole images, boxes cut by the resample"
+    way = "regions" if version[:2] >= nvcodec.REGIONS_FROM_NVJPEG else "whole images, boxes cut by the resample"
     return f"nvJPEG {'.'.join(map(str, version))} ({way})"
 
 
@@ -260,7 +259,7 @@ def main(argv=None) -> int:
         convert(src, db, ConvertOptions(progress=False, short_side=args.short_side))
     print(f"{device_name(device)}, {args.workers} loader workers, torch "
           f"{torch.__version__}, CUDA {torch.version.cuda}, nvImageCodec "
-          f"{'installed' if NVIMGCODEC_AVAILABLE else 'absent'} with {nvjpeg_text()}; {args.arch}, batch "
+          f"{'installed' if nvcodec.AVAILABLE else 'absent'} with {nvjpeg_text()}; {args.arch}, batch "
           f"{args.batch_size}, {args.image_size}px, {'bf16 channels_last' if cuda else 'fp32'}", flush=True)
     ds = LmdbImageNet(db, "train", decoder=RandomResizedCropDecoder(args.image_size, backend="auto"))
     ok = True

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..feeds import build_loader
-from ..gpu.decode import NVIMGCODEC_KINDS, GpuBatchDecoder
+from ..gpu.decode import GpuBatchDecoder
 from ..gpu.device import StageClock, is_cuda, peak_memory, resolve_device, synchronize, track_peak_memory
 from ..gpu.device import sync_debug as sync_debug_mode
 from ..gpu.prefetch import CudaPrefetcher
-from ..read.pixels import NVIMGCODEC_AVAILABLE
+from ..read import nvcodec
 from ..read.staged import StagedRecords
 
 WARMUP = 3
@@ -144,10 +144,10 @@ def decode_benchmark(ds, batch: int, device: torch.device | str) -> dict[str, di
     staged, _ = stage_batch(ds, items)
     reference = torch.stack([ds[item][0] for item in items])
     variants: dict[str, dict[str, Any]] = {}
-    if NVIMGCODEC_AVAILABLE:
+    if nvcodec.AVAILABLE:
         variants["nvimgcodec (engine, then hybrid)"] = dict(backend="nvimgcodec")
         if is_cuda(device):
-            variants.update({f"nvimgcodec {k} only": dict(backend="nvimgcodec", kinds=(k,)) for k in NVIMGCODEC_KINDS})
+            variants.update({f"nvimgcodec {k} only": dict(backend="nvimgcodec", kinds=(k,)) for k in nvcodec.KINDS})
             variants["nvimgcodec, GPU Huffman for all"] = dict(
                 backend="nvimgcodec", options="nvjpeg_cuda_decoder:hybrid_huffman_threshold=0")
     variants["torchvision.io.decode_jpeg"] = dict(backend="torchvision")

@@ -23,10 +23,6 @@ reads from the host (the box table, a fallback's pixels) comes from pinned memor
 """
 from __future__ import annotations
 
-import ctypes
-import glob
-import importlib.util
-import os
 import warnings
 from typing import Any
 
@@ -34,7 +30,8 @@ import numpy as np
 import torch
 
 from ..machine import default_workers
-from ..read.pixels import NVIMGCODEC_AVAILABLE, decode_box, nvimgcodec
+from ..read import nvcodec
+from ..read.pixels import decode_box
 from ..read.staged import (
     BOX_HEIGHT,
     BOX_LEFT,
@@ -48,61 +45,40 @@ from .device import StageClock, host_empty, is_cuda, resolve_device, stream_hand
 from .resample import Decoded, box_rows, resample_boxes
 
 GPU_BACKENDS = ("nvimgcodec", "torchvision", "auto")
-# nvImageCodec's JPEG decoders on a GPU, in the order they are tried: the hardware engine, CPU Huffman + CUDA
-NVIMGCODEC_KINDS = {"hw": "HW_GPU_ONLY", "hybrid": "HYBRID_CPU_GPU"}
-REGIONS_FROM_NVJPEG = (13, 2)  # the first nvJPEG whose region decode keeps fancy upsampling right at the edges
-
-
-def nvjpeg_version() -> tuple[int, int, int] | None:
-    """The version of the nvJPEG library nvImageCodec loads (asked with ``nvjpegGetProperty``), or None when
-    none is found."""
-    spec = importlib.util.find_spec("nvidia")
-    found = [path for base in (spec.submodule_search_locations or [] if spec else [])
-             for path in sorted(glob.glob(os.path.join(base, "**", "libnvjpeg.so*"), recursive=True))]
-    for name in found + ["libnvjpeg.so.13", "libnvjpeg.so.12"]:
-        try:
-            library = ctypes.CDLL(name)
-        except OSError:
-            continue
-        parts = []
-        for prop in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
-            value = ctypes.c_int()
-            if library.nvjpegGetProperty(prop, ctypes.byref(value)) != 0:
-                break
-            parts.append(value.value)
-        if len(parts) == 3:
-            return parts[0], parts[1], parts[2]
-    return None
 
 
 class GpuBatchDecoder:
     """Decode staged rows on ``device`` into size x size uint8 samples. ``backend``: "nvimgcodec",
     "torchvision", or "auto" (nvImageCodec where installed). On CUDA: ``kinds`` limits nvImageCodec to some of
-    its decoders (``NVIMGCODEC_KINDS``: "hw", "hybrid"; default both, the engine first), ``batch_size``
-    sizes its preallocation, ``threads`` bounds its CPU threads (default: a quarter of the cores, at most 4),
-    ``options`` adds nvImageCodec decoder options (e.g. ``nvjpeg_cuda_decoder:hybrid_huffman_threshold=0``
+    its decoders (:data:`~imagenet_pack.read.nvcodec.KINDS`: "hw", "hybrid"; default both, the engine first),
+    ``batch_size`` sizes its preallocation, ``threads`` bounds its CPU threads (default: a quarter of the cores,
+    at most 4), ``hw_load`` is the share of a batch first given to the engine (below 1 the hybrid decoder
+    works beside it, nvImageCodec balancing the two; at 1 it takes only what the engine refuses), ``options``
+    adds nvImageCodec decoder options (e.g. ``nvjpeg_cuda_decoder:hybrid_huffman_threshold=0``
     for GPU Huffman decoding of every image)."""
 
     def __init__(self, size: int = 224, device: torch.device | str = "cuda", backend: str = "auto", *,
                  kinds: tuple[str, ...] | None = None, batch_size: int = 256, threads: int | None = None,
-                 options: str = ""):
+                 hw_load: float = 1.0, options: str = ""):
         if backend not in GPU_BACKENDS:
             raise ValueError(f"unknown GPU decode backend {backend!r}; choose one of {GPU_BACKENDS}")
-        if kinds is not None and not (kinds and set(kinds) <= set(NVIMGCODEC_KINDS)):
-            raise ValueError(f"unknown nvImageCodec decoder kinds {kinds}; choose from {tuple(NVIMGCODEC_KINDS)}")
+        if kinds is not None and not (kinds and set(kinds) <= set(nvcodec.KINDS)):
+            raise ValueError(f"unknown nvImageCodec decoder kinds {kinds}; choose from {tuple(nvcodec.KINDS)}")
+        if not 0 < hw_load <= 1:
+            raise ValueError(f"hw_load is a share of each batch, above 0 and at most 1; got {hw_load}")
         if backend == "auto":
-            backend = "nvimgcodec" if NVIMGCODEC_AVAILABLE else "torchvision"
+            backend = "nvimgcodec" if nvcodec.AVAILABLE else "torchvision"
         if backend == "torchvision":
             warnings.warn("GPU decode through torchvision.io.decode_jpeg, deprecated since torchvision 0.29: "
                           "pip install nvidia-nvimgcodec-cu12[nvjpeg] (or -cu13, as torch's CUDA; in a checkout: pip "
                           "install -e '.[gpu-cu12]') for nvImageCodec", stacklevel=2)
         self.size, self.device, self.backend, self.kinds = size, resolve_device(device), backend, kinds
-        self.batch_size, self.options = batch_size, options
+        self.batch_size, self.options, self.hw_load = batch_size, options, hw_load
         self.threads = threads or max(1, min(4, default_workers() // 4))
         # regions where the decoder gets them right; whole images (the box cut by the resample) elsewhere
-        version = nvjpeg_version() if is_cuda(self.device) and backend == "nvimgcodec" else None
+        version = nvcodec.nvjpeg_version() if is_cuda(self.device) and backend == "nvimgcodec" else None
         self.regions = backend == "nvimgcodec" and (not is_cuda(self.device)
-                                                    or (version or (0,)) >= REGIONS_FROM_NVJPEG)
+                                                    or (version or (0,)) >= nvcodec.REGIONS_FROM_NVJPEG)
         self.fallbacks = 0  # images the device decoder refused, decoded on the CPU instead
         self.stages: StageClock | None = None  # times decode, table and resample when set
         self._nv: tuple | None = None
@@ -148,16 +124,10 @@ class GpuBatchDecoder:
 
     def _decoder(self):
         if self._nv is None:
-            nv, cpu_decoder, params = nvimgcodec()
-            if not is_cuda(self.device):
-                decoder = cpu_decoder
-            else:
-                kinds = self.kinds or tuple(NVIMGCODEC_KINDS)
-                options = (f":fancy_upsampling=1 nvjpeg_hw_decoder:preallocate_batch_size={self.batch_size} "
-                           "nvjpeg_hw_decoder:preallocate_width_hint=512 "
-                           f"nvjpeg_hw_decoder:preallocate_height_hint=512 {self.options}").strip()
-                decoder = nv.Decoder(device_id=self.device.index, max_num_cpu_threads=self.threads, options=options,
-                                     backends=[nv.Backend(getattr(nv.BackendKind, NVIMGCODEC_KINDS[k])) for k in kinds])
+            nv, cpu_decoder, params = nvcodec.cpu_decoder()
+            decoder = cpu_decoder if not is_cuda(self.device) else nvcodec.gpu_decoder(
+                self.device.index, kinds=self.kinds or tuple(nvcodec.KINDS), threads=self.threads,
+                batch_size=self.batch_size, hw_load=self.hw_load, options=self.options)
             self._nv = (nv, decoder, params)
         return self._nv
 

@@ -36,6 +36,10 @@ class HybridLoader(Feed[HostBatch]):
 
     HOST_CORES = 2  # cores not given to workers by default: the training loop's, the device stage's
     START_ROWS = 16  # records decoded on each side at start-up to measure what a row costs
+    # GPU decode mode's share of each batch first given to the hardware engine, the rest to the hybrid decoder
+    # (nvImageCodec then balances them): DALI's default hw_decoder_load; a hybrid feed's CPU cores are the
+    # workers', so there the engine takes everything it can
+    HW_LOAD_GPU_MODE = 0.65
 
     def __init__(self, dataset: LmdbImageNet, batch_size: int, *, share: float | str, device: torch.device | str,
                  **loader_options: Any):
@@ -51,7 +55,9 @@ class HybridLoader(Feed[HostBatch]):
             raise TypeError("HybridLoader needs loader workers (the ring their batches are staged in)")
         self.ring = self.epoch_loader.ring
         self.ring.set_share(self.policy.share)
-        self.decoder = GpuBatchDecoder(self.shape[1], self.device, batch_size=batch_size)
+        # GPU decode mode: the engine and the hybrid decoder share each batch; a hybrid feed: the engine alone
+        hw_load = self.HW_LOAD_GPU_MODE if share == 1.0 else 1.0
+        self.decoder = GpuBatchDecoder(self.shape[1], self.device, batch_size=batch_size, hw_load=hw_load)
         self.staging = Staging(4, batch_size, self.shape, self.device)
         self.sampler = self.epoch_loader.sampler
         self._cost = StageClock(self.device)  # the device rows' cost, for the share

@@ -20,6 +20,7 @@ from torch.utils.data import BatchSampler, Dataset
 
 from ..errors import ImagenetPackError
 from ..read.staged import BYTES_PER_ROW, COLUMNS, LENGTH, StagedRecords
+from ..torch_private import NEW_SHARED, STORAGE_USE_COUNT
 from .sampler import EpochSampler
 
 Index = Any  # what a sampler yields: an index, or an (index, epoch) pair
@@ -43,11 +44,6 @@ class BatchSource(Protocol):
                       wanted: Callable[[], int]) -> int:
         """Decode staged rows into ``images`` from the first on, while there are fewer than ``wanted()``."""
 
-# private: an uninitialised shared-memory storage, touched only where written (the public share_memory_()
-# first fills private memory and then copies it there); the fallback gives the same tensor, slower
-_NEW_SHARED = getattr(torch.UntypedStorage, "_new_shared", None)
-
-
 SHM = "/dev/shm"
 
 
@@ -64,9 +60,9 @@ def shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> to
     if free is not None and size > free:
         raise ImagenetPackError(_no_room(size, free))
     try:
-        if _NEW_SHARED is None:
+        if NEW_SHARED is None:  # the public way: the same tensor, filled in private memory first
             return torch.empty(shape, dtype=dtype).share_memory_()
-        storage = _NEW_SHARED(size)
+        storage = NEW_SHARED(size)
     except RuntimeError as exc:  # the room went between the check and the allocation
         raise ImagenetPackError(_no_room(size, free) + f" ({str(exc).splitlines()[0][:80]})") from None
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)  # type: ignore[call-overload]  # a private storage
@@ -202,14 +198,11 @@ class BatchRing(Dataset):
         return buffer
 
 
-_STORAGE_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # private; without it, never reuse
-
-
 def _use_count(tensor: torch.Tensor) -> int:
     """How many tensors (views included) share ``tensor``'s storage, plus a constant (-1: unknown)."""
-    if _STORAGE_USE_COUNT is None:
+    if STORAGE_USE_COUNT is None:  # without it, a buffer is never reused
         return -1
-    return _STORAGE_USE_COUNT(tensor.untyped_storage()._cdata)
+    return STORAGE_USE_COUNT(tensor.untyped_storage()._cdata)
 
 
 def as_is(batch: Any) -> Any:

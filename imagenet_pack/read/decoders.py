@@ -23,8 +23,11 @@ from PIL import Image
 
 from ..errors import DecoderUnavailableError
 from ..format import Record
+from ..torch_private import UPSAMPLE_BILINEAR_AA
 from .crops import CenterCropLaw, CropLaw, Plan, RandomResizedCropLaw
-from .pixels import NVIMGCODEC_AVAILABLE, NVIMGCODEC_MISSING, Box, check_box, decode_box, decode_full
+from .nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE
+from .nvcodec import MISSING as NVIMGCODEC_MISSING
+from .pixels import Box, check_box, decode_box, decode_full
 
 
 def to_chw_tensor(rgb) -> torch.Tensor:
@@ -88,18 +91,13 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-# torch's uint8 antialiased bilinear with an ``out=`` argument (private; the public F.interpolate fallback
-# gives the same pixels, tested, for some checks and one more copy per image)
-_UPSAMPLE_AA = getattr(getattr(torch._C, "_nn", None), "_upsample_bilinear2d_aa", None)
-
-
 def resize_aa(pixels: np.ndarray, target: torch.Tensor) -> None:
     """Antialiased bilinear resize of an HxWx3 uint8 array into ``target``, a 3 x H' x W' channels-last view:
     torchvision's own tensor resize (a contiguous copy first: torch's kernel is faster on one)."""
     view = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
     size = list(target.shape[1:])
-    if _UPSAMPLE_AA is not None:
-        _UPSAMPLE_AA(view, size, False, None, None, out=target.unsqueeze(0))
+    if UPSAMPLE_BILINEAR_AA is not None:  # else the public F.interpolate: the same pixels (tested)
+        UPSAMPLE_BILINEAR_AA(view, size, False, None, None, out=target.unsqueeze(0))
     else:
         target.copy_(F.interpolate(view, size=size, mode="bilinear", antialias=True, align_corners=False)[0])
 

@@ -12,61 +12,19 @@ JPEG whose header disagrees with its record is an error, never a sample of other
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import os
-from typing import Any
-
 import cv2
 import numpy as np
 
 from ..codec import decode_rgb
 from ..errors import DamagedError, DecodeError
+from . import nvcodec
 
 Box = tuple[int, int, int, int]  # top, left, height, width
-
-NVIMGCODEC_AVAILABLE = importlib.util.find_spec("nvidia") is not None and \
-    importlib.util.find_spec("nvidia.nvimgcodec") is not None
-NVIMGCODEC_MISSING = ("nvImageCodec is not installed: pip install nvidia-nvimgcodec-cu13 (or, in a checkout of "
-                      "imagenet-pack, pip install -e '.[nvimgcodec]')")
-_NV: tuple[int, Any, Any, Any] | None = None  # pid, module, CPU-only decoder, decode parameters
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence file descriptors 1 and 2: nvImageCodec prints, from C, that the GPU libraries it looks for at
-    import (nvJPEG, nvJPEG2000, nvTIFF) are missing, which on a CPU-only machine is expected."""
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-
-
-def nvimgcodec() -> tuple[Any, Any, Any]:
-    """This process's nvImageCodec module, CPU-only decoder (one thread: the loader's workers are the
-    parallelism) and RGB decode parameters without EXIF rotation, made on first use."""
-    global _NV
-    if _NV is None or _NV[0] != os.getpid():
-        with quiet():
-            import nvidia.nvimgcodec as nv
-        decoder = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
-                             backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
-        params = nv.DecodeParams(color_spec=nv.ColorSpec.SRGB, apply_exif_orientation=False)
-        _NV = (os.getpid(), nv, decoder, params)
-    return _NV[1], _NV[2], _NV[3]
-
 
 def _decode_region_nvimgcodec(data: bytes, box: Box, size: tuple[int, int]) -> np.ndarray | None:
     """RGB pixels of ``box`` at full scale by nvImageCodec's CPU backend, or None where it declines (and for
     CMYK, which the converter re-encodes anyway, so that every backend gives OpenCV's pixels)."""
-    nv, decoder, params = nvimgcodec()
+    nv, decoder, params = nvcodec.cpu_decoder()
     top, left, h, w = box
     stream = nv.CodeStream(data)
     if (stream.height, stream.width) != size or stream.num_channels not in (1, 3):
