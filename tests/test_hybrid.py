@@ -17,8 +17,7 @@ from imagenet_pack.bench.feed import edge_errors, stage_batch
 from imagenet_pack.gpu.decode import GpuBatchDecoder
 from imagenet_pack.gpu.device import resolve_device
 from imagenet_pack.loader.ring import WorkerBatch
-from imagenet_pack.read import staged as columns
-from imagenet_pack.read.staged import StagedRecords
+from imagenet_pack.read.staged import COLUMNS, StagedRecords
 
 import helpers
 
@@ -83,7 +82,7 @@ def test_what_the_device_decoder_fails_on_or_returns_at_another_size_goes_to_ope
         monkeypatch.setattr(nv, "CodeStream", real_stream)
 
     class Short:  # what a decoder gives back for a header that lies: one row short
-        shape = (int(staged.table[2, columns.BOX_HEIGHT]) - 1, int(staged.table[2, columns.BOX_WIDTH]), 3)
+        shape = (staged.box(2)[2] - 1, staged.box(2)[3], 3)
 
     class Lying:
         def decode(self, streams, **kw):
@@ -102,19 +101,17 @@ def test_workers_stage_records_and_plans_and_decode_what_does_not_fit(db_session
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     items = [(i, 3) for i in range(6)]
     roomy, images = stage_batch(ds, items)
-    assert roomy.rows == 6 and (roomy.table[:, columns.LENGTH] > 0).all()
+    assert roomy.rows == 6 and (roomy.fields["length"] > 0).all()
     for row, (index, epoch) in enumerate(items):
         record = ds.read_record(index)
-        assert bytes(roomy.record(row)) == record.image and roomy.table[row, columns.TARGET] == record.target
+        assert bytes(roomy.record(row)) == record.image and roomy.row(row)["target"] == record.target
         plan = ds.decoder.law.plan(record.height, record.width, index, epoch)
-        table = roomy.table[row]
-        assert tuple(table[[columns.BOX_TOP, columns.BOX_LEFT, columns.BOX_HEIGHT, columns.BOX_WIDTH]]) == plan.box
-        assert bool(table[columns.FLIP]) == plan.flip
-    tight = StagedRecords(np.empty(int(roomy.table[:2, columns.LENGTH].sum()), np.uint8),
+        assert roomy.box(row) == plan.box and bool(roomy.row(row)["flip"]) == plan.flip
+    tight = StagedRecords(np.empty(int(roomy.fields["length"][:2].sum()), np.uint8),
                           np.zeros_like(roomy.table))
     images = torch.zeros((6, 16, 16, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     targets = ds.stage_records(items, tight, images)
-    assert list(tight.on_device) == [0, 1] and targets == list(roomy.table[:, columns.TARGET])
+    assert list(tight.on_device) == [0, 1] and targets == list(roomy.fields["target"])
     for row in range(2, 6):  # decoded by the worker, exactly as the CPU loader would
         assert torch.equal(images[row], ds[items[row]][0])
     out = GpuBatchDecoder(16, "cpu")(tight, images.clone())
@@ -132,7 +129,7 @@ def test_staged_rows_read_each_record_once_and_their_targets_transformed_as_deco
     reads = []
     real_read = Shard.read
     monkeypatch.setattr(Shard, "read", lambda self, local, where: reads.append(local) or real_read(self, local, where))
-    tight = StagedRecords(np.empty(len(ds.read_record(0).image), np.uint8), np.zeros((4, len(columns.COLUMNS)),
+    tight = StagedRecords(np.empty(len(ds.read_record(0).image), np.uint8), np.zeros((4, len(COLUMNS)),
                                                                                     np.int64))
     reads.clear()
     images = torch.zeros((4, 16, 16, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
@@ -304,7 +301,7 @@ def test_a_share_set_while_a_worker_decodes_a_batch_applies_to_its_rows_not_yet_
         assert result.cpu_rows == expected and decoded == list(range(expected)) and not result.fallback
         images = ring.images(0).permute(0, 3, 1, 2)
         assert all(torch.equal(images[row], ds[items[row]][0]) for row in range(expected))
-        assert (ring.staged(0).table[expected:6, columns.LENGTH] > 0).all()
+        assert (ring.staged(0).fields["length"][expected:6] > 0).all()
 
 
 def test_a_decision_is_in_effect_within_two_delivered_batches_and_saved_where_it_was_made(db_session):

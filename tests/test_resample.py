@@ -14,27 +14,27 @@ from imagenet_pack import LmdbImageNet, RandomResizedCropDecoder
 from imagenet_pack.bench.feed import stage_batch
 from imagenet_pack.gpu.decode import GpuBatchDecoder
 from imagenet_pack.gpu.resample import Decoded, box_rows, resample_boxes
-from imagenet_pack.read import staged as columns
+from imagenet_pack.read.staged import ROW
 
 
 def plan_row(box: tuple[int, int], resize: tuple[int, int], window: tuple[int, int], flip: bool) -> np.ndarray:
-    row = np.zeros(len(columns.COLUMNS), np.int64)
-    row[[columns.BOX_HEIGHT, columns.BOX_WIDTH]] = box
-    row[[columns.RESIZE_HEIGHT, columns.RESIZE_WIDTH]] = resize
-    row[[columns.WINDOW_TOP, columns.WINDOW_LEFT]] = window
-    row[columns.FLIP] = flip
+    row = np.zeros((), ROW)
+    row["box_height"], row["box_width"] = box
+    row["resize_height"], row["resize_width"] = resize
+    row["window_top"], row["window_left"] = window
+    row["flip"] = flip
     return row
 
 
 def reference(image: np.ndarray, top: int, left: int, row: np.ndarray, size: int) -> torch.Tensor:
     """torchvision's tensor pipeline on the box: antialiased bilinear resize, window, flip, rounded."""
-    h, w = row[[columns.BOX_HEIGHT, columns.BOX_WIDTH]]
+    h, w = int(row["box_height"]), int(row["box_width"])
     box = torch.from_numpy(np.ascontiguousarray(image[top:top + h, left:left + w])).permute(2, 0, 1)[None].float()
-    out = F.interpolate(box, size=tuple(int(v) for v in row[[columns.RESIZE_HEIGHT, columns.RESIZE_WIDTH]]),
+    out = F.interpolate(box, size=(int(row["resize_height"]), int(row["resize_width"])),
                         mode="bilinear", antialias=True, align_corners=False)[0]
-    y, x = row[[columns.WINDOW_TOP, columns.WINDOW_LEFT]]
+    y, x = int(row["window_top"]), int(row["window_left"])
     out = out[:, y:y + size, x:x + size]
-    return (out.flip(-1) if row[columns.FLIP] else out).round().clamp(0, 255)
+    return (out.flip(-1) if row["flip"] else out).round().clamp(0, 255)
 
 
 def test_the_kernels_give_aten_antialiased_pixels_for_every_box_window_flip_and_layout():

@@ -32,15 +32,7 @@ import torch
 from ..machine import default_workers
 from ..read import nvcodec
 from ..read.pixels import decode_box
-from ..read.staged import (
-    BOX_HEIGHT,
-    BOX_LEFT,
-    BOX_TOP,
-    BOX_WIDTH,
-    HEIGHT,
-    WIDTH,
-    StagedRecords,
-)
+from ..read.staged import StagedRecords
 from .device import StageClock, host_empty, is_cuda, resolve_device, stream_handle, timed
 from .resample import Decoded, box_rows, resample_boxes
 
@@ -96,7 +88,7 @@ class GpuBatchDecoder:
             with timed(self.stages, "decode"):
                 images = self.decode(staged, rows)
             with timed(self.stages, "table"):
-                boxes = box_rows(staged.table[:staged.rows], rows, images, self.size, first)
+                boxes = box_rows(staged.fields, rows, images, self.size, first)
             with timed(self.stages, "resample"):
                 resample_boxes(boxes, out, self.size)
         return out
@@ -111,16 +103,13 @@ class GpuBatchDecoder:
             images = self._decode_torchvision(staged, rows)
         return [image if image is not None else self._cpu_decode(staged, row) for row, image in zip(rows, images)]
 
-    def _box(self, table: np.ndarray, row: int) -> tuple[int, int, int, int]:
+    def _box(self, staged: StagedRecords, row: int) -> tuple[int, int, int, int]:
         """(top, left, height, width) of what is decoded of staged row ``row``: its box, or the whole image."""
-        if self.regions:
-            top, left, height, width = (int(v) for v in table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]])
-            return top, left, height, width
-        return 0, 0, int(table[row, HEIGHT]), int(table[row, WIDTH])
+        return staged.box(row) if self.regions else (0, 0, *staged.size(row))
 
-    def _origin(self, table: np.ndarray, row: int) -> tuple[int, int]:
+    def _origin(self, staged: StagedRecords, row: int) -> tuple[int, int]:
         """Where staged row ``row``'s box starts in what is decoded of it: (0, 0) where that is the box."""
-        return (0, 0) if self.regions else (int(table[row, BOX_TOP]), int(table[row, BOX_LEFT]))
+        return (0, 0) if self.regions else staged.box(row)[:2]
 
     def _decoder(self):
         if self._nv is None:
@@ -133,14 +122,12 @@ class GpuBatchDecoder:
 
     def _decode_nvimgcodec(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded | None]:
         nv, decoder, params = self._decoder()
-        table = staged.table
         streams, index = [], []
         for k, row in enumerate(rows):
-            top, left, h, w = (int(v) for v in table[row, [BOX_TOP, BOX_LEFT, BOX_HEIGHT, BOX_WIDTH]])
+            top, left, h, w = staged.box(row)
             try:  # a header it cannot parse: that image alone goes to the CPU
                 stream = nv.CodeStream(np.frombuffer(staged.record(row), np.uint8))
-                if (stream.height, stream.width) != (table[row, HEIGHT], table[row, WIDTH]) or \
-                        stream.num_channels not in (1, 3):
+                if (stream.height, stream.width) != staged.size(row) or stream.num_channels not in (1, 3):
                     continue
                 streams.append(stream.get_sub_code_stream(region=nv.Region(top, left, top + h, left + w))
                                if self.regions else stream)
@@ -158,8 +145,8 @@ class GpuBatchDecoder:
             self._reused[handle] = list(decoded)  # decoded into again by this stream's next batch
         images: list[Decoded | None] = [None] * len(rows)
         for k, image in zip(index, decoded):
-            if image is not None and tuple(image.shape) == (*self._box(table, rows[k])[2:], 3):
-                images[k] = self._placed(image, *self._origin(table, rows[k]))
+            if image is not None and tuple(image.shape) == (*self._box(staged, rows[k])[2:], 3):
+                images[k] = self._placed(image, *self._origin(staged, rows[k]))
         return images
 
     @staticmethod
@@ -190,13 +177,12 @@ class GpuBatchDecoder:
                 full = list(tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=self.device))
             except RuntimeError:
                 full = [None] * len(rows)
-        table = staged.table
         out: list[Decoded | None] = []
         for image, row in zip(full, rows):
-            if image is None or tuple(image.shape) != (3, table[row, HEIGHT], table[row, WIDTH]):
+            if image is None or tuple(image.shape) != (3, *staged.size(row)):
                 out.append(None)
                 continue
-            top, left = int(table[row, BOX_TOP]), int(table[row, BOX_LEFT])
+            top, left = staged.box(row)[:2]
             out.append(Decoded(image.data_ptr(), _byte_strides(image.permute(1, 2, 0)), top, left, image))
         return out
 
@@ -204,14 +190,12 @@ class GpuBatchDecoder:
         """OpenCV's decode of what the device would have decoded (DecodeError if it fails too), moved to the
         device from pinned memory."""
         self.fallbacks += 1
-        table = staged.table
-        size = (int(table[row, HEIGHT]), int(table[row, WIDTH]))
-        pixels = decode_box(bytes(staged.record(row)), self._box(table, row), 1, size,
+        pixels = decode_box(bytes(staged.record(row)), self._box(staged, row), 1, staged.size(row),
                             f"staged record {row} (GPU decode fallback)")
         host = host_empty(pixels.shape, torch.uint8, self.device)
         np.copyto(host.numpy(), pixels)
         image = host.to(self.device, non_blocking=True) if is_cuda(self.device) else host
-        return Decoded(image.data_ptr(), _byte_strides(image), *self._origin(table, row), image)
+        return Decoded(image.data_ptr(), _byte_strides(image), *self._origin(staged, row), image)
 
 
 def _byte_strides(image: torch.Tensor) -> tuple[int, int, int]:

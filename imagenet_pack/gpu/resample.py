@@ -27,15 +27,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..read.staged import (
-    BOX_HEIGHT,
-    BOX_WIDTH,
-    FLIP,
-    RESIZE_HEIGHT,
-    RESIZE_WIDTH,
-    WINDOW_LEFT,
-    WINDOW_TOP,
-)
 from .device import is_cuda
 
 try:
@@ -77,22 +68,23 @@ class Boxes(NamedTuple):
 
 
 def box_rows(plans: np.ndarray, rows: np.ndarray, images: list[Decoded], size: int, first: int) -> Boxes:
-    """The :class:`Boxes` of staged ``rows`` (their ``plans``: :mod:`imagenet_pack.read.staged`'s table),
-    decoded as ``images``; sample ``r`` fills output row ``first + rows[r]``."""
+    """The :class:`Boxes` of staged ``rows`` (``plans``: the staged rows' fields by name,
+    :attr:`imagenet_pack.read.staged.StagedRecords.fields`), decoded as ``images``; sample ``r`` fills output
+    row ``first + rows[r]``."""
     table = np.empty((len(rows), COLUMNS), np.int64)
     for k, image in enumerate(images):
         table[k, ADDRESS] = image.address + image.top * image.strides[0] + image.left * image.strides[1]
         table[k, ROW_STRIDE:HEIGHT] = image.strides
     plan = plans[rows]
-    table[:, HEIGHT] = plan[:, BOX_HEIGHT]
-    table[:, WIDTH] = plan[:, BOX_WIDTH]
-    table[:, OUT_HEIGHT] = plan[:, RESIZE_HEIGHT]
-    table[:, OUT_WIDTH] = plan[:, RESIZE_WIDTH]
-    table[:, TOP] = plan[:, WINDOW_TOP]
-    table[:, LEFT] = plan[:, WINDOW_LEFT]
-    table[:, MIRROR] = plan[:, FLIP]
+    table[:, HEIGHT] = plan["box_height"]
+    table[:, WIDTH] = plan["box_width"]
+    table[:, OUT_HEIGHT] = plan["resize_height"]
+    table[:, OUT_WIDTH] = plan["resize_width"]
+    table[:, TOP] = plan["window_top"]
+    table[:, LEFT] = plan["window_left"]
+    table[:, MIRROR] = plan["flip"]
     table[:, OUT_ROW] = first + rows
-    widths = size * 3 * plan[:, BOX_WIDTH]
+    widths = size * 3 * plan["box_width"]
     table[:, MIDDLE] = np.cumsum(widths) - widths
     return Boxes(table, int(widths.sum()), [image.owner for image in images])
 

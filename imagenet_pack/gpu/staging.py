@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..loader.ring import BatchRing, WorkerBatch
-from ..read.staged import BYTES_PER_ROW, COLUMNS, LENGTH, OFFSET, StagedRecords
+from ..read.staged import BYTES_PER_ROW, COLUMNS, StagedRecords
 from .device import Event, host_empty, record_event
 
 
@@ -65,14 +65,15 @@ class Staging:
             source = ring.staged(result.slot)
             table = self.tables[k][:size - cpu].numpy()
             np.copyto(table, source.table[cpu:size])
-            start = int(table[0, OFFSET])
-            table[:, OFFSET] -= start
-            used = int((table[:, OFFSET] + table[:, LENGTH]).max())
+            staged = StagedRecords(self.data[k].numpy(), table, size - cpu)
+            fields = staged.fields
+            start = int(fields["offset"][0])
+            fields["offset"] -= start
+            used = int((fields["offset"] + fields["length"]).max())
             if used > len(self.data[k]):  # a batch of unusually large files: this buffer grows, once
                 self.data[k] = host_empty((max(used, 2 * len(self.data[k])),), torch.uint8, self.device)
-            data = self.data[k].numpy()
-            np.copyto(data[:used], source.data[start:start + used])
-            staged = StagedRecords(data, table, size - cpu)
+                staged.data = self.data[k].numpy()
+            np.copyto(staged.data[:used], source.data[start:start + used])
         return HostBatch(images.permute(0, 3, 1, 2), targets, staged, cpu, result.seconds, k)
 
     def release(self, batch: HostBatch) -> None:

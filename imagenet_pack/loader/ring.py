@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import BatchSampler, Dataset
 
 from ..errors import ImagenetPackError
-from ..read.staged import BYTES_PER_ROW, COLUMNS, LENGTH, StagedRecords
+from ..read.staged import BYTES_PER_ROW, COLUMNS, StagedRecords
 from ..torch_private import NEW_SHARED, STORAGE_USE_COUNT
 from .sampler import EpochSampler
 
@@ -161,7 +161,7 @@ class BatchRing(Dataset):
         staged = self.staged(slot)
         targets = self.dataset.stage_records(batch, staged, images)
         cpu = self.dataset.decode_staged(batch, staged, images, lambda: self.cpu_rows(size))
-        fallback = bool((staged.table[cpu:size, LENGTH] == 0).any())
+        fallback = bool((staged.fields["length"][cpu:size] == 0).any())
         return WorkerBatch(slot, targets, cpu, fallback, time.perf_counter() - started)
 
     def staged(self, slot: int) -> StagedRecords:

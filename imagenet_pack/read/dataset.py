@@ -16,7 +16,7 @@ from ..format import Record
 from ..layout import done_with_shards, shard_file, use_shards
 from .decoders import Decoder, FusedDecoder, resolve_decoder
 from .reader import Shard, load_split, read_paths
-from .staged import HEIGHT, LENGTH, TARGET, WIDTH, StagedRecords
+from .staged import StagedRecords
 
 
 class LmdbImageNet(Dataset):
@@ -144,20 +144,19 @@ class LmdbImageNet(Dataset):
         if not isinstance(decoder, FusedDecoder):
             raise TypeError("stage_records needs a fused decoder")
         law = decoder.law
-        table, free, targets = staged.table, 0, []
+        free, targets = 0, []
         for row, (item, out) in enumerate(zip(items, images)):
             index, epoch = item if isinstance(item, tuple) else (item, None)
             index = self._checked_index(index)
             record, where = self._read(index)
-            top, left, height, width = (plan := law.plan(record.height, record.width, index, epoch)).box
+            plan = law.plan(record.height, record.width, index, epoch)
             size = len(record.image)
             if free + size > len(staged.data):  # no room: this one is decoded here, into its batch row
                 decoder(record, index, epoch, where, out=out)
                 size = 0
             else:
                 staged.data[free:free + size] = np.frombuffer(record.image, np.uint8)
-            table[row] = (free, size, record.target, record.height, record.width, top, left, height, width,
-                          *plan.resize, *plan.offset, plan.flip)
+            staged.put(row, free, size, record, plan)
             free += size
             targets.append(self._target(record))
         staged.rows = len(items)
@@ -169,17 +168,17 @@ class LmdbImageNet(Dataset):
         on, while fewer than ``wanted()`` (asked before each row) are done; returns how many are. Each is the
         fused decoder's sample of that record, as :meth:`decode_into` gives (rows staged without bytes were
         decoded when staged)."""
-        decoder, table = self.decoder, staged.table
+        decoder = self.decoder
         if not isinstance(decoder, FusedDecoder):
             raise TypeError("decode_staged needs a fused decoder")
         done = 0
         while done < staged.rows and done < wanted():
-            if table[done, LENGTH]:
+            fields = staged.row(done)
+            if fields["length"]:
                 item = items[done]
                 index, epoch = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
                 index = self._checked_index(index)
-                record = Record(bytes(staged.record(done)), int(table[done, TARGET]), int(table[done, HEIGHT]),
-                                int(table[done, WIDTH]))
+                record = Record(bytes(staged.record(done)), int(fields["target"]), *staged.size(done))
                 decoder(record, index, epoch, self._where(index), out=images[done])
             done += 1
         return done
