@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+# the demo's generated sample by default: classes, and train images per class (val gets a third)
+DEMO_CLASSES, DEMO_PER_CLASS = 10, 30
+
 
 def split_list(text: str) -> tuple[str, ...]:
     """Comma-separated split names, at least one."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .arguments import positive_int, quality, shard_count, shard_list, split_list
+from .arguments import DEMO_CLASSES, DEMO_PER_CLASS, positive_int, quality, shard_count, shard_list, split_list
 from .errors import DamagedError, ImagenetPackError
 
 Usage = Callable[[str], NoReturn]  # the verb's parser.error: a usage message, exit 2
@@ -146,14 +146,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = verbs["demo"] = sub.add_parser(
         "demo", help="generate a small ImageNet-shaped sample, convert it, read it back, time it",
-        description="Generate ImageNet-like JPEGs (about 500x375, 10 classes by default), convert them, read them "
-        "back through a DataLoader, and time torchvision's ImageFolder against LmdbImageNet side by side. Writes "
-        "into a temporary folder, or --dir (new or empty).")
+        description=f"Generate ImageNet-like JPEGs (about 500x375, {DEMO_CLASSES} classes by default), convert "
+        "them, read them back through a DataLoader, and time torchvision's ImageFolder against LmdbImageNet side "
+        "by side. Writes into a temporary folder, or --dir (new or empty).")
     p.add_argument("--dir", type=Path, default=None,
                    help="keep the sample and database here: a new or empty folder (default: a temp dir)")
-    p.add_argument("--classes", type=positive_int, default=10, help="classes to generate (default: 10)")
-    p.add_argument("--per-class", type=positive_int, default=30,
-                   help="train images per class; val gets a third (default: 30)")
+    p.add_argument("--classes", type=positive_int, default=DEMO_CLASSES,
+                   help=f"classes to generate (default: {DEMO_CLASSES})")
+    p.add_argument("--per-class", type=positive_int, default=DEMO_PER_CLASS,
+                   help=f"train images per class; val gets a third (default: {DEMO_PER_CLASS})")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="DataLoader and converter workers (default: all cores)")
     return parser, verbs

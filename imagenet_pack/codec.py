@@ -135,3 +135,14 @@ def stored_size(height: int, width: int, short_side: int | None, max_side: int |
     if max_side and max(height, width) > max_side:
         return max_side_size(height, width, max_side)
     return height, width
+
+
+def resize_for_store(rgb: np.ndarray, short_side: int | None, max_side: int | None) -> np.ndarray | None:
+    """``rgb`` resized to its :func:`stored_size`, by the store option's own kernel (torchvision's ``Resize``
+    for ``short_side``, FFCV's for ``max_side``); None when it is stored as it is."""
+    height, width = rgb.shape[:2]
+    size = stored_size(height, width, short_side, max_side)
+    if size == (height, width):
+        return None
+    return resize_short_side(rgb, short_side or 0) if size == stored_size(height, width, short_side, None) \
+        else resize_max_side(rgb, max_side or 0)

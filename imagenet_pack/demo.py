@@ -9,6 +9,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from .arguments import DEMO_CLASSES, DEMO_PER_CLASS
 from .bench.report import RATIO_NOTE, rate_cells
 from .bench.timing import measure, standard_train_transform
 from .errors import ImagenetPackError
@@ -20,8 +21,8 @@ from .write.converter import convert
 from .write.options import ConvertOptions
 
 
-def run_demo(workdir: Path | None = None, *, classes: int = 10, per_class: int = 30, workers: int | None = None,
-             echo: Callable[[str], None] = print) -> dict[str, float]:
+def run_demo(workdir: Path | None = None, *, classes: int = DEMO_CLASSES, per_class: int = DEMO_PER_CLASS,
+             workers: int | None = None, echo: Callable[[str], None] = print) -> dict[str, float]:
     """Generate, convert, read back and time; returns the measured images/s by name. ``workdir`` must be a new
     or empty folder: the demo never writes among files it did not make."""
     workers = workers or default_workers()

@@ -41,7 +41,6 @@ from imagenet_pack import (
 )
 from imagenet_pack.arguments import positive_int
 from imagenet_pack.gpu.share import check_share
-from imagenet_pack.machine import default_workers
 from imagenet_pack.read.decoders import BACKENDS
 
 CHECKPOINT = "checkpoint.pt"
@@ -61,7 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch", default="resnet50", help="any torchvision.models name (default: resnet50)")
     p.add_argument("--epochs", type=positive_int, default=90, help="epochs to train (default: 90)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="per process (default: 256)")
-    p.add_argument("--workers", type=int, default=None, help="loader workers per process (default: cores / processes)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader workers per process (default: the host's cores / its processes, less two with "
+                        "--gpu-share)")
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate for the global batch (default: 0.1)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay (default: 1e-4)")
@@ -332,7 +333,7 @@ class Run:
 
 def build_loaders(args: argparse.Namespace, world: int, device: torch.device) -> tuple:
     """Train and val loaders with the fused decoders, and the number of classes."""
-    workers = args.workers if args.workers is not None else max(1, default_workers() // max(1, world))
+    workers = args.workers  # None: this process's share of its host's cores (LoaderOptions.worker_count)
     train_set = LmdbImageNet(args.root, "train", decoder=RandomResizedCropDecoder(
         args.image_size, seed=args.seed, backend=args.decode_backend))
     val_set = LmdbImageNet(args.root, "val", decoder=CenterCropDecoder(args.image_size, backend=args.decode_backend))

@@ -25,7 +25,7 @@ from ..errors import ImagenetPackError
 from ..feeds import build_loader
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD
 from ..loader.loader import EpochLoader
-from ..read.dataset import LmdbImageNet
+from ..read.dataset import in_place_shape
 
 
 def standard_train_transform():
@@ -50,7 +50,7 @@ def timing_loader(dataset: Any, *, workers: int, batch_size: int = 32) -> tuple[
     """The batches to time and the DataLoader under them: datasets that decode batches in place (fused
     decoders) through :func:`build_loader`, as users run them; the rest through a plain shuffling DataLoader,
     as torchvision's reference training script does."""
-    if isinstance(dataset, LmdbImageNet) and dataset.batch_shape is not None:
+    if in_place_shape(dataset) is not None:
         epochs = build_loader(dataset, batch_size, workers=workers)
         assert isinstance(epochs, EpochLoader)  # no gpu_share: the CPU loader
         return epochs, epochs.dataloader

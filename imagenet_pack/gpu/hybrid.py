@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
 from ..loader.loader import Feed, epoch_loader
-from ..machine import default_workers
+from ..loader.options import LoaderOptions
 from ..read.dataset import LmdbImageNet
 from ..read.staged import StagedRecords
 from .decode import GpuBatchDecoder
@@ -34,23 +33,20 @@ class HybridLoader(Feed[HostBatch]):
     (see the module docstring). Iterating it yields uint8 batches on the device; wrap it in
     :class:`~imagenet_pack.gpu.prefetch.CudaPrefetcher` to have them normalised in the same look-ahead."""
 
-    HOST_CORES = 2  # cores not given to workers by default: the training loop's, the device stage's
     START_ROWS = 16  # records decoded on each side at start-up to measure what a row costs
     # GPU decode mode's share of each batch first given to the hardware engine, the rest to the hybrid decoder
     # (nvImageCodec then balances them): DALI's default hw_decoder_load; a hybrid feed's CPU cores are the
     # workers', so there the engine takes everything it can
     HW_LOAD_GPU_MODE = 0.65
 
-    def __init__(self, dataset: LmdbImageNet, batch_size: int, *, share: float | str, device: torch.device | str,
-                 **loader_options: Any):
+    def __init__(self, dataset: LmdbImageNet, batch_size: int, options: LoaderOptions, *, share: float | str,
+                 device: torch.device | str):
         if dataset.batch_shape is None:  # build_loader says so in words; here, a programming error
             raise TypeError("HybridLoader needs a fused decoder's batch shape")
         self.shape = dataset.batch_shape
         self.dataset, self.device = dataset, resolve_device(device)
-        if loader_options.get("workers") is None:  # leave cores to the device stage and the training loop
-            loader_options["workers"] = max(1, default_workers() - self.HOST_CORES)
-        self.policy = SharePolicy(share, self.device, loader_options["workers"])
-        self.epoch_loader = epoch_loader(dataset, batch_size, staged=True, pin=pins(self.device), **loader_options)
+        self.policy = SharePolicy(share, self.device, options.worker_count(hybrid=True))
+        self.epoch_loader = epoch_loader(dataset, batch_size, options, staged=True, pin=pins(self.device))
         if self.epoch_loader.ring is None:
             raise TypeError("HybridLoader needs loader workers (the ring their batches are staged in)")
         self.ring = self.epoch_loader.ring

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import ImagenetPackError
-from ..machine import default_workers
-from ..read.dataset import LmdbImageNet
+from ..read.dataset import in_place_shape
+from .options import LoaderOptions
 from .ring import BatchRing, NumberedBatches, as_is, shared_empty
 from .sampler import EpochSampler
 
@@ -216,30 +216,29 @@ def check_uint8_samples(dataset: Any, shape: tuple[int, int, int] | None) -> Non
         raise ValueError(f"{UINT8_ONLY}; this dataset gives {kind}")
 
 
-def epoch_loader(dataset: Any, batch_size: int, *, train: bool = True, workers: int | None = None,
-                 seed: int = 0, prefetch_factor: int = 4, persistent_workers: bool = True,
-                 rank: int | None = None, world_size: int | None = None, staged: bool = False,
+def epoch_loader(dataset: Any, batch_size: int, options: LoaderOptions = LoaderOptions(), *, staged: bool = False,
                  pin: bool = False) -> EpochLoader:
-    """A uint8-batch loader over ``dataset`` (use a fused decoder or ``decoder="tensor"``).
+    """A uint8-batch loader over ``dataset`` (use a fused decoder or ``decoder="tensor"``), loading as
+    ``options`` say.
 
-    ``train`` shuffles every epoch, pads ranks to equal length and drops the last partial batch; eval keeps
-    the order and gives every sample to exactly one rank. ``pin``: batches in pinned memory (for a CUDA
-    device). With workers and a dataset with a ``batch_shape`` the batches go through a :class:`BatchRing`
-    of ``prefetch_factor * workers + 1`` batch buffers in shared memory. ``staged`` (a hybrid feed's): the workers
-    stage every row in the ring and decode the first ones the ring's share leaves them; the rest are the device's.
+    ``pin``: batches in pinned memory (for a CUDA device). With workers and a dataset with a ``batch_shape``
+    the batches go through a :class:`BatchRing` of ``prefetch_factor * workers + 1`` batch buffers in shared
+    memory. ``staged`` (a hybrid feed's): the workers stage every row in the ring and decode the first ones the
+    ring's share leaves them; the rest are the device's.
     """
-    shape = dataset.batch_shape if isinstance(dataset, LmdbImageNet) else None  # any other dataset: collated
+    shape = in_place_shape(dataset)  # None: any other dataset, collated
     check_uint8_samples(dataset, shape)
-    workers = default_workers() if workers is None else workers
+    workers, train = options.worker_count(hybrid=staged), options.train
     cv2.setNumThreads(1)  # in the parent, before any worker forks (see worker_init)
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=options.seed, rank=options.rank,
+                           world_size=options.world_size, pad=train)
     common: dict[str, Any] = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
-                                  persistent_workers=persistent_workers and workers > 0,
-                                  prefetch_factor=prefetch_factor if workers else None)
+                                  persistent_workers=options.persistent_workers and workers > 0,
+                                  prefetch_factor=options.prefetch_factor if workers else None)
     if staged and (not workers or shape is None):
         raise ValueError("a hybrid feed needs loader workers and an LmdbImageNet with a fused decoder")
     if workers and shape is not None:
-        ring = BatchRing(dataset, prefetch_factor * workers + 1, batch_size, shape, staged=staged)
+        ring = BatchRing(dataset, options.prefetch_factor * workers + 1, batch_size, shape, staged=staged)
         batches = NumberedBatches(sampler, batch_size, drop_last=train)
         return EpochLoader(DataLoader(ring, batch_sampler=batches, collate_fn=as_is, **common), sampler, batch_size,
                            drop_last=train, ring=ring, pin=pin)

@@ -37,6 +37,13 @@ class Plan(NamedTuple):
     flip: bool
 
 
+# torchvision's RandomResizedCrop and its reference evaluation crop: the laws' defaults, here only
+SCALE = (0.08, 1.0)
+RATIO = (3 / 4, 4 / 3)
+CROP_RATIO = 224 / 256  # CenterCrop(224) of Resize(256)
+GEOMETRIES = ("torchvision", "ffcv")
+
+
 class CropLaw(Protocol):
     """What a fused decoder needs of a law (for type checkers): the output side and a plan per sample."""
 
@@ -46,8 +53,7 @@ class CropLaw(Protocol):
 
 
 def random_resized_crop_box(height: int, width: int, rng: random.Random,
-                            scale: tuple[float, float] = (0.08, 1.0),
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
+                            scale: tuple[float, float] = SCALE, ratio: tuple[float, float] = RATIO) -> Box:
     """torchvision's ``RandomResizedCrop.get_params``: 10 tries at a random area and aspect, then a centre crop."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -81,8 +87,8 @@ class RandomResizedCropLaw:
     to seed and draw from than a numpy Generator, which matters once per sample.
     """
 
-    def __init__(self, size: int, *, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, seed: int = 0):
+    def __init__(self, size: int, *, scale: tuple[float, float] = SCALE, ratio: tuple[float, float] = RATIO,
+                 flip: bool = True, seed: int = 0):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.size, self.scale, self.ratio, self.flip, self.seed = size, scale, ratio, flip, seed
@@ -103,7 +109,6 @@ class RandomResizedCropLaw:
         return Plan(box, (self.size, self.size), (0, 0), self.flip and rng.random() < 0.5)
 
 
-GEOMETRIES = ("torchvision", "ffcv")
 
 
 class CenterCropLaw:
@@ -111,8 +116,8 @@ class CenterCropLaw:
     ``round(size / crop_ratio)`` (224 / (224/256) = 256, the reference); ``geometry`` "ffcv" takes FFCV's
     crop-then-resize instead (see the module docstring)."""
 
-    def __init__(self, size: int, *, resize_size: int | None = None, crop_ratio: float = 224 / 256,
-                 geometry: str = "torchvision"):
+    def __init__(self, size: int, *, resize_size: int | None = None, crop_ratio: float = CROP_RATIO,
+                 geometry: str = GEOMETRIES[0]):
         if not 0 < crop_ratio <= 1:
             raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
         if geometry not in GEOMETRIES:

@@ -232,3 +232,10 @@ class LmdbImageNet(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={len(self)}, "
                 f"classes={len(self.wnids)}, shards={len(self._shards)})")
+
+
+def in_place_shape(dataset: Any) -> tuple[int, int, int] | None:
+    """The (C, H, W) every sample of ``dataset`` has when it decodes straight into a batch tensor (an
+    :class:`LmdbImageNet` with a fused decoder and no transform: the loader's shared-memory batches and the
+    device path build on it); None for any other dataset (its samples are collated)."""
+    return dataset.batch_shape if isinstance(dataset, LmdbImageNet) else None

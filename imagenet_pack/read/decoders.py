@@ -24,7 +24,7 @@ from PIL import Image
 from ..errors import DecoderUnavailableError
 from ..format import Record
 from ..torch_private import UPSAMPLE_BILINEAR_AA
-from .crops import CenterCropLaw, CropLaw, Plan, RandomResizedCropLaw
+from .crops import CROP_RATIO, GEOMETRIES, RATIO, SCALE, CenterCropLaw, CropLaw, Plan, RandomResizedCropLaw
 from .nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE
 from .nvcodec import MISSING as NVIMGCODEC_MISSING
 from .pixels import Box, check_box, decode_box, decode_full
@@ -175,8 +175,8 @@ class RandomResizedCropDecoder(FusedDecoder):
     their pixels move a few levels from torchvision's and no prediction of a pretrained model changes, for
     no measurable speed-up: off by default."""
 
-    def __init__(self, size: int = 224, *, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, seed: int = 0,
+    def __init__(self, size: int = 224, *, scale: tuple[float, float] = SCALE,
+                 ratio: tuple[float, float] = RATIO, flip: bool = True, seed: int = 0,
                  backend: str = "opencv", dct_scaling: bool = False):
         super().__init__(RandomResizedCropLaw(size, scale=scale, ratio=ratio, flip=flip, seed=seed), backend,
                          dct_scaling)
@@ -187,7 +187,7 @@ class CenterCropDecoder(FusedDecoder):
     defaults to ``round(size / crop_ratio)``: 256 for 224). ``geometry="ffcv"``: FFCV's centre crop, resized
     (cheaper, but some of a pretrained model's predictions differ from the reference's: docs/PERFORMANCE.md)."""
 
-    def __init__(self, size: int = 224, *, resize_size: int | None = None, crop_ratio: float = 224 / 256,
-                 geometry: str = "torchvision", backend: str = "opencv", dct_scaling: bool = False):
+    def __init__(self, size: int = 224, *, resize_size: int | None = None, crop_ratio: float = CROP_RATIO,
+                 geometry: str = GEOMETRIES[0], backend: str = "opencv", dct_scaling: bool = False):
         super().__init__(CenterCropLaw(size, resize_size=resize_size, crop_ratio=crop_ratio, geometry=geometry),
                          backend, dct_scaling)

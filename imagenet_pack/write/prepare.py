@@ -29,8 +29,7 @@ from ..codec import (
     FIX_QUALITY,
     decode_checked,
     encode_jpeg,
-    resize_max_side,
-    resize_short_side,
+    resize_for_store,
 )
 from ..jpegstream import without_padding
 from ..probe import ProbeError, needs_reencode, probe
@@ -100,10 +99,9 @@ def prepare(data: bytes, options: PrepareOptions) -> Prepared:
         return Prepared(None, skip=f"{said} (the pixels after the damage would be grey, garbage or blurred); pass "
                         "--keep-damaged to store what decodes")
     fixed = f"{fix} re-encoded as it decodes" if damage else needs_reencode(header)
-    if options.short_side and min(rgb.shape[:2]) > options.short_side:
-        rgb, image = _resized(resize_short_side(rgb, options.short_side), options.quality)
-    elif options.max_side and max(rgb.shape[:2]) > options.max_side:
-        rgb, image = _resized(resize_max_side(rgb, options.max_side), options.quality)
+    resized = resize_for_store(rgb, options.short_side, options.max_side)
+    if resized is not None:
+        rgb, image = _resized(resized, options.quality)
     else:
         image = encode_jpeg(rgb, FIX_QUALITY, full_chroma=True) if fixed else data
     if image is None:
