@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .arguments import DEMO_CLASSES, DEMO_PER_CLASS, positive_int, quality, shard_count, shard_list, split_list
-from .errors import DamagedError, ImagenetPackError
+from .errors import BenchError, DamagedError, ImagenetPackError
 
 Usage = Callable[[str], NoReturn]  # the verb's parser.error: a usage message, exit 2
 _VERBS: dict[str, Callable[[argparse.Namespace, Usage], int]] = {}
@@ -250,7 +250,7 @@ def _bench(args: argparse.Namespace, usage: Usage) -> int:
     from .bench.report import check_outputs, format_table, plot, write_json
     # every option and output is checked before the first image is read: a run can take hours
     if args.images is not None and not args.images.is_dir():
-        raise ImagenetPackError(f"{args.images}: no such folder (--images)")
+        raise BenchError(f"{args.images}: no such folder (--images)")
     for name, given in (("--arch", args.arch), ("--weights", args.weights), ("--compare", args.compare)):
         if given and not args.accuracy:
             usage(f"{name} is for --accuracy: add --accuracy, or leave {name} out")

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from .arguments import DEMO_CLASSES, DEMO_PER_CLASS
 from .bench.report import RATIO_NOTE, rate_cells
 from .bench.timing import measure, standard_train_transform
-from .errors import ImagenetPackError
+from .errors import DestinationError
 from .machine import default_workers
 from .read.dataset import LmdbImageNet
 from .read.decoders import RandomResizedCropDecoder, installed_backends
@@ -29,7 +29,7 @@ def run_demo(workdir: Path | None = None, *, classes: int = DEMO_CLASSES, per_cl
     if workdir is not None:
         workdir = Path(workdir)
         if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
-            raise ImagenetPackError(f"{workdir}: exists and is not an empty folder; the demo writes only into a new "
+            raise DestinationError(f"{workdir}: exists and is not an empty folder; the demo writes only into a new "
                                     "or empty folder (it would otherwise write among your files): choose another --dir")
     with tempfile.TemporaryDirectory(prefix="imagenet-pack-demo-") as tmp:
         base = workdir if workdir is not None else Path(tmp)

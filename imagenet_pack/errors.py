@@ -62,3 +62,29 @@ class UnsafeOutputError(ImagenetPackError):
 
 class DecoderUnavailableError(ImagenetPackError):
     """A decoder that was asked for is not installed here."""
+
+
+class MissingExtraError(ImagenetPackError):
+    """An optional part asked for needs a package not installed here (an extra: ``pip install -e '.[plot]'``)."""
+
+
+class DestinationError(ImagenetPackError):
+    """DST cannot take the databases: not a folder, not creatable or writable by this user, or overlapping SRC."""
+
+
+class InterruptedRunError(ImagenetPackError):
+    """A conversion stopped part way (a worker killed, a file changed under it, a commit that failed): what was
+    committed is kept, and rerunning the same command resumes from it."""
+
+
+class DiskFullError(InterruptedRunError):
+    """The disk holding DST filled up: free space, then rerun the same command to resume."""
+
+
+class SharedMemoryError(ImagenetPackError):
+    """The loader's shared-memory batches do not fit ``/dev/shm``: fewer workers, a smaller batch or
+    ``prefetch_factor``, or a larger ``/dev/shm``."""
+
+
+class BenchError(ImagenetPackError):
+    """What ``imagenet-pack bench`` was asked cannot be measured as asked (its options, inputs or outputs)."""

@@ -237,7 +237,7 @@ class ShardMeta:
         if version != FORMAT_VERSION:
             raise FormatError(
                 f"{where}: format version {version!r} is not supported by this imagenet_pack "
-                f"(it reads version {FORMAT_VERSION}); upgrade imagenet_pack or reconvert the database")
+                f"(it reads version {FORMAT_VERSION}): upgrade imagenet_pack, or convert it again with --overwrite")
         try:
             return cls._checked(meta)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FormatError, ImagenetPackError
+from .errors import FormatError
 from .format import FORMAT_NAME, FORMAT_VERSION
 from .read.reader import finished_shards, list_splits, load_split
 
@@ -14,7 +14,7 @@ def describe(root: Path) -> tuple[list[str], int]:
     """Lines describing the database at ``root`` and the exit status (1 if a split cannot be opened)."""
     splits = list_splits(root)
     if not splits:
-        raise ImagenetPackError(f"{root}: no database found (no split folder holding an LMDB shard)")
+        raise FormatError(f"{root}: no database found (no split folder holding an LMDB shard)")
     lines, status, class_lists = [], 0, {}
     for split in splits:
         try:

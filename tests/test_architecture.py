@@ -117,6 +117,22 @@ def test_no_decision_is_taken_on_an_error_message_text():
     assert not branching, branching
 
 
+def test_every_error_raised_is_of_a_kind_a_caller_can_catch():
+    """The base error is a base: every raise (or returned error) names one of its kinds, and every damage
+    message ends with the one remedy its class owns (no "reconvert" pasted in)."""
+    def made(node: ast.AST) -> ast.expr | None:  # what a raise raises or a return returns
+        return node.exc if isinstance(node, ast.Raise) else node.value if isinstance(node, ast.Return) else None
+
+    bare = [f"{path}:{node.lineno}" for path in PACKAGE.rglob("*.py")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(call := made(node), ast.Call) and isinstance(call.func, ast.Name)
+            and call.func.id == "ImagenetPackError"]
+    assert not bare, bare
+    pasted = [f"{p}:{i}" for p in PACKAGE.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+              if re.search(r"damaged, reconvert|reconvert the database", line)]
+    assert not pasted, pasted
+
+
 def test_datasets_loaders_and_decoders_are_asked_not_probed():
     probes = [f"{p}:{i}" for p in PACKAGE.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
               if re.search(r"\b(hasattr|getattr)\((self\.)?(dataset|loader|decoder|ds)\b", line)]

@@ -320,6 +320,7 @@ def test_bench_refuses_images_other_than_the_databases_before_timing(tree, tmp_p
     check_same_images(image_sources(tree), tree, dst, {"train": "train", "val": "val"})
 
 
+@pytest.mark.slow  # a bench run with --accuracy: every read path
 def test_bench_reads_the_devkit_layout_convert_took_and_scores_a_partial_val(tmp_path, capsys):
     """SRC in the devkit layout (class folders for train, a flat val and the devkit), its val holding some of
     the classes: bench --images SRC times both baselines from it, and --accuracy scores every pipeline over

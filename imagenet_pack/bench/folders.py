@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from ..errors import ImagenetPackError, LayoutError
+from ..errors import BenchError, LayoutError
 from ..sources.detect import discover
 from ..sources.folders import class_folders, scan_class_folders
 from ..sources.items import MAX_FILE_BYTES, Item, SplitSource, read_item
@@ -31,7 +31,7 @@ def image_sources(images: Path) -> dict[str, SplitSource]:
     except LayoutError as exc:
         wnids = class_folders(images) if images.is_dir() else []
         if not wnids:
-            raise ImagenetPackError(f"--images {exc}") from None
+            raise BenchError(f"--images {exc}") from None
         source = scan_class_folders(images, images.name, wnids)
         return {"train": source, "val": source}
 
@@ -52,7 +52,7 @@ class SourceFolder(ImageFolder):
         by_path = {within_split(item.path): item for item in source.items}
         missing = [p for p in paths or () if within_split(p) not in by_path]
         if missing:
-            raise ImagenetPackError(f"{source.description}: has no image {missing[0]} (and {len(missing) - 1} more "
+            raise BenchError(f"{source.description}: has no image {missing[0]} (and {len(missing) - 1} more "
                                     "of the database's): give --images the SRC it was converted from")
         self.items = source.items if paths is None else [by_path[within_split(p)] for p in paths or ()]
         self.by_path = {item.path: item for item in self.items}

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImagenetPackError
+from ..errors import BenchError
 from ..machine import cpu_name, default_workers
 from ..sources.items import SplitSource
 from .options import BenchOptions, check_same_images
@@ -70,7 +70,7 @@ def list_splits_of(root: Path) -> list[str]:
     from ..read.reader import list_splits
     splits = list_splits(root)
     if not splits:
-        raise ImagenetPackError(f"{root}: no database found; convert one first")
+        raise BenchError(f"{root}: no database found; convert one first")
     return splits
 
 
@@ -80,7 +80,7 @@ def check_device(device: str) -> None:
     try:
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError, ValueError) as exc:
-        raise ImagenetPackError(f"--device {device}: not usable here ({str(exc).splitlines()[0][:120]})") from None
+        raise BenchError(f"--device {device}: not usable here ({str(exc).splitlines()[0][:120]})") from None
 
 
 def first_batch_loader(kind: str, root: Path, workers: int, batch_size: int):
@@ -125,10 +125,10 @@ def time_to_first_batch(kind: str, root: Path, workers: int, batch_size: int, ru
         finally:
             deadline.cancel()
         if process.returncode == -signal.SIGKILL:
-            raise ImagenetPackError(f"timing the first batch ({kind}): the process did not finish within "
+            raise BenchError(f"timing the first batch ({kind}): the process did not finish within "
                                     f"{FIRST_BATCH_TIMEOUT} s and was killed")
         if process.returncode != 0 or not line.startswith("first batch"):
-            raise ImagenetPackError(f"timing the first batch ({kind}) failed: {err.strip()[-500:]}")
+            raise BenchError(f"timing the first batch ({kind}) failed: {err.strip()[-500:]}")
         times.append(elapsed)
     return sorted(times)[len(times) // 2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ImagenetPackError
+from ..errors import BenchError
 from ..sources.items import SplitSource
 
 
@@ -41,7 +41,7 @@ def check_same_images(sources: dict[str, SplitSource], images: Path, root: Path,
         paths = LmdbImageNet(root, split).paths
         missing = [p for p in paths if within_split(p) not in have]
         if missing:
-            raise ImagenetPackError(
+            raise BenchError(
                 f"{images}: not the images {root}/{split} was made from ({len(missing)} of its {len(paths)} "
                 f"source files are not in it, e.g. {missing[0]}): give --images the SRC it was converted from")
 

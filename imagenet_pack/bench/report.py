@@ -6,7 +6,7 @@ import os
 import statistics
 from pathlib import Path
 
-from ..errors import ImagenetPackError
+from ..errors import BenchError, MissingExtraError
 
 PLOT_INSTALL = "pip install -e '.[plot]'"
 
@@ -15,7 +15,7 @@ def check_outputs(json_path: Path | None, plot_path: Path | None, images: Path |
     """ImagenetPackError now, before any measuring, for outputs that could not be written at the end."""
     if plot_path is not None:
         if images is None:
-            raise ImagenetPackError("--plot draws the ratios to the ImageFolder baselines: add --images SRC")
+            raise BenchError("--plot draws the ratios to the ImageFolder baselines: add --images SRC")
         require_matplotlib()
     for option, path in (("--json", json_path), ("--plot", plot_path)):
         if path is not None:
@@ -27,11 +27,11 @@ def check_output(path: Path, option: str) -> None:
     before measuring, not after."""
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise ImagenetPackError(f"{path}: is a folder; {option} takes a file name")
+        raise BenchError(f"{path}: is a folder; {option} takes a file name")
     if not folder.is_dir():
-        raise ImagenetPackError(f"{path}: no folder {folder} to write it in ({option})")
+        raise BenchError(f"{path}: no folder {folder} to write it in ({option})")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ImagenetPackError(f"{path}: this user cannot write it ({option})")
+        raise BenchError(f"{path}: this user cannot write it ({option})")
 
 
 def require_matplotlib() -> None:
@@ -39,7 +39,7 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ImagenetPackError(f"--plot needs matplotlib: {PLOT_INSTALL} (or pip install matplotlib)") from None
+        raise MissingExtraError(f"--plot needs matplotlib: {PLOT_INSTALL} (or pip install matplotlib)") from None
 
 
 RATIO_NOTE = ("x baseline: the median over rounds of (entry's images/s / the baseline's in the same round); a "
@@ -111,7 +111,7 @@ def chart(report: dict):
     import matplotlib.pyplot as plt
     rows = [r for r in report["results"] if r["ratio_to_baseline"] is not None]
     if not rows:
-        raise ImagenetPackError("--plot draws ratios to the ImageFolder baselines: pass --images too")
+        raise BenchError("--plot draws ratios to the ImageFolder baselines: pass --images too")
     figure, axes = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
     bars = axes.barh([r["name"] for r in rows], [r["ratio_to_baseline"] for r in rows],
                      color=["#999999" if "baseline" in r["name"] else "#3a7ebf" for r in rows])

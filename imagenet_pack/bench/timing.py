@@ -21,7 +21,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from ..errors import ImagenetPackError
+from ..errors import BenchError
 from ..feeds import build_loader
 from ..gpu.normalize import IMAGENET_MEAN, IMAGENET_STD
 from ..loader.loader import EpochLoader
@@ -67,7 +67,7 @@ def epochs_of(batches: Iterable) -> Iterator[Any]:
             empty = False
             yield batch
         if empty:
-            raise ImagenetPackError("an epoch of this loader holds no batch (fewer samples than one batch, and the "
+            raise BenchError("an epoch of this loader holds no batch (fewer samples than one batch, and the "
                                     "last partial batch is dropped): lower --batch-size")
 
 

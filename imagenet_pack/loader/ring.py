@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset
 
-from ..errors import ImagenetPackError
+from ..errors import SharedMemoryError
 from ..read.staged import BYTES_PER_ROW, COLUMNS, StagedRecords
 from ..torch_private import NEW_SHARED, STORAGE_USE_COUNT
 from .sampler import EpochSampler
@@ -58,13 +58,13 @@ def shared_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> to
         room = None
     free = room.f_bavail * room.f_frsize if room is not None else None
     if free is not None and size > free:
-        raise ImagenetPackError(_no_room(size, free))
+        raise SharedMemoryError(_no_room(size, free))
     try:
         if NEW_SHARED is None:  # the public way: the same tensor, filled in private memory first
             return torch.empty(shape, dtype=dtype).share_memory_()
         storage = NEW_SHARED(size)
     except RuntimeError as exc:  # the room went between the check and the allocation
-        raise ImagenetPackError(_no_room(size, free) + f" ({str(exc).splitlines()[0][:80]})") from None
+        raise SharedMemoryError(_no_room(size, free) + f" ({str(exc).splitlines()[0][:80]})") from None
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)  # type: ignore[call-overload]  # a private storage
 
 

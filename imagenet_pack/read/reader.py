@@ -184,12 +184,12 @@ def _sharded(split_dir: Path, paths: list[Path]) -> list[tuple[Shard, ShardMeta]
     missing = sorted(set(range(num_shards)) - set(metas))
     running = [s for s in unfinished if holder(split_dir.parent, s) is not None]
     if running:
-        raise FormatError(f"{split_dir}: shard(s) {', '.join(map(str, running))} of {num_shards} are not finished; "
-                          f"`imagenet-pack convert` (pid {holder(split_dir.parent, running[0])}) is writing "
-                          "them now: wait for it to finish")
+        raise IncompleteShardError(f"{split_dir}: shard(s) {', '.join(map(str, running))} of {num_shards} are not "
+                                   f"finished; `imagenet-pack convert` (pid {holder(split_dir.parent, running[0])}) "
+                                   "is writing them now: wait for it to finish")
     if missing:
         unfinished_note = f" ({', '.join(map(str, unfinished))} incomplete)" if unfinished else ""
-        raise FormatError(
+        raise IncompleteShardError(
             f"{split_dir}: shard(s) {', '.join(map(str, missing))} of {num_shards} are missing or unfinished"
             f"{unfinished_note}; finish them with `imagenet-pack convert SRC DST --shards {num_shards} "
             f"--only-shards {','.join(map(str, missing))}` (or the same command without --only-shards)")

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ImagenetPackError, LayoutError
+from ..errors import DestinationError, LayoutError
 from ..layout import check_names, report_path
 from ..machine import default_workers
 from ..pool import OrderedPool
@@ -50,7 +50,7 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     src, dst = Path(src), Path(dst)
     echo = echo or (lambda line: None)
     if dst.exists() and not dst.is_dir():
-        raise ImagenetPackError(f"{dst}: exists and is not a folder; DST is the folder the databases go in")
+        raise DestinationError(f"{dst}: exists and is not a folder; DST is the folder the databases go in")
     check_no_overlap(src, dst)
     check_names(dst, options.splits, options.shards, options.only_shards)
     sources, notes = discover(src, options.splits, options.layout)
@@ -67,9 +67,9 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ImagenetPackError(f"{dst}: cannot create the output folder ({exc.strerror or exc})") from None
+        raise DestinationError(f"{dst}: cannot create the output folder ({exc.strerror or exc})") from None
     if not os.access(dst, os.W_OK | os.X_OK):
-        raise ImagenetPackError(f"{dst}: this user cannot write in the output folder; choose another DST or fix "
+        raise DestinationError(f"{dst}: this user cannot write in the output folder; choose another DST or fix "
                                 "its permissions")
     with hold_lock(dst, options.selected):
         gc.freeze()  # millions of long-lived items: keep the cyclic GC from rescanning them during the run

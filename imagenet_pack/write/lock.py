@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import shardlock
-from ..errors import BusyError, ImagenetPackError
+from ..errors import BusyError, DestinationError
 from .ownership import open_own_file
 
 
@@ -21,7 +21,7 @@ def check_no_overlap(src: Path, dst: Path) -> None:
     the databases would be written among, or scanned as, the input."""
     a, b = src.resolve(), dst.resolve()
     if a == b or a in b.parents or b in a.parents:
-        raise ImagenetPackError(f"SRC {src} and DST {dst} overlap ({a} and {b}); write the databases to a "
+        raise DestinationError(f"SRC {src} and DST {dst} overlap ({a} and {b}); write the databases to a "
                                 "folder outside the input")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImagenetPackError, OutputExistsError
+from ..errors import InterruptedRunError, OutputExistsError
 from ..format import Record, ShardMeta, encode_record
 from ..layout import find_shards, shard_dir, shard_of
 from ..lmdbfile import DATA_FILE
@@ -158,7 +158,7 @@ class SplitConversion:
         except WorkerDied as exc:
             writers.flush()  # what came back before it is kept: the rerun starts after it
             names = [task[2].path for task in exc.tasks]
-            raise ImagenetPackError(
+            raise InterruptedRunError(
                 f"{exc} while reading {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} (the out-of-memory "
                 "killer, if the system log says so: use fewer --workers); everything before them is kept, rerun "
                 "the same command to resume") from None
@@ -185,7 +185,7 @@ class SplitConversion:
                 image = None
             # the very file the worker read (cheaper than a second CRC, and the parent's CPU is the scarce one)
             if image is None or read_id != result.read_id:
-                raise ImagenetPackError(f"{item.path}: the file changed or vanished while it was being converted; "
+                raise InterruptedRunError(f"{item.path}: the file changed or vanished while it was being converted; "
                                         "rerun the same command to resume")
         return encode_record(Record(image, item.target, result.height, result.width), mmap.PAGESIZE,
                              image_crc=result.image_crc)

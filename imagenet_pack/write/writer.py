@@ -18,7 +18,14 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from ..errors import FormatError, ImagenetPackError, NoTablesError, OutputExistsError
+from ..errors import (
+    DestinationError,
+    DiskFullError,
+    FormatError,
+    InterruptedRunError,
+    NoTablesError,
+    OutputExistsError,
+)
 from ..format import (
     CHECKSUMS_KEY,
     LENGTH_KEY,
@@ -53,7 +60,7 @@ class ShardWriter:
                                  readahead=False, meminit=False)
         except lmdb.Error as exc:
             os.close(self.folder)
-            raise ImagenetPackError(f"{path}: cannot open the shard for writing ({exc})") from exc
+            raise DestinationError(f"{path}: cannot open the shard for writing ({exc})") from exc
         try:
             self._open_tables(fingerprint)
         except BaseException:
@@ -268,14 +275,14 @@ class ShardWriter:
             self.folder = -1
 
 
-def _write_error(path: Path, exc: lmdb.Error, batch_bytes: int) -> ImagenetPackError:
+def _write_error(path: Path, exc: lmdb.Error, batch_bytes: int) -> InterruptedRunError:
     """LMDB's failure to commit, in words: a full disk says so (LMDB reports it as an I/O error)."""
     try:
         free = shutil.disk_usage(path).free
     except OSError:
         free = None
     if free is not None and free < 2 * batch_bytes + (64 << 20):
-        return ImagenetPackError(f"{path}: disk full ({free >> 20} MiB free on its filesystem): LMDB could not "
+        return DiskFullError(f"{path}: disk full ({free >> 20} MiB free on its filesystem): LMDB could not "
                                  f"commit ({exc}); free space, then rerun the same command to resume")
-    return ImagenetPackError(f"{path}: LMDB could not commit ({exc}); fix the cause, then rerun the same command "
+    return InterruptedRunError(f"{path}: LMDB could not commit ({exc}); fix the cause, then rerun the same command "
                              "to resume")
