@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.machine import default_workers
 from imagenet_pack.bench.timing import measure, ratio
-from imagenet_pack.codec import DECODE_FLAGS
+from imagenet_pack.contract.codec import DECODE_FLAGS
 from imagenet_pack.read.decoders import installed_backends
 from imagenet_pack.read.nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE
 

@@ -37,7 +37,7 @@ import numpy as np
 from imagenet_pack import ConvertOptions, EpochSampler, LmdbImageNet
 from imagenet_pack.write.writer import ShardWriter
 from imagenet_pack.write.state import Row
-from imagenet_pack.format import Record, ShardMeta, encode_record
+from imagenet_pack.contract.format import Record, ShardMeta, encode_record
 from imagenet_pack.sources.synsets import builtin_names, class_names
 
 from common import machine

@@ -37,7 +37,7 @@ _LAZY = {
     "CenterCropDecoder": "read.decoders",
     "build_loader": "feeds",
     "Feed": "loader.loader",
-    "Record": "format",
+    "Record": "contract.format",
     "EpochSampler": "loader.sampler",
     "CudaPrefetcher": "gpu.prefetch",
     "normalize": "gpu.normalize",
@@ -51,8 +51,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .contract.format import Record
     from .feeds import build_loader
-    from .format import Record
     from .gpu.normalize import normalize
     from .gpu.prefetch import CudaPrefetcher
     from .loader.loader import Feed

@@ -41,7 +41,7 @@ def positive_int(text: str) -> int:
 
 def shard_count(text: str) -> int:
     """A shard count from 1 to the format's limit."""
-    from .format import MAX_SHARDS  # here, not at import: the command starts before numpy is loaded
+    from .contract.format import MAX_SHARDS  # here, not at import: the command starts before numpy is loaded
     value = positive_int(text)
     if value > MAX_SHARDS:
         raise argparse.ArgumentTypeError(f"at most {MAX_SHARDS} shards per split, got {value}")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract.format import FORMAT_NAME, FORMAT_VERSION
 from .errors import FormatError
-from .format import FORMAT_NAME, FORMAT_VERSION
 from .read.reader import finished_shards, list_splits, load_split
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .contract.layout import find_shards
+from .contract.shardfiles import close_shard, read_shard_meta
 from .errors import FormatError, IncompleteShardError
-from .layout import close_shard, find_shards, read_shard_meta
 from .read.reader import list_splits
 from .verification import verify
 from .write.converter import convert

@@ -13,14 +13,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .codec import decode_checked, stored_size
+from .contract.codec import decode_checked, stored_size
+from .contract.format import (
+    CHECKSUMS_KEY,
+    RECORDS_DB,
+    STAMPS_DTYPE,
+    STAMPS_KEY,
+    check_checksum,
+    decode_array,
+    decode_key,
+)
+from .contract.probe import ProbeError, probe
+from .contract.shardfiles import meta_values, shard_file
 from .errors import FormatError, ImagenetPackError
-from .format import CHECKSUMS_KEY, RECORDS_DB, STAMPS_DTYPE, STAMPS_KEY, check_checksum, decode_array, decode_key
-from .layout import meta_values, shard_file
 from .machine import default_workers
 from .meter import ProgressMeter
 from .pool import OrderedPool, WorkerDied
-from .probe import ProbeError, probe
 from .read.reader import Shard, finished_shards, list_splits, load_split, read_paths
 from .sources.detect import discover
 from .sources.items import MAX_FILE_BYTES, Item, read_item

@@ -15,8 +15,8 @@ import numpy as np
 import scipy.io
 
 from imagenet_pack import ConvertOptions, LmdbImageNet, convert
-from imagenet_pack.format import META_DB
-from imagenet_pack.layout import close_shard as close_handle
+from imagenet_pack.contract.format import META_DB
+from imagenet_pack.contract.shardfiles import close_shard as close_handle
 from imagenet_pack.sources.synsets import builtin_names
 from imagenet_pack.synthetic import make_sample_tree
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from imagenet_pack import CenterCropDecoder, FormatError, LmdbImageNet, OutputExistsError, convert
 from imagenet_pack.write.writer import ShardWriter
-from imagenet_pack.format import LENGTH_KEY, RECORDS_DB, decode_record, encode_key, encode_record, Record
+from imagenet_pack.contract.format import LENGTH_KEY, RECORDS_DB, decode_record, encode_key, encode_record, Record
 from imagenet_pack.sources.items import read_item as real_read
 from imagenet_pack.synthetic import make_sample_tree
 from imagenet_pack import verify

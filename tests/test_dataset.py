@@ -12,7 +12,7 @@ from torchvision import datasets, transforms
 
 from imagenet_pack import (ConvertOptions, CorruptRecordError, FormatError, LayoutError, LmdbImageNet,
                            OutputExistsError, convert)
-from imagenet_pack.format import META_DB, META_KEY, LENGTH_KEY
+from imagenet_pack.contract.format import META_DB, META_KEY, LENGTH_KEY
 
 from helpers import flip_payload_byte, put_meta
 

@@ -15,8 +15,8 @@ import pytest
 
 from imagenet_pack import BusyError, FormatError, ImagenetPackError, LmdbImageNet, OutputExistsError, convert, verify
 from imagenet_pack.cli import main
-from imagenet_pack.format import META_KEY
-from imagenet_pack.layout import close_shard as close_handle
+from imagenet_pack.contract.format import META_KEY
+from imagenet_pack.contract.shardfiles import close_shard as close_handle
 
 from helpers import opts, put_meta, records
 
@@ -257,7 +257,7 @@ def test_the_lock_survives_every_close_and_ask_of_the_file_and_ends_with_its_hol
     """Held by this process: asking who holds it (as a resumed conversion's reader does), opening and closing
     the lock file, and a forked child that exits never drop it (a second writer in another process is still
     refused); other shards of the same DST stay free; released, the next writer gets it at once."""
-    from imagenet_pack import shardlock
+    from imagenet_pack.contract import shardlock
     from imagenet_pack.read.reader import list_splits
     from imagenet_pack.write.lock import hold_lock
     dst = tmp_path / "db"

@@ -21,7 +21,7 @@ import pytest
 from imagenet_pack import (FormatError, CorruptRecordError, ImagenetPackError, LayoutError, LmdbImageNet,
                            OutputExistsError, UnsafeOutputError, convert, verify)
 from imagenet_pack.demo import run_demo
-from imagenet_pack.format import RECORDS_DB, Record, decode_record, encode_key, encode_record
+from imagenet_pack.contract.format import RECORDS_DB, Record, decode_record, encode_key, encode_record
 from imagenet_pack.sources.items import Item, NotRegularFile, read_item
 
 from helpers import cli, opts, photo, records, small_tree, write_jpeg
@@ -298,7 +298,7 @@ def test_every_field_of_a_stored_record_is_checked(db, field, value):
 
 
 def test_metadata_with_inf_or_wrong_types_is_a_format_error_even_with_a_recomputed_checksum(db):
-    from imagenet_pack.format import CHECKSUMS_KEY, META_KEY
+    from imagenet_pack.contract.format import CHECKSUMS_KEY, META_KEY
     from helpers import put_meta
     env = lmdb.open(str(db / "val"), max_dbs=3, readonly=True, lock=False)
     with env.begin(db=env.open_db(b"meta", create=False)) as txn:

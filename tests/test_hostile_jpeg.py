@@ -12,10 +12,10 @@ import lmdb
 import pytest
 
 from imagenet_pack import LmdbImageNet, convert, verify
-from imagenet_pack.codec import decode_checked
+from imagenet_pack.contract.codec import decode_checked
 from imagenet_pack.write.prepare import PrepareOptions, prepare
-from imagenet_pack.probe import probe
-from imagenet_pack.format import RECORDS_DB, Record, decode_record, encode_key, encode_record
+from imagenet_pack.contract.probe import probe
+from imagenet_pack.contract.format import RECORDS_DB, Record, decode_record, encode_key, encode_record
 
 from helpers import opts, photo
 
@@ -216,7 +216,7 @@ def _progressive(seed: int = 5) -> bytes:
 
 
 def _sos_offsets(data: bytes) -> list[int]:
-    from imagenet_pack.jpegstream import SOS, walk
+    from imagenet_pack.contract.jpegstream import SOS, walk
     assert walk(data).end is not None
     return [i for i in range(len(data) - 1) if data[i:i + 2] == bytes([0xFF, SOS])]
 

@@ -166,7 +166,7 @@ def test_hybrid_feed_keeps_order_crops_and_exact_resume(db_session):
 def test_the_workers_send_back_no_bytes_and_the_main_process_reads_no_record(db_session, monkeypatch):
     """What a worker returns for a batch is a WorkerBatch (slot, targets, rows, seconds), never image bytes;
     the device's rows come staged in the ring, so the main process never reads the database."""
-    import imagenet_pack.lmdbfile as lmdbfile
+    import imagenet_pack.contract.lmdbfile as lmdbfile
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     loader = build_loader(ds, 6, workers=1, gpu_share=0.5, device="cpu", persistent_workers=False)
     raw = next(iter(loader.epoch_loader.dataloader))

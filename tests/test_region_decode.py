@@ -14,7 +14,7 @@ from PIL import Image
 from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
 from imagenet_pack.errors import DecodeError, DecoderUnavailableError
 from imagenet_pack.read import crops, decoders, pixels
-from imagenet_pack.codec import decode_rgb
+from imagenet_pack.contract.codec import decode_rgb
 from imagenet_pack.read.pixels import decode_box
 from imagenet_pack.synthetic import natural_image
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..format import checked_int
+from ..contract.format import checked_int
 from .device import is_cuda
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ..format import checked_int
+from ..contract.format import checked_int
 
 
 class EpochSampler(Sampler):

@@ -24,7 +24,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from ..codec import resized_size
+from ..contract.codec import resized_size
 from .pixels import Box
 
 

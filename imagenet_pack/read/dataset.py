@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..format import Record
-from ..layout import done_with_shards, shard_file, use_shards
+from ..contract.format import Record
+from ..contract.shardfiles import done_with_shards, shard_file, use_shards
 from .decoders import Decoder, FusedDecoder, resolve_decoder
 from .reader import Shard, load_split, read_paths
 from .staged import StagedRecords

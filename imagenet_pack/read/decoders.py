@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..contract.format import Record
 from ..errors import DecoderUnavailableError
-from ..format import Record
 from ..torch_private import UPSAMPLE_BILINEAR_AA
 from .crops import CROP_RATIO, GEOMETRIES, RATIO, SCALE, CenterCropLaw, CropLaw, Plan, RandomResizedCropLaw
 from .nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE

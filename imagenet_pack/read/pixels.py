@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..codec import decode_rgb
+from ..contract.codec import decode_rgb
 from ..errors import DamagedError, DecodeError
 from . import nvcodec
 

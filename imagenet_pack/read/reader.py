@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptRecordError, DamagedError, FormatError, IncompleteShardError
-from ..format import (
+from ..contract.format import (
     CHECKSUMS_KEY,
     META_DB,
     PATHS_KEY,
@@ -34,9 +33,11 @@ from ..format import (
     decode_record,
     encode_key,
 )
-from ..layout import find_shards, meta_values, read_shard_meta, shard_file, shard_of
-from ..lmdbfile import Identity, LmdbFile
-from ..shardlock import holder
+from ..contract.layout import find_shards, shard_of
+from ..contract.lmdbfile import Identity, LmdbFile
+from ..contract.shardfiles import meta_values, read_shard_meta, shard_file
+from ..contract.shardlock import holder
+from ..errors import CorruptRecordError, DamagedError, FormatError, IncompleteShardError
 
 
 @dataclass(frozen=True)

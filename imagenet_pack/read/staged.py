@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: this module stays torch-free
-    from ..format import Record
+    from ..contract.format import Record
     from .crops import Plan
 
 COLUMNS = ("offset", "length", "target", "height", "width", "box_top", "box_left", "box_height", "box_width",

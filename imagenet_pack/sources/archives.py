@@ -16,8 +16,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from ..contract.format import path_problem
 from ..errors import LayoutError
-from ..format import path_problem
 from .folders import flat_val
 from .items import Item, SplitSource, is_image_name
 from .synsets import class_names

@@ -19,8 +19,8 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from ..contract.format import path_problem
 from ..errors import LayoutError
-from ..format import path_problem
 from .items import Item, SplitSource, file_kind, is_image_name
 from .synsets import class_names
 

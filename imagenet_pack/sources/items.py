@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from ..contract.format import path_bytes
 from ..errors import LayoutError
-from ..format import path_bytes
 
 MAX_FILE_BYTES = 1 << 28  # no image file is read past this (256 MiB): the largest ILSVRC2012 file is ~15 MB
 # torchvision's IMG_EXTENSIONS, matched case-insensitively, so the same files are taken as ImageFolder takes.

@@ -12,8 +12,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ..contract.layout import check_names, report_path
 from ..errors import DestinationError, LayoutError
-from ..layout import check_names, report_path
 from ..machine import default_workers
 from ..pool import OrderedPool
 from ..sources.detect import discover

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import shardlock
+from ..contract import shardlock
 from ..errors import BusyError, DestinationError
 from .ownership import open_own_file
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..codec import DEFAULT_QUALITY
-from ..format import MAX_SHARDS
+from ..contract.codec import DEFAULT_QUALITY
+from ..contract.format import MAX_SHARDS
 from ..sources.folders import SPLITS
 from ..sources.items import SplitSource
 from .prepare import PrepareOptions

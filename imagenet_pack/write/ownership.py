@@ -19,10 +19,11 @@ import os
 import stat
 from pathlib import Path
 
+from ..contract.format import META_KEY, PROGRESS_KEY
+from ..contract.layout import COMPACTING_FILE, LMDB_FILES, parse_shard_name, temporary_name
+from ..contract.lmdbfile import DATA_FILE, holds_nothing
+from ..contract.shardfiles import close_shard, meta_values
 from ..errors import OutputExistsError, UnsafeOutputError
-from ..format import META_KEY, PROGRESS_KEY
-from ..layout import COMPACTING_FILE, LMDB_FILES, close_shard, meta_values, parse_shard_name, temporary_name
-from ..lmdbfile import DATA_FILE, holds_nothing
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..codec import (
+from ..contract.codec import (
     DECODE_FLAGS,
     DEFAULT_QUALITY,
     FIX_QUALITY,
@@ -31,8 +31,8 @@ from ..codec import (
     encode_jpeg,
     resize_for_store,
 )
-from ..jpegstream import without_padding
-from ..probe import ProbeError, needs_reencode, probe
+from ..contract.jpegstream import without_padding
+from ..contract.probe import ProbeError, needs_reencode, probe
 from ..sources.items import MAX_FILE_BYTES
 
 DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: far above any real photo, far below a decompression bomb

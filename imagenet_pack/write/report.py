@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..format import ShardMeta
+from ..contract.format import ShardMeta
 from ..sources.items import SplitSource
 from .ownership import write_file
 

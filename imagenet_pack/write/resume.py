@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract.format import CHECKSUMS_KEY, STAMPS_DTYPE, STAMPS_KEY, ShardMeta, check_checksum, decode_array
+from ..contract.layout import find_shards, shard_of
+from ..contract.shardfiles import close_shard, meta_values, read_shard_meta
 from ..errors import FormatError, OutputExistsError
-from ..format import CHECKSUMS_KEY, STAMPS_DTYPE, STAMPS_KEY, ShardMeta, check_checksum, decode_array
-from ..layout import close_shard, find_shards, meta_values, read_shard_meta, shard_of
 from ..sources.items import MAX_FILE_BYTES, Item, SplitSource, read_item
 from .state import Problem
 from .tasks import content_digest

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract.format import Record, ShardMeta, encode_record
+from ..contract.layout import find_shards, shard_dir, shard_of
+from ..contract.lmdbfile import DATA_FILE
 from ..errors import InterruptedRunError, OutputExistsError
-from ..format import Record, ShardMeta, encode_record
-from ..layout import find_shards, shard_dir, shard_of
-from ..lmdbfile import DATA_FILE
 from ..meter import ProgressMeter
 from ..pool import OrderedPool, WorkerDied
 from ..sources.items import Item, SplitSource, read_item

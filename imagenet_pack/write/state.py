@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import msgpack
 
+from ..contract.format import ROWS_PREFIX, checked_int, text
 from ..errors import FormatError
-from ..format import ROWS_PREFIX, checked_int, text
 
 
 class Row(NamedTuple):

@@ -18,15 +18,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from ..errors import (
-    DestinationError,
-    DiskFullError,
-    FormatError,
-    InterruptedRunError,
-    NoTablesError,
-    OutputExistsError,
-)
-from ..format import (
+from ..contract.format import (
     CHECKSUMS_KEY,
     LENGTH_KEY,
     META_DB,
@@ -41,8 +33,17 @@ from ..format import (
     encode_key,
     encode_paths,
 )
-from ..layout import COMPACTING_FILE, close_shard
-from ..lmdbfile import DATA_FILE, LmdbFile
+from ..contract.layout import COMPACTING_FILE
+from ..contract.lmdbfile import DATA_FILE, LmdbFile
+from ..contract.shardfiles import close_shard
+from ..errors import (
+    DestinationError,
+    DiskFullError,
+    FormatError,
+    InterruptedRunError,
+    NoTablesError,
+    OutputExistsError,
+)
 from .ownership import open_shard_folder
 from .state import Problem, Progress, Row, decode_rows, encode_rows, rows_key
 

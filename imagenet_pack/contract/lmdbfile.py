@@ -22,7 +22,7 @@ import os
 import struct
 import zlib
 
-from .errors import CorruptRecordError, DamagedError, FormatError, NoTablesError
+from ..errors import CorruptRecordError, DamagedError, FormatError, NoTablesError
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"

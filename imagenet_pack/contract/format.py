@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .errors import CorruptRecordError, DamagedError, FormatError
+from ..errors import CorruptRecordError, DamagedError, FormatError
 
 FORMAT_NAME = "imagenet_pack"
 FORMAT_VERSION = 3

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import DecodeError
+from ..errors import DecodeError
 from .jpegstream import without_metadata
 
 DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION  # what PIL does: no EXIF rotation
