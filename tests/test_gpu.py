@@ -109,7 +109,7 @@ def test_the_device_path_costs_the_host_few_calls_and_no_pageable_copy(photo_db)
 def test_the_hybrid_steady_state_never_synchronises_the_host(photo_db):
     loader = build_loader(_fused(photo_db), 8, seed=1, workers=1, gpu_share=0.5, device="cuda")
     batches = iter(CudaPrefetcher(loader, "cuda", dtype=torch.bfloat16))
-    next(batches), next(batches)  # the first batches set up constants, streams, decoders, staging
+    next(batches), next(batches)  # the first batches set up constants, streams, decoders, pinned buffers
     torch.cuda.set_sync_debug_mode("error")
     try:
         for x, y in batches:

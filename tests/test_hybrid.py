@@ -96,7 +96,7 @@ def test_what_the_device_decoder_fails_on_or_returns_at_another_size_goes_to_ope
 
 
 def test_workers_stage_records_and_plans_and_decode_what_does_not_fit(db_session):
-    """A worker's staging: each record's bytes and the plan the fused decoder draws for it; a record that does
+    """A worker's hand-over: each record's bytes and the plan the fused decoder draws for it; a record that does
     not fit what is left of the room is decoded by the worker into its batch row instead."""
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2))
     items = [(i, 3) for i in range(6)]
@@ -119,7 +119,7 @@ def test_workers_stage_records_and_plans_and_decode_what_does_not_fit(db_session
 
 
 def test_staged_rows_read_each_record_once_and_their_targets_transformed_as_decoded_ones(db_session, monkeypatch):
-    """Staging reads each record once, also one decoded by the worker for want of room, and gives the targets
+    """PinnedBuffers reads each record once, also one decoded by the worker for want of room, and gives the targets
     the dataset gives (its ``target_transform`` applied), as the rows the workers decode do."""
     from imagenet_pack.read.reader import Shard
     ds = LmdbImageNet(db_session, "train", decoder=RandomResizedCropDecoder(16, seed=2),
@@ -196,7 +196,7 @@ def test_staging_buffers_are_made_once_and_reused(db_session, monkeypatch):
         buffers.add(batch.images.untyped_storage().data_ptr())
         loader.to_device(batch, torch.device("cpu"))
     host = [a for a in made if a and isinstance(a[0], tuple) and len(a[0]) == 1 and a[0][0] > 1 << 16]
-    assert len(buffers) <= 4 and not host  # four staging buffers, reused; no staging allocated per batch
+    assert len(buffers) <= 4 and not host  # four pinned buffers, reused; none allocated per batch
 
 
 def test_a_device_without_index_is_this_process_s_current_gpu(monkeypatch):
@@ -320,7 +320,7 @@ def test_a_decision_is_in_effect_within_two_delivered_batches_and_saved_where_it
     for batch in loader.batches():
         splits.append(batch.cpu_rows)
         loader.deliver(len(batch.targets))
-        loader.staging.release(batch)
+        loader.pinned.release(batch)
     decided = SharePolicy.WARMUP + SharePolicy.WINDOW
     assert len(splits) == 12 and splits[:decided] == [1] * decided and splits[decided + 1:] == [2]
     assert loader.policy.segments == [Segment(0, 0, 0.5), Segment(0, 2 * decided, 0.0)]

@@ -143,7 +143,7 @@ def test_a_share_given_now_wins_over_the_resumed_one_and_is_said(db_session):
 
 
 def test_shared_memory_is_sized_by_the_batch_and_running_out_is_one_line(db_session, monkeypatch):
-    """The hybrid's staging room per row is the one the pinned buffers use (not half a megabyte); a /dev/shm too
+    """The hybrid's room per staged row is the one the pinned buffers use (not half a megabyte); a /dev/shm too
     small for what the loader asks is one line naming /dev/shm and the size, not a torch traceback."""
     from imagenet_pack import ImagenetPackError
     from imagenet_pack.loader import ring

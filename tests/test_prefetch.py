@@ -11,7 +11,7 @@ from torchvision import transforms
 
 from imagenet_pack import build_loader
 from imagenet_pack.gpu import IMAGENET_MEAN, IMAGENET_STD, CudaPrefetcher, normalize
-from imagenet_pack.gpu import stage
+from imagenet_pack.gpu import lookahead
 
 
 def test_normalize_matches_torchvision():
@@ -140,7 +140,7 @@ def test_the_cuda_path_makes_batches_on_its_own_stream_and_hands_them_over_with_
         return (torch.full((2,), item), torch.tensor([item]))
 
     out = []
-    for tensors, item, _ in stage.run_ahead(iter(range(5)), produce, FakeCuda(), depth=2):
+    for tensors, item, _ in lookahead.run_ahead(iter(range(5)), produce, FakeCuda(), depth=2):
         assert len(loop.waited) == item + 1 and loop.waited[-1].recorded_on is side[item % 2]  # for this one
         assert all(stream is loop for t, stream in recorded[-2:]) and recorded[-2][0] is tensors[0]
         out.append(item)

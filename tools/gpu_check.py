@@ -14,7 +14,7 @@ feeds, exact resume, ranks; a summary against the targets last.
    loader: same targets, pixel error.
 3. The device path's host cost per batch (every row on the device): torch operations, host time, CUDA
    runtime calls and copies from pageable memory (the profiler's count); with ``--stages``, each stage's time
-   per batch (staging, decode, table, resample, merge: CUDA events on a GPU, wall time on the CPU device).
+   per batch (pinned copy, decode, table, resample, merge: CUDA events on a GPU, wall time on the CPU device).
 4. Training feed, ResNet-50 bf16 channels_last (``--arch``), each feed of ``--feeds`` in a fresh process:
    synthetic batches on the device (the compute bound), CPU fused loader, GPU decode mode, hybrid
    (``--hybrid-share``, default "auto"), and the pipeline (GPU decode mode through ``CudaPrefetcher`` with no

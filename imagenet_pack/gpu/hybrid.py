@@ -4,9 +4,9 @@ order. The one home of the merge (:meth:`HybridLoader.to_device`); the share is 
 The workers stage every row of each batch in shared memory (each record read and checked, its plan drawn
 with the CPU decoders' law and seeds) and decode rows from the first on while the share, read before each
 row, leaves them more: the rest are the device's, so a new share applies at once and the main process never
-reads the database. It copies the batch out into a pinned staging buffer
-(:mod:`.staging`) and hands that one block to the device stage, which, on the look-ahead's stream
-(:mod:`.stage`), copies the workers' rows in, decodes and resamples the staged rows into theirs
+reads the database. It copies the batch out into a pinned buffer
+(:mod:`.pinned`) and hands that one block to the device stage, which, on the look-ahead's stream
+(:mod:`.lookahead`), copies the workers' rows in, decodes and resamples the staged rows into theirs
 (:class:`~.decode.GpuBatchDecoder`) and copies the targets. Samples, crops, order and exact resume are those
 of the CPU-only loader.
 """
@@ -23,9 +23,9 @@ from ..read.dataset import LmdbImageNet
 from ..read.staged import StagedRecords
 from .decode import GpuBatchDecoder
 from .device import StageClock, pins, resolve_device, synchronize, timed
+from .lookahead import feed_ahead
+from .pinned import HostBatch, PinnedBuffers
 from .share import SharePolicy
-from .stage import feed_ahead
-from .staging import HostBatch, Staging
 
 
 class HybridLoader(Feed[HostBatch]):
@@ -54,7 +54,7 @@ class HybridLoader(Feed[HostBatch]):
         # GPU decode mode: the engine and the hybrid decoder share each batch; a hybrid feed: the engine alone
         hw_load = self.HW_LOAD_GPU_MODE if share == 1.0 else 1.0
         self.decoder = GpuBatchDecoder(self.shape[1], self.device, batch_size=batch_size, hw_load=hw_load)
-        self.staging = Staging(4, batch_size, self.shape, self.device)
+        self.pinned = PinnedBuffers(4, batch_size, self.shape, self.device)
         self.sampler = self.epoch_loader.sampler
         self._cost = StageClock(self.device)  # the device rows' cost, for the share
         self._rows: list[int] = []  # rows of each timed batch not yet read
@@ -80,14 +80,14 @@ class HybridLoader(Feed[HostBatch]):
         return feed_ahead(self, self.device)
 
     def batches(self) -> Iterator[HostBatch]:
-        """This epoch's remaining batches, each staged on the host as one :class:`~.staging.HostBatch`."""
+        """This epoch's remaining batches, each staged on the host as one :class:`~.pinned.HostBatch`."""
         if not self.policy.started:
             self.policy.start(*self._row_costs())
             self.ring.set_share(self.policy.share)
         for result in self.epoch_loader.results():
             self.policy.observe_workers(result.cpu_rows, result.seconds)
-            with timed(self.stages, "staging"):
-                staged = self.staging.take(self.ring, result)
+            with timed(self.stages, "pinned"):
+                staged = self.pinned.take(self.ring, result)
             yield staged
 
     def deliver(self, samples: int, waited: float = 0.0) -> None:
@@ -116,11 +116,11 @@ class HybridLoader(Feed[HostBatch]):
                 self.policy.observe_device(self._rows.pop(0), seconds)
         with timed(self.stages, "merge"):
             targets = batch.targets.to(self.device, non_blocking=True, copy=True)
-        self.staging.release(batch)
+        self.pinned.release(batch)
         return out, targets
 
     def time_stages(self, clock: StageClock | None) -> None:
-        """Time each stage of the device path on ``clock`` from now on (staging, merge, and the decoder's
+        """Time each stage of the device path on ``clock`` from now on (pinned copy, merge, and the decoder's
         decode, table and resample); None stops."""
         self.stages = self.decoder.stages = clock
 
@@ -137,13 +137,13 @@ class HybridLoader(Feed[HostBatch]):
         """Seconds a row costs one worker and the device stage, measured on the first records (the device's
         after a first call that compiles and warms what it uses)."""
         count = min(self.START_ROWS, len(self.dataset))
-        items = list(range(count))
+        indices = list(range(count))
         staged = StagedRecords.allocate(count)
         side = self.shape[1]
         images = torch.empty((count, side, side, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
-        self.dataset.stage_records(items, staged, images)
+        self.dataset.stage_records(indices, staged, images)
         started = time.perf_counter()
-        self.dataset.decode_staged(items, staged, images, lambda: count)
+        self.dataset.decode_staged(indices, staged, images, lambda: count)
         cpu = (time.perf_counter() - started) / max(count, 1)
         self.decoder(staged)
         synchronize(self.device)

@@ -7,15 +7,15 @@ from collections.abc import Generator, Iterable, Iterator, Sized
 import torch
 
 from .device import resolve_device
+from .lookahead import feed_ahead
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
-from .stage import feed_ahead
 
 
 class CudaPrefetcher:
     """Wrap a loader of (uint8 images, targets); yields normalised images and targets on ``device``.
 
     ``depth`` batches are made ahead of the training loop, on a stream and in a thread of their own
-    (:mod:`.stage`): the copy to the device, the device's share of a hybrid feed (decoded there), the
+    (:mod:`.lookahead`): the copy to the device, the device's share of a hybrid feed (decoded there), the
     normalisation. With an :class:`~imagenet_pack.loader.loader.EpochLoader` or a hybrid feed, only the
     batches the loop received count as consumed: ``state_dict()`` resumes with exactly the rest, and leaving
     the loop early (a ``break``, a step limit) loses nothing: the next pass continues with the first sample

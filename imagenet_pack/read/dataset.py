@@ -130,13 +130,13 @@ class LmdbImageNet(Dataset):
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
         return self._sample(index)
 
-    def decode_into(self, items: list[int | tuple[int, int]], images: Any) -> list[int]:
-        """Decode the samples at ``items`` into the rows of ``images``, an (N, C, H, W) tensor (for a
+    def decode_into(self, indices: list[int | tuple[int, int]], images: Any) -> list[int]:
+        """Decode the samples at ``indices`` into the rows of ``images``, an (N, C, H, W) tensor (for a
         :attr:`batch_shape` only: the loader's shared-memory batches); returns their targets."""
-        return [self._sample(item, out)[1] for item, out in zip(items, images)]
+        return [self._sample(at, out)[1] for at, out in zip(indices, images)]
 
-    def stage_records(self, items: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any) -> list[int]:
-        """Stage the samples at ``items`` for a decoder elsewhere (:mod:`.staged`): each record read and checked,
+    def stage_records(self, indices: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any) -> list[int]:
+        """Stage the samples at ``indices`` for a decoder elsewhere (:mod:`.staged`): each record read and checked,
         its bytes copied into ``staged.data``, its plan drawn as the fused decoder would (same law, same seeds)
         into ``staged.table``; a record that does not fit is decoded here into its row of ``images`` instead.
         Returns the targets. For a :attr:`batch_shape` only."""
@@ -145,8 +145,8 @@ class LmdbImageNet(Dataset):
             raise TypeError("stage_records needs a fused decoder")
         law = decoder.law
         free, targets = 0, []
-        for row, (item, out) in enumerate(zip(items, images)):
-            index, epoch = item if isinstance(item, tuple) else (item, None)
+        for row, (at, out) in enumerate(zip(indices, images)):
+            index, epoch = at if isinstance(at, tuple) else (at, None)
             index = self._checked_index(index)
             record, where = self._read(index)
             plan = law.plan(record.height, record.width, index, epoch)
@@ -159,12 +159,12 @@ class LmdbImageNet(Dataset):
             staged.put(row, free, size, record, plan)
             free += size
             targets.append(self._target(record))
-        staged.rows = len(items)
+        staged.rows = len(indices)
         return targets
 
-    def decode_staged(self, items: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any,
+    def decode_staged(self, indices: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any,
                       wanted: Callable[[], int]) -> int:
-        """Decode the rows :meth:`stage_records` staged for ``items`` into their rows of ``images``, from the first
+        """Decode the rows :meth:`stage_records` staged for ``indices`` into their rows of ``images``, from the first
         on, while fewer than ``wanted()`` (asked before each row) are done; returns how many are. Each is the
         fused decoder's sample of that record, as :meth:`decode_into` gives (rows staged without bytes were
         decoded when staged)."""
@@ -175,8 +175,8 @@ class LmdbImageNet(Dataset):
         while done < staged.rows and done < wanted():
             fields = staged.row(done)
             if fields["length"]:
-                item = items[done]
-                index, epoch = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+                at = indices[done]
+                index, epoch = (at[0], at[1]) if isinstance(at, tuple) else (at, None)
                 index = self._checked_index(index)
                 record = Record(bytes(staged.record(done)), int(fields["target"]), *staged.size(done))
                 decoder(record, index, epoch, self._where(index), out=images[done])

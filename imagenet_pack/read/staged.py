@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # annotations only: this module stays torch-free
 COLUMNS = ("offset", "length", "target", "height", "width", "box_top", "box_left", "box_height", "box_width",
            "resize_height", "resize_width", "window_top", "window_left", "flip")
 ROW = np.dtype([(name, np.int64) for name in COLUMNS])  # one staged row, its fields by name
-# room per staged row, in the workers' shared memory and in the pinned staging buffers: ImageNet's records
+# room per staged row, in the workers' shared memory and in the pinned buffers: ImageNet's records
 # average ~110 KB; a record that does not fit what is left of its batch's room is decoded by the worker instead
 BYTES_PER_ROW = 160 << 10
 

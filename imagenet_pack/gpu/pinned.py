@@ -1,12 +1,12 @@
 """Host buffers a hybrid batch is staged in on its way to the device: allocated once, pinned, reused.
 
 A batch's slot in the workers' ring is released as soon as the main process has it (the DataLoader reuses it
-a few batches later), so :class:`Staging` copies it out at once into one of a few buffers of its own, made
+a few batches later), so :class:`PinnedBuffers` copies it out at once into one of a few buffers of its own, made
 once at the batch size and pinned for a CUDA device: the images the workers decoded, the targets, the device
 rows' bytes and plans. Everything the device reads from the host then comes from pinned memory (its copies
 are asynchronous), and nothing is allocated per batch (a buffer whose batch's bytes outgrow it grows once).
-A buffer is handed out again only once the device has read it: :meth:`Staging.release` records an event
-after the batch's device work is queued, and :meth:`Staging.take` waits for it (in the look-ahead's thread,
+A buffer is handed out again only once the device has read it: :meth:`PinnedBuffers.release` records an event
+after the batch's device work is queued, and :meth:`PinnedBuffers.take` waits for it (in the look-ahead's thread,
 never the training loop's) before reusing.
 """
 from __future__ import annotations
@@ -29,11 +29,11 @@ class HostBatch(NamedTuple):
     staged: StagedRecords | None  # rows cpu_rows.. of the batch, staged as records (None: none left)
     cpu_rows: int
     seconds: float  # the workers' time decoding their rows
-    buffer: int  # which staging buffer holds it
+    buffer: int  # which pinned buffer holds it
 
 
-class Staging:
-    """``count`` staging buffers for batches of ``batch_size`` rows of ``shape`` (C, H, W) bound for
+class PinnedBuffers:
+    """``count`` pinned buffers for batches of ``batch_size`` rows of ``shape`` (C, H, W) bound for
     ``device``, taken in turn (see the module docstring)."""
 
     def __init__(self, count: int, batch_size: int, shape: tuple[int, int, int], device: torch.device):
@@ -47,7 +47,7 @@ class Staging:
         self.next = 0
 
     def take(self, ring: BatchRing, result: WorkerBatch) -> HostBatch:
-        """Copy the batch of ``result`` out of its ring slot into the next staging buffer."""
+        """Copy the batch of ``result`` out of its ring slot into the next pinned buffer."""
         k = self.next
         self.next = (k + 1) % len(self.images)
         read = self.read[k]

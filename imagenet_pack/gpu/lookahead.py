@@ -2,7 +2,7 @@
 
 :func:`run_ahead` takes host-side batches from a loader and, in a thread of its own, turns each into device
 tensors (copies, GPU decoding, normalisation: whatever ``produce`` queues), keeping up to ``depth`` batches
-ready. Consecutive batches alternate between two streams, so the host work for one (staging, the decoder's
+ready. Consecutive batches alternate between two streams, so the host work for one (its pinned copy, the decoder's
 host side) overlaps the device work still queued for the one before. Each batch is handed to the training
 loop with an event: the loop's stream waits for that batch's work only, never for the decode of later ones,
 and every tensor is recorded on the loop's stream, so the caching allocator never hands its memory to the
