@@ -13,6 +13,7 @@ import cv2
 import lmdb
 import numpy as np
 import scipy.io
+import torch
 
 from imagenet_pack import ConvertOptions, LmdbImageNet, convert
 from imagenet_pack.contract.format import META_DB
@@ -152,3 +153,17 @@ def devkit_tree(root: Path) -> Path:
     random.Random(2).shuffle(order)  # ILSVRC2012_ID order is not sorted-wnid order
     (root / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(devkit_bytes(order, [p.parent.name for p in val]))
     return root
+
+
+class EveryDataset(torch.utils.data.Dataset):
+    """Sample k of each of ``datasets`` together (at epoch 1 where ``seeded`` says a crop is random): several
+    datasets through one pool of DataLoader workers."""
+
+    def __init__(self, datasets: list, seeded: list[bool]):
+        self.datasets, self.seeded = datasets, seeded
+
+    def __len__(self) -> int:
+        return min(len(ds) for ds in self.datasets)
+
+    def __getitem__(self, k: int) -> tuple:
+        return tuple(ds[(k, 1) if seeded else k][0] for ds, seeded in zip(self.datasets, self.seeded))

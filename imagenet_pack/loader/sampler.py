@@ -1,7 +1,7 @@
 """A deterministic, resumable, elastic, distributed sampler.
 
 The order of an epoch depends only on (seed, epoch): a seeded permutation (or the natural order for
-evaluation), held as one numpy array (int32 below 2**31 samples: 56 MB at 14 M). A run deals what is left of
+evaluation), held as one numpy array (int32 below 2**31 samples; its size at 14 M: docs/PERFORMANCE.md). A run deals what is left of
 the epoch to its ranks round robin, padding only the end (training, like ``DistributedSampler``) or not at
 all (evaluation: every sample exactly once across ranks). Its state is the number of samples of the epoch the
 whole job has consumed, so a job resumed on another number of processes deals the rest to its new ranks and

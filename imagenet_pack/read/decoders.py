@@ -7,7 +7,7 @@ from the crop law, then the box is decoded (with ``backend="nvimgcodec"`` only i
 with ``dct_scaling`` libjpeg decodes at 1/2, 1/4 or 1/8 when the box stays at least the output size there)
 and resized once with torchvision's antialiased bilinear on uint8 (the kernel of its tensor backend, within
 0.002 levels of PIL's on real ImageNet JPEGs); a train crop that is only enlarged goes through OpenCV's
-bilinear instead (antialiasing is a no-op there, and it is ~3x faster, within a level of PIL's); a val
+bilinear instead (antialiasing is a no-op there, and it is faster: docs/PERFORMANCE.md; within a level of PIL's); a val
 window is cut from the image resized by torch's kernel, whichever way (exactness first).
 """
 from __future__ import annotations
@@ -110,7 +110,7 @@ def channels_last_image(height: int, width: int) -> torch.Tensor:
 def resample(pixels: np.ndarray, target: torch.Tensor) -> None:
     """``pixels`` (HxWx3 uint8) resized into ``target`` (3 x H' x W', channels-last)."""
     if pixels.shape[0] <= target.shape[1] and pixels.shape[1] <= target.shape[2]:
-        # enlarging only: antialiasing changes nothing, and OpenCV's bilinear is ~3x faster than torch's
+        # enlarging only: antialiasing changes nothing, and OpenCV's bilinear is the faster (docs/PERFORMANCE.md)
         out = target.permute(1, 2, 0).numpy()
         resized = cv2.resize(pixels, (target.shape[2], target.shape[1]), dst=out, interpolation=cv2.INTER_LINEAR)
         if resized.ctypes.data != out.ctypes.data:
