@@ -233,7 +233,7 @@ class ShardWriter:
         self._compact()
         return meta
 
-    SLACK = 1.05  # a finished file larger than this times the pages it uses is compacted
+    SLACK = 1.10  # a finished file larger than this times the pages it uses is compacted (a clean one: far less)
 
     def _compact(self) -> None:
         """Rewrite the finished shard without the pages it no longer uses, when they are many: records stored
