@@ -1,13 +1,13 @@
 """A deterministic, resumable, elastic, distributed sampler.
 
 The order of an epoch depends only on (seed, epoch): a seeded permutation (or the natural order for
-evaluation), held as one numpy array (int32 below 2**31 samples; its size at 14 M: docs/PERFORMANCE.md). A run deals what is left of
-the epoch to its ranks round robin, padding only the end (training, like ``DistributedSampler``) or not at
-all (evaluation: every sample exactly once across ranks). Its state is the number of samples of the epoch the
-whole job has consumed, so a job resumed on another number of processes deals the rest to its new ranks and
-every sample of the epoch is still seen exactly once (plus end-of-epoch padding). What cannot be preserved
-across a change of world size is which samples share a batch on a rank: batches are cut from each rank's
-share, which the new world size deals differently.
+evaluation), held as one numpy array (int32 below 2**31 samples; its size at 14 M: docs/PERFORMANCE.md). A run
+deals what is left of the epoch to its ranks round robin, padding only the end (training, like
+``DistributedSampler``) or not at all (evaluation: every sample exactly once across ranks). Its state is the
+number of samples of the epoch the whole job has consumed, so a job resumed on another number of processes
+deals the rest to its new ranks and every sample of the epoch is still seen exactly once (plus end-of-epoch
+padding). What cannot be preserved across a change of world size is which samples share a batch on a rank:
+batches are cut from each rank's share, which the new world size deals differently.
 
 It yields ``(index, epoch)`` pairs, so the fused decoders draw crops reproducibly per (seed, epoch, index)
 whatever the worker count, world size or timing.
