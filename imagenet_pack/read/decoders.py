@@ -110,7 +110,7 @@ def channels_last_image(height: int, width: int) -> torch.Tensor:
 def resample(pixels: np.ndarray, target: torch.Tensor) -> None:
     """``pixels`` (HxWx3 uint8) resized into ``target`` (3 x H' x W', channels-last)."""
     if pixels.shape[0] <= target.shape[1] and pixels.shape[1] <= target.shape[2]:
-        # enlarging only: antialiasing changes nothing, and OpenCV's bilinear is the faster (docs/PERFORMANCE.md)
+        # enlarging only: antialiasing changes nothing, and OpenCV's bilinear is faster (docs/PERFORMANCE.md)
         out = target.permute(1, 2, 0).numpy()
         resized = cv2.resize(pixels, (target.shape[2], target.shape[1]), dst=out, interpolation=cv2.INTER_LINEAR)
         if resized.ctypes.data != out.ctypes.data:
