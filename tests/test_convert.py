@@ -211,6 +211,7 @@ def test_verify_catches_a_wrong_target(db):
     assert any("record 5: target" in p and "differs from the metadata" in p for p in problems)
 
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 def test_audit_warns_for_a_full_class_list_with_other_counts(tmp_path):
     src = make_sample_tree(tmp_path / "src", classes=1000, train_per_class=1, val_per_class=1, size=(16, 16))
     report = convert(src, tmp_path / "db", opts(workers=2))
@@ -226,6 +227,7 @@ def test_audit_warns_for_a_full_class_list_with_other_counts(tmp_path):
     assert len(train) == 1000 and train[0]["images"] == 1 and train[0]["ilsvrc2012"] == "732..1300"
 
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 def test_a_no_op_rerun_reports_the_counts_without_warning_again(tmp_path, caplog):
     src = make_sample_tree(tmp_path / "src", classes=1000, train_per_class=1, val_per_class=0, size=(16, 16))
     with caplog.at_level("WARNING"):
@@ -293,6 +295,7 @@ def test_short_side_stores_torchvisions_resize_and_val_is_then_a_centre_crop_of_
         assert (val[i][0].float() - crop.float()).abs().mean() < 0.5
 
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 def test_a_rerun_after_fixing_a_bad_file_leaves_the_shard_no_larger_than_a_clean_conversion(tmp_path, monkeypatch):
     """The bad file sorts first, so fixing it makes the rerun store every record again: LMDB can seldom reuse
     the pages the first copies leave free for new multi-page records, so the shard is compacted when it
@@ -319,6 +322,7 @@ def test_a_rerun_after_fixing_a_bad_file_leaves_the_shard_no_larger_than_a_clean
     assert not list((tmp_path / "db").rglob("*.compacting"))
 
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 def test_a_compaction_killed_before_its_rename_leaves_a_copy_the_next_run_removes(tree, tmp_path, monkeypatch):
     """The copy is ours by name and kind (a plain file of this user's) and the shard whole without it: the next
     run that opens the shard removes it; a link of that name is refused and left alone."""

@@ -184,6 +184,7 @@ def test_verify_decode_calls_a_stored_damaged_jpeg_damaged(db):
     assert len(problems) == 1 and "record 2: libjpeg finds the image damaged" in problems[0]
 
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 def test_names_that_are_not_utf8_on_fixed_and_skipped_files_finish_the_conversion(tree, tmp_path):
     folder = os.fsencode(next((tree / "train").iterdir()))
     ok, png = cv2.imencode(".png", np.full((40, 50, 3), 120, np.uint8))

@@ -95,6 +95,7 @@ FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 def test_a_report_that_does_not_fit_fails_the_command_never_cut(tree, tmp_path):
     """A file size limit stands in for a full disk (no root needed): the report is cut mid-write."""
     folder = next((tree / "train").iterdir())
@@ -170,6 +171,7 @@ def _converted(tree: Path, tmp_path: Path) -> Path:
 
 # ------------------------------------------------------------------ no traceback: nesting, dead workers
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 def test_a_class_folder_nested_deeper_than_pythons_stack_is_read(tree, tmp_path):
     folder = next((tree / "train").iterdir())
     deep = folder
@@ -226,6 +228,7 @@ def test_a_split_folder_other_users_can_write_in_is_refused(tree, tmp_path):
     assert not (tmp_path / "db" / "train" / "data.mdb").exists()
 
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
 def test_a_split_folder_of_another_user_is_refused_and_nothing_of_theirs_is_written(tree, tmp_path):
     target = tmp_path / "roots_file"

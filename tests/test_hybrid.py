@@ -58,6 +58,7 @@ def test_gpu_decode_mode_equals_the_fused_cpu_decoder_up_to_the_edges(photo_db, 
     assert torch.equal(decoder(staged), images)  # the staged batch is read, never changed
 
 
+@pytest.mark.slow  # seconds: the kernels under Triton's interpreter
 @pytest.mark.nvimgcodec
 def test_what_the_device_decoder_fails_on_or_returns_at_another_size_goes_to_opencv(photo_db, monkeypatch):
     ds = LmdbImageNet(photo_db, "train", decoder=RandomResizedCropDecoder(32, seed=1))

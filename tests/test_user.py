@@ -94,6 +94,7 @@ def test_every_verb_says_what_it_does_in_its_help(verb):
     assert len(description) > 60 and not description.startswith(("positional", "options")), result.stdout
 
 
+@pytest.mark.slow  # seconds: whole conversions, many files
 def test_the_advice_of_verify_and_a_damaged_read_repairs_the_database_when_run_as_written(tree, tmp_path):
     """A record of shard 1 of 2 bit-rotted: reading it and ``verify`` both advise rerunning the convert command
     with --repair; run as written, it converts shard 1 again (shard 0's file untouched) and the database then
