@@ -48,13 +48,14 @@ class SourceFolder(ImageFolder):
     ``paths`` only, in that order (a database's records); ``ignored`` lists what the scan passed over and why."""
 
     def __init__(self, source: SplitSource, transform=None, paths: list[str] | None = None):
-        self.source, self.ignored = source, source.ignored
-        by_path = {within_split(item.path): item for item in source.items}
-        missing = [p for p in paths or () if within_split(p) not in by_path]
-        if missing:
-            raise BenchError(f"{source.description}: has no image {missing[0]} (and {len(missing) - 1} more "
-                                    "of the database's): give --images the SRC it was converted from")
-        self.items = source.items if paths is None else [by_path[within_split(p)] for p in paths or ()]
+        self.source, self.ignored, self.items = source, source.ignored, source.items
+        if paths is not None:  # the database's records, by their source path (the split's folder named apart)
+            by_path = {within_split(item.path): item for item in source.items}
+            missing = [p for p in paths if within_split(p) not in by_path]
+            if missing:
+                raise BenchError(f"{source.description}: has no image {missing[0]} (and {len(missing) - 1} more "
+                                 "of the database's): give --images the SRC it was converted from")
+            self.items = [by_path[within_split(p)] for p in paths]
         self.by_path = {item.path: item for item in self.items}
         super().__init__(source.description or source.split, transform=transform, loader=self._load)
 

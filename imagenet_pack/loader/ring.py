@@ -37,12 +37,11 @@ class BatchSource(Protocol):
     def decode_into(self, indices: list[Index], images: torch.Tensor) -> list[int]:
         """Decode ``indices`` into the rows of ``images`` (N, C, H, W); return their targets."""
 
-    def stage_records(self, indices: list[Index], staged: StagedRecords, images: torch.Tensor) -> list[int]:
-        """Stage ``indices`` for a decoder elsewhere (those that do not fit: decoded into ``images``)."""
-
-    def decode_staged(self, indices: list[Index], staged: StagedRecords, images: torch.Tensor,
-                      wanted: Callable[[], int]) -> int:
-        """Decode staged rows into ``images`` from the first on, while there are fewer than ``wanted()``."""
+    def stage_and_decode(self, indices: list[Index], staged: StagedRecords, images: torch.Tensor,
+                         wanted: Callable[[], int]) -> tuple[list[int], int]:
+        """Stage ``indices`` for a decoder elsewhere (those that do not fit: decoded into ``images``), then
+        decode rows into ``images`` from the first on while there are fewer than ``wanted()``; (targets, rows
+        decoded)."""
 
 SHM = "/dev/shm"
 
@@ -159,8 +158,7 @@ class BatchRing(Dataset):
             targets = self.dataset.decode_into(batch, images[:size])
             return WorkerBatch(slot, targets, size, False, time.perf_counter() - started)
         staged = self.staged(slot)
-        targets = self.dataset.stage_records(batch, staged, images)
-        cpu = self.dataset.decode_staged(batch, staged, images, lambda: self.cpu_rows(size))
+        targets, cpu = self.dataset.stage_and_decode(batch, staged, images, lambda: self.cpu_rows(size))
         fallback = bool((staged.fields["length"][cpu:size] == 0).any())
         return WorkerBatch(slot, targets, cpu, fallback, time.perf_counter() - started)
 

@@ -130,21 +130,42 @@ class LmdbImageNet(Dataset):
         """Sample and target at ``index``; ``(index, epoch)`` pairs (from the loader's sampler) seed crops."""
         return self._sample(index)
 
-    def decode_into(self, indices: list[int | tuple[int, int]], images: Any) -> list[int]:
+    def decode_into(self, indices: Sequence[int | tuple[int, int]], images: Any) -> list[int]:
         """Decode the samples at ``indices`` into the rows of ``images``, an (N, C, H, W) tensor (for a
         :attr:`batch_shape` only: the loader's shared-memory batches); returns their targets."""
         return [self._sample(at, out)[1] for at, out in zip(indices, images)]
 
-    def stage_records(self, indices: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any) -> list[int]:
-        """Stage the samples at ``indices`` for a decoder elsewhere (:mod:`.staged`): each record read and checked,
-        its bytes copied into ``staged.data``, its plan drawn as the fused decoder would (same law, same seeds)
-        into ``staged.table``; a record that does not fit is decoded here into its row of ``images`` instead.
-        Returns the targets. For a :attr:`batch_shape` only."""
+    def stage_records(self, indices: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any
+                      ) -> list[int]:
+        """Stage the samples at ``indices`` for a decoder elsewhere (:mod:`.staged`): each record read and
+        checked, its bytes copied into ``staged.data``, its plan drawn as the fused decoder would (same law, same
+        seeds) into ``staged.table``; a record that does not fit is decoded here into its row of ``images``
+        instead. Returns the targets. For a :attr:`batch_shape` only."""
+        return self._stage(indices, staged, images)[0]
+
+    def stage_and_decode(self, indices: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any,
+                         wanted: Callable[[], int]) -> tuple[list[int], int]:
+        """:meth:`stage_records`, then decode rows from the first on into ``images`` (from the records as read:
+        the fused decoder's samples, as :meth:`decode_into` gives), while fewer than ``wanted()`` (asked before
+        each row) are done. Returns the targets and how many rows are decoded."""
+        targets, read = self._stage(indices, staged, images)
+        decoder = self.decoder
+        assert isinstance(decoder, FusedDecoder)  # as _stage checked
+        done = 0
+        while done < len(read) and done < wanted():
+            if staged.row(done)["length"]:  # else decoded when staged, for want of room
+                record, index, epoch, where = read[done]
+                decoder(record, index, epoch, where, out=images[done])
+            done += 1
+        return targets, done
+
+    def _stage(self, indices: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any
+               ) -> tuple[list[int], list[tuple[Record, int, int | None, str]]]:
         decoder = self.decoder
         if not isinstance(decoder, FusedDecoder):
-            raise TypeError("stage_records needs a fused decoder")
+            raise TypeError("staging records needs a fused decoder")
         law = decoder.law
-        free, targets = 0, []
+        free, targets, read = 0, [], []
         for row, (at, out) in enumerate(zip(indices, images)):
             index, epoch = at if isinstance(at, tuple) else (at, None)
             index = self._checked_index(index)
@@ -159,29 +180,9 @@ class LmdbImageNet(Dataset):
             staged.put(row, free, size, record, plan)
             free += size
             targets.append(self._target(record))
+            read.append((record, index, epoch, where))
         staged.rows = len(indices)
-        return targets
-
-    def decode_staged(self, indices: Sequence[int | tuple[int, int]], staged: StagedRecords, images: Any,
-                      wanted: Callable[[], int]) -> int:
-        """Decode the rows :meth:`stage_records` staged for ``indices`` into their rows of ``images``, from the first
-        on, while fewer than ``wanted()`` (asked before each row) are done; returns how many are. Each is the
-        fused decoder's sample of that record, as :meth:`decode_into` gives (rows staged without bytes were
-        decoded when staged)."""
-        decoder = self.decoder
-        if not isinstance(decoder, FusedDecoder):
-            raise TypeError("decode_staged needs a fused decoder")
-        done = 0
-        while done < staged.rows and done < wanted():
-            fields = staged.row(done)
-            if fields["length"]:
-                at = indices[done]
-                index, epoch = (at[0], at[1]) if isinstance(at, tuple) else (at, None)
-                index = self._checked_index(index)
-                record = Record(bytes(staged.record(done)), int(fields["target"]), *staged.size(done))
-                decoder(record, index, epoch, self._where(index), out=images[done])
-            done += 1
-        return done
+        return targets, read
 
     def _checked_index(self, index: int) -> int:
         index = operator.index(index)
@@ -216,18 +217,11 @@ class LmdbImageNet(Dataset):
         negative indices count from the end, as for ``dataset[index]``."""
         return self._read(self._checked_index(index))[0]
 
-    def _shard(self, index: int) -> Shard:
-        return self._shards[bisect.bisect_right(self._starts, index) - 1]
-
-    def _where(self, index: int) -> str:
-        """Record ``index`` named in messages: its shard and its place there."""
-        shard = self._shard(index)
-        return f"{shard.path} record {index - shard.start}"
-
     def _read(self, index: int) -> tuple[Record, str]:
-        shard = self._shard(index)
-        where = self._where(index)
-        return shard.read(index - shard.start, where), where
+        shard = self._shards[bisect.bisect_right(self._starts, index) - 1]
+        local = index - shard.start
+        where = f"{shard.path} record {local}"
+        return shard.read(local, where), where
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={len(self)}, "

@@ -62,7 +62,7 @@ def convert(src: Path | str, dst: Path | str, options: ConvertOptions = ConvertO
         echo(note)
     again = {split: shards for split, shards in (again or {}).items() if shards}
     done = _complete_splits(dst, options, sources) if dst.is_dir() and not again else {}
-    if set(done) == set(sources) and not again:  # the same command over its own complete database: nothing to write
+    if set(done) == set(sources):  # the same command over its own complete database: nothing to write
         return _already_complete(dst, options, sources, done, notes, echo)
     try:
         dst.mkdir(parents=True, exist_ok=True)
