@@ -153,3 +153,38 @@ class FakeCuda:
 
     type = "cuda"
     index = 0
+
+
+def test_both_look_ahead_threads_work_on_the_feed_s_gpu_not_gpu_0(monkeypatch):
+    """A thread starts on GPU 0; a rank's feed decodes on its own GPU. The host stage draws every item, and the
+    look-ahead produces every batch, with the feed's device current in their threads (CUDA's calls recorded)."""
+    current = threading.local()
+
+    @contextlib.contextmanager
+    def on(device):
+        before, current.device = getattr(current, "device", 0), device.index
+        yield
+        current.device = before
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream("side"))
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "device", on)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream("loop"))
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
+    rank_gpu = FakeCuda()
+    rank_gpu.index = 3
+    drawn, made = [], []
+
+    def items():
+        for item in range(4):
+            drawn.append((getattr(current, "device", 0), threading.current_thread().name))
+            yield item
+
+    def produce(item):
+        made.append((getattr(current, "device", 0), threading.current_thread().name))
+        return (torch.tensor([item]),)
+
+    out = [item for _, item, _ in lookahead.run_ahead(items(), produce, rank_gpu, depth=2, host_depth=1)]
+    assert out == [0, 1, 2, 3]
+    assert drawn == [(3, "imagenet-pack-host")] * 4 and made == [(3, "imagenet-pack-ahead")] * 4

@@ -14,7 +14,8 @@ feeds, exact resume, ranks; a summary against the targets last.
    loader: same targets, pixel error.
 3. The device path's host cost per batch (every row on the device): torch operations, host time, CUDA
    runtime calls and copies from pageable memory (the profiler's count); with ``--stages``, each stage's time
-   per batch (pinned copy, decode, table, resample, merge: CUDA events on a GPU, wall time on the CPU device).
+   per batch (on the host, in the thread that prepares batches ahead: pinned copy, prepare; on the device: merge,
+   decode, table, resample: CUDA events on a GPU, wall time on the CPU device).
 4. Training feed, ResNet-50 bf16 channels_last (``--arch``), each feed of ``--feeds`` in a fresh process:
    synthetic batches on the device (the compute bound), CPU fused loader, GPU decode mode, hybrid
    (``--hybrid-share``, default "auto"), and the pipeline (GPU decode mode through ``CudaPrefetcher`` with no
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
     ok &= hybrid_against_cpu(db, device, min(args.batch_size, 64), args.image_size, min(args.workers, 4))
     print("3. the device path's host cost per batch (every row on the device)")
     cost = device_path_cost(build_loader(ds, args.batch_size, workers=args.workers, gpu_share=1.0, device=device))
-    print(f"  {cost['torch_ops']} torch operations, {cost['host_ms']:.1f} ms of host time, "
+    print(f"  {cost['torch_ops']} torch operations, {cost['host_ms']:.1f} ms of host time submitting, "
           f"{cost['cuda_runtime_calls']:.0f} CUDA runtime calls, {cost['pageable_copies']:.0f} pageable copies",
           flush=True)
     if args.stages:

@@ -25,7 +25,7 @@ python3 -c "import nvidia.nvimgcodec as n; print('nvImageCodec', n.__version__)"
 # it twice and fails); without it, the step's own timeout bounds the run
 timeout_flag=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60")
 timeout 90 python3 -m pytest -q -p no:cacheprovider $timeout_flag tests/test_gpu.py tests/test_prefetch.py \
-  tests/test_hybrid.py tests/test_share.py tests/test_resample.py 2>&1 | tail -n 15 | tee "$out/tests.log"
+  tests/test_hybrid.py tests/test_host_stage.py tests/test_share.py tests/test_resample.py 2>&1 | tail -n 15 | tee "$out/tests.log"
 timeout 200 python3 tools/gpu_check.py --images "$images" --count 8192 --steps 25 --stages 2>&1 \
   | tee "$out/gpu_check_lossless.log"
 if [ "${SHORT_SIDE:-0}" = 1 ]; then

@@ -4,7 +4,9 @@
 the plans the fused CPU decoders would draw, same law and seeds) and writes each sample into its row of a
 uint8 (N, 3, S, S) channels-last batch, ready for :func:`imagenet_pack.gpu.normalize`:
 
-1. decode, one batched nvImageCodec call on the caller's stream. On CUDA its decoders in the order the
+1. prepare (:meth:`GpuBatchDecoder.prepare`, on the host, while the batch before is submitted): each device
+   row's code stream, its header parsed and its region set.
+2. decode, one batched nvImageCodec call on the caller's stream. On CUDA its decoders in the order the
    hardware likes: the hardware JPEG engine (A100, H100 and later) first, the hybrid CPU+GPU decoder behind it
    for what the engine refuses (progressive and unusual files), with buffers preallocated at the batch size
    and a bounded number of CPU threads (the loader's workers need the cores); decoded images are reused
@@ -14,7 +16,7 @@ uint8 (N, 3, S, S) channels-last batch, ready for :func:`imagenet_pack.gpu.norma
    only each box is decoded. Without nvImageCodec, ``torchvision.io.decode_jpeg`` decodes whole images
    (deprecated in torchvision 0.29: a one-line warning says so). An image the device refuses, fails on, or
    returns at another size is decoded by OpenCV instead, counted in :attr:`GpuBatchDecoder.fallbacks`.
-2. resample, :func:`.resample.resample_boxes`: two kernel launches for the whole batch, each box read where
+3. resample, :func:`.resample.resample_boxes`: two kernel launches for the whole batch, each box read where
    the decoder wrote it (its address and strides, from the decoded image's array interface: no conversion to
    a tensor, no copy), work proportional to the boxes.
 
@@ -23,8 +25,9 @@ reads from the host (the box table, a fallback's pixels) comes from pinned memor
 """
 from __future__ import annotations
 
+import threading
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +40,14 @@ from .device import StageClock, host_empty, is_cuda, resolve_device, stream_hand
 from .resample import Decoded, box_rows, resample_boxes
 
 GPU_BACKENDS = ("nvimgcodec", "torchvision", "auto")
+
+
+class Prepared(NamedTuple):
+    """A batch's device rows made ready for the decoder on the host (:meth:`GpuBatchDecoder.prepare`)."""
+
+    rows: np.ndarray  # the staged rows decoded on the device
+    inputs: list  # what the decoder takes: nvImageCodec code streams, or torchvision's byte tensors ...
+    of: list[int]  # ... inputs[i] is rows[of[i]]'s; the rows without one are decoded by OpenCV
 
 
 class GpuBatchDecoder:
@@ -74,54 +85,39 @@ class GpuBatchDecoder:
         self.fallbacks = 0  # images the device decoder refused, decoded on the CPU instead
         self.stages: StageClock | None = None  # times decode, table and resample when set
         self._nv: tuple | None = None
+        self._making = threading.Lock()
         self._reused: dict[int, list] = {}  # per stream: the images of its last batch, decoded into again
 
-    def __call__(self, staged: StagedRecords, out: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+    def __call__(self, staged: StagedRecords, out: torch.Tensor | None = None, first: int = 0,
+                 prepared: Prepared | None = None) -> torch.Tensor:
         """Write staged row r's sample into row ``first + r`` of ``out`` (N, 3, size, size) uint8 channels-last on
         the device (made here when not given), queued on the current stream; rows the workers decoded
-        (``LENGTH`` 0) are left as they are. Returns ``out``."""
+        (``LENGTH`` 0) are left as they are. ``prepared``: :meth:`prepare`'s for ``staged``, made ahead (else
+        made here). Returns ``out``."""
         if out is None:
             out = torch.empty((first + staged.rows, self.size, self.size, 3), dtype=torch.uint8,
                               device=self.device).permute(0, 3, 1, 2)
-        rows = staged.on_device
+        if prepared is None:
+            prepared = self.prepare(staged)
+        rows = prepared.rows
         if len(rows):
             with timed(self.stages, "decode"):
-                images = self.decode(staged, rows)
+                images = self.decode(staged, prepared)
             with timed(self.stages, "table"):
                 boxes = box_rows(staged.fields, rows, images, self.size, first)
             with timed(self.stages, "resample"):
                 resample_boxes(boxes, out, self.size)
         return out
 
-
-    def decode(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded]:
-        """Where each of ``rows`` was decoded on the device: its box where :attr:`regions`, else the whole image
-        (the box at its offset), whichever decoder made it."""
-        if self.backend == "nvimgcodec":
-            images = self._decode_nvimgcodec(staged, rows)
-        else:
-            images = self._decode_torchvision(staged, rows)
-        return [image if image is not None else self._cpu_decode(staged, row) for row, image in zip(rows, images)]
-
-    def _box(self, staged: StagedRecords, row: int) -> tuple[int, int, int, int]:
-        """(top, left, height, width) of what is decoded of staged row ``row``: its box, or the whole image."""
-        return staged.box(row) if self.regions else (0, 0, *staged.size(row))
-
-    def _origin(self, staged: StagedRecords, row: int) -> tuple[int, int]:
-        """Where staged row ``row``'s box starts in what is decoded of it: (0, 0) where that is the box."""
-        return (0, 0) if self.regions else staged.box(row)[:2]
-
-    def _decoder(self):
-        if self._nv is None:
-            nv, cpu_decoder, params = nvcodec.cpu_decoder()
-            decoder = cpu_decoder if not is_cuda(self.device) else nvcodec.gpu_decoder(
-                self.device.index, kinds=self.kinds or tuple(nvcodec.KINDS), threads=self.threads,
-                batch_size=self.batch_size, hw_load=self.hw_load, options=self.options)
-            self._nv = (nv, decoder, params)
-        return self._nv
-
-    def _decode_nvimgcodec(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded | None]:
-        nv, decoder, params = self._decoder()
+    def prepare(self, staged: StagedRecords) -> Prepared:
+        """The host's part of decoding ``staged``, which needs no device: the device rows' code streams (each
+        header parsed, its region set; one that cannot be parsed or does not match its staged size left to
+        OpenCV). Kept apart so that a batch is prepared while the one before is submitted."""
+        rows = staged.on_device
+        if self.backend != "nvimgcodec":
+            data = [torch.frombuffer(bytearray(staged.record(row)), dtype=torch.uint8) for row in rows]
+            return Prepared(rows, data, list(range(len(rows))))
+        nv = self._decoder()[0]
         streams, index = [], []
         for k, row in enumerate(rows):
             top, left, h, w = staged.box(row)
@@ -134,6 +130,41 @@ class GpuBatchDecoder:
                 index.append(k)
             except Exception:  # noqa: BLE001 - nvImageCodec's own error types
                 continue
+        return Prepared(rows, streams, index)
+
+    def decode(self, staged: StagedRecords, prepared: Prepared) -> list[Decoded]:
+        """Where each of the prepared rows was decoded on the device: its box where :attr:`regions`, else the
+        whole image (the box at its offset), whichever decoder made it."""
+        if self.backend == "nvimgcodec":
+            images = self._decode_nvimgcodec(staged, prepared)
+        else:
+            images = self._decode_torchvision(staged, prepared)
+        return [image if image is not None else self._cpu_decode(staged, row)
+                for row, image in zip(prepared.rows, images)]
+
+    def _box(self, staged: StagedRecords, row: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of what is decoded of staged row ``row``: its box, or the whole image."""
+        return staged.box(row) if self.regions else (0, 0, *staged.size(row))
+
+    def _origin(self, staged: StagedRecords, row: int) -> tuple[int, int]:
+        """Where staged row ``row``'s box starts in what is decoded of it: (0, 0) where that is the box."""
+        return (0, 0) if self.regions else staged.box(row)[:2]
+
+    def _decoder(self):
+        """(nvImageCodec, this decoder's nvImageCodec decoder, decode parameters), made once: the thread that
+        prepares batches and the one that submits them both ask."""
+        with self._making:
+            if self._nv is None:
+                nv, cpu_decoder, params = nvcodec.cpu_decoder()
+                decoder = cpu_decoder if not is_cuda(self.device) else nvcodec.gpu_decoder(
+                    self.device.index, kinds=self.kinds or tuple(nvcodec.KINDS), threads=self.threads,
+                    batch_size=self.batch_size, hw_load=self.hw_load, options=self.options)
+                self._nv = (nv, decoder, params)
+        return self._nv
+
+    def _decode_nvimgcodec(self, staged: StagedRecords, prepared: Prepared) -> list[Decoded | None]:
+        _, decoder, params = self._decoder()
+        rows, streams, index = prepared
         handle = stream_handle(self.device)
         reused = self._reused.get(handle, [])
         kwargs = {"images": reused[:len(streams)]} if len(reused) >= len(streams) > 0 else {}
@@ -168,9 +199,9 @@ class GpuBatchDecoder:
         row, pixel, channel = interface.get("strides") or (width * channels, channels, 1)
         return Decoded(interface["data"][0], (row, pixel, channel), top, left, image)
 
-    def _decode_torchvision(self, staged: StagedRecords, rows: np.ndarray) -> list[Decoded | None]:
+    def _decode_torchvision(self, staged: StagedRecords, prepared: Prepared) -> list[Decoded | None]:
         import torchvision.io as tio
-        data = [torch.frombuffer(bytearray(staged.record(row)), dtype=torch.uint8) for row in rows]
+        rows, data, _ = prepared
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:

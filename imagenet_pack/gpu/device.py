@@ -5,6 +5,7 @@ CPU tests drive the code CUDA runs.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 
@@ -45,6 +46,12 @@ def new_stream(device: torch.device) -> torch.cuda.Stream | None:
 def stream_handle(device: torch.device) -> int:
     """The current stream of ``device`` as the integer C libraries take (0 on a CPU device)."""
     return torch.cuda.current_stream(device).cuda_stream if is_cuda(device) else 0
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Make ``device`` the calling thread's current CUDA device (nothing on a CPU device): a new thread starts on
+    GPU 0, whichever GPU its process's rank uses."""
+    return torch.cuda.device(device) if is_cuda(device) else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -139,10 +146,17 @@ def timed(clock: StageClock | None, stage: str) -> contextlib.AbstractContextMan
     return clock(stage) if clock is not None else contextlib.nullcontext()
 
 
+def host_timed(clock: StageClock | None, stage: str) -> contextlib.AbstractContextManager[None]:
+    """``clock.host(stage)`` where a clock is attached, else nothing."""
+    return clock.host(stage) if clock is not None else contextlib.nullcontext()
+
+
 class StageClock:
     """Time per named stage of device work: CUDA events around each stage, read only once the device has
     passed them (never waited for while the work runs), on a GPU; wall time on a CPU device, where the work is
-    done when the call returns. ``clock("decode")`` is a context manager around one stage's work."""
+    done when the call returns. ``clock("decode")`` is a context manager around one stage's work;
+    ``clock.host("pinned")`` around host work, timed by the wall clock on any device. Stages may be timed from
+    several threads."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -150,13 +164,19 @@ class StageClock:
         self.counts: dict[str, int] = {}
         self._pending: list[tuple[str, Event, Event]] = []
         self._ready: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def host(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self._add(stage, time.perf_counter() - started)
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         if not is_cuda(self.device):
-            started = time.perf_counter()
-            yield
-            self._add(stage, time.perf_counter() - started)
+            with self.host(stage):
+                yield
             return
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record(torch.cuda.current_stream(self.device))
@@ -165,9 +185,10 @@ class StageClock:
         self._pending.append((stage, start, end))
 
     def _add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-        self.counts[stage] = self.counts.get(stage, 0) + 1
-        self._ready.append((stage, seconds))
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+            self.counts[stage] = self.counts.get(stage, 0) + 1
+            self._ready.append((stage, seconds))
 
     def done(self) -> list[tuple[str, float]]:
         """(stage, seconds) of each timed call the device has finished since last asked, in order, without
@@ -175,7 +196,8 @@ class StageClock:
         while self._pending and self._pending[0][2].query():
             stage, start, end = self._pending.pop(0)
             self._add(stage, start.elapsed_time(end) / 1000)
-        out, self._ready = self._ready, []
+        with self._lock:
+            out, self._ready = self._ready, []
         return out
 
     def per_call(self) -> dict[str, float]:

@@ -4,11 +4,11 @@ order. The one home of the merge (:meth:`HybridLoader.to_device`); the share is 
 The workers stage every row of each batch in shared memory (each record read and checked, its plan drawn
 with the CPU decoders' law and seeds) and decode rows from the first on while the share, read before each
 row, leaves them more: the rest are the device's, so a new share applies at once and the main process never
-reads the database. It copies the batch out into a pinned buffer
-(:mod:`.pinned`) and hands that one block to the device stage, which, on the look-ahead's stream
-(:mod:`.lookahead`), copies the workers' rows in, decodes and resamples the staged rows into theirs
-(:class:`~.decode.GpuBatchDecoder`) and copies the targets. Samples, crops, order and exact resume are those
-of the CPU-only loader.
+reads the database. A thread of the main process receives each batch, copies it out into a pinned buffer
+(:mod:`.pinned`) and prepares its device rows' code streams; a second, on the look-ahead's stream
+(:mod:`.lookahead`), submits the batch before it: copies the workers' rows in, decodes and resamples the staged
+rows into theirs (:class:`~.decode.GpuBatchDecoder`) and copies the targets. Samples, crops, order and exact
+resume are those of the CPU-only loader.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ..loader.options import LoaderOptions
 from ..read.dataset import LmdbImageNet
 from ..read.staged import StagedRecords
 from .decode import GpuBatchDecoder
-from .device import StageClock, pins, resolve_device, synchronize, timed
+from .device import StageClock, host_timed, pins, resolve_device, synchronize, timed
 from .lookahead import feed_ahead
 from .pinned import HostBatch, PinnedBuffers
 from .share import SharePolicy
@@ -38,6 +38,7 @@ class HybridLoader(Feed[HostBatch]):
     # (nvImageCodec then balances them): DALI's default hw_decoder_load; a hybrid feed's CPU cores are the
     # workers', so there the engine takes everything it can
     HW_LOAD_GPU_MODE = 0.65
+    host_ahead = 1  # batches received, pinned and prepared in a thread of their own, ahead of their submission
 
     def __init__(self, dataset: LmdbImageNet, batch_size: int, options: LoaderOptions, *, share: float | str,
                  device: torch.device | str):
@@ -84,11 +85,15 @@ class HybridLoader(Feed[HostBatch]):
         if not self.policy.started:
             self.policy.start(*self._row_costs())
             self.ring.set_share(self.policy.share)
+        self.pinned.reset()
         for result in self.epoch_loader.results():
             self.policy.observe_workers(result.cpu_rows, result.seconds)
-            with timed(self.stages, "pinned"):
-                staged = self.pinned.take(self.ring, result)
-            yield staged
+            with host_timed(self.stages, "pinned"):
+                batch = self.pinned.take(self.ring, result)
+            if batch.staged is not None:
+                with host_timed(self.stages, "prepare"):
+                    batch = batch._replace(prepared=self.decoder.prepare(batch.staged))
+            yield batch
 
     def deliver(self, samples: int, waited: float = 0.0) -> None:
         self.epoch_loader.deliver(samples)
@@ -110,7 +115,7 @@ class HybridLoader(Feed[HostBatch]):
         if batch.staged is not None:
             # what the device's rows cost, told to the share once the device has passed them (never waited for)
             with self._cost("device"):
-                self.decoder(batch.staged, out, batch.cpu_rows)
+                self.decoder(batch.staged, out, batch.cpu_rows, batch.prepared)
             self._rows.append(batch.staged.rows)
             for _, seconds in self._cost.done():
                 self.policy.observe_device(self._rows.pop(0), seconds)
@@ -120,8 +125,8 @@ class HybridLoader(Feed[HostBatch]):
         return out, targets
 
     def time_stages(self, clock: StageClock | None) -> None:
-        """Time each stage of the device path on ``clock`` from now on (pinned copy, merge, and the decoder's
-        decode, table and resample); None stops."""
+        """Time each stage of the device path on ``clock`` from now on (on the host: the pinned copy and the
+        decoder's prepare; on the device: merge, and the decoder's decode, table and resample); None stops."""
         self.stages = self.decoder.stages = clock
 
 

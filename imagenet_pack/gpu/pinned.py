@@ -5,9 +5,15 @@ a few batches later), so :class:`PinnedBuffers` copies it out at once into one o
 once at the batch size and pinned for a CUDA device: the images the workers decoded, the targets, the device
 rows' bytes and plans. Everything the device reads from the host then comes from pinned memory (its copies
 are asynchronous), and nothing is allocated per batch (a buffer whose batch's bytes outgrow it grows once).
-A buffer is handed out again only once the device has read it: :meth:`PinnedBuffers.release` records an event
-after the batch's device work is queued, and :meth:`PinnedBuffers.take` waits for it (in the look-ahead's thread,
-never the training loop's) before reusing.
+
+A buffer is handed out again only once the device has read it. :meth:`PinnedBuffers.take` runs in the thread
+that prepares batches, up to two ahead of the one that submits them (:mod:`.lookahead`: one waiting in its
+queue, one being submitted), and :meth:`PinnedBuffers.release` records an event once a batch's device work is
+queued. So when batch n is taken, batch n - 3 was released; its buffer, the one batch n takes with four
+buffers, is n - 4's, released earlier still, and ``take`` waits for that event (in the preparing thread, never
+the training loop's) before writing. A buffer taken and not yet released is never handed out: ``take`` raises
+(a look-ahead deeper than the buffers is a programming error, not a race). :meth:`PinnedBuffers.reset` starts
+a pass: what the last pass took and dropped unreleased is free once the device has passed every event.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import torch
 
 from ..loader.ring import BatchRing, WorkerBatch
 from ..read.staged import BYTES_PER_ROW, COLUMNS, StagedRecords
+from .decode import Prepared
 from .device import Event, host_empty, record_event
 
 
@@ -30,6 +37,7 @@ class HostBatch(NamedTuple):
     cpu_rows: int
     seconds: float  # the workers' time decoding their rows
     buffer: int  # which pinned buffer holds it
+    prepared: Prepared | None = None  # the device rows made ready for the decoder, ahead of their submission
 
 
 class PinnedBuffers:
@@ -44,15 +52,28 @@ class PinnedBuffers:
         self.data = [host_empty((batch_size * BYTES_PER_ROW,), torch.uint8, device) for _ in range(count)]
         self.tables = [host_empty((batch_size, len(COLUMNS)), torch.int64, device) for _ in range(count)]
         self.read: list[Event | None] = [None] * count  # when the device has read each buffer
+        self.held = [False] * count  # taken and not yet released
         self.next = 0
+
+    def reset(self) -> None:
+        """Start a pass: every buffer free once the device has read it (batches a pass took ahead and dropped
+        were never released)."""
+        for event in self.read:
+            if event is not None:
+                event.synchronize()
+        self.held = [False] * len(self.held)
 
     def take(self, ring: BatchRing, result: WorkerBatch) -> HostBatch:
         """Copy the batch of ``result`` out of its ring slot into the next pinned buffer."""
         k = self.next
+        if self.held[k]:
+            raise RuntimeError(f"pinned buffer {k} still holds a batch not released: more than {len(self.held)} "
+                               "batches taken ahead of the device stage")
         self.next = (k + 1) % len(self.images)
         read = self.read[k]
         if read is not None:
             read.synchronize()  # the device read this buffer's last batch (long since, in practice)
+        self.held[k] = True
         size, cpu = len(result.targets), result.cpu_rows
         rows = size if result.fallback else cpu  # rows staged but decoded by the worker sit among the images
         images = self.images[k][:rows]
@@ -80,3 +101,4 @@ class PinnedBuffers:
         """The device work reading ``batch`` is queued on the current stream: its buffer may be reused once
         that work is done."""
         self.read[batch.buffer] = record_event(self.device)
+        self.held[batch.buffer] = False

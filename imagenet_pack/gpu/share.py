@@ -30,6 +30,7 @@ split never changes which samples or crops a batch holds.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class SharePolicy:
         self.started = not self.auto  # a fixed share needs no measurement
         self._deliveries = 0
         self._last: float | None = None
+        self._lock = threading.Lock()
         self._window = {"samples": 0, "seconds": 0.0, "cpu_rows": 0, "cpu_seconds": 0.0, "device_rows": 0,
                         "device_seconds": 0.0}
 
@@ -94,25 +96,28 @@ class SharePolicy:
 
     def observe_workers(self, rows: int, seconds: float) -> None:
         """The workers decoded ``rows`` rows of a batch in ``seconds``."""
-        self._window["cpu_rows"] += rows
-        self._window["cpu_seconds"] += seconds
+        with self._lock:
+            self._window["cpu_rows"] += rows
+            self._window["cpu_seconds"] += seconds
 
     def observe_device(self, rows: int, seconds: float) -> None:
         """The device stage decoded ``rows`` rows in ``seconds``."""
-        self._window["device_rows"] += rows
-        self._window["device_seconds"] += seconds
+        with self._lock:
+            self._window["device_rows"] += rows
+            self._window["device_seconds"] += seconds
 
     def observe_delivery(self, samples: int, waited: float, at: tuple[int, int]) -> None:
         """The training loop received ``samples`` after waiting ``waited`` seconds for them, and now stands at
         (epoch, samples of it the job consumed) ``at``."""
         now = self.clock()
         self._deliveries += 1
-        if self._last is not None and self._deliveries > self.WARMUP:
-            self._window["samples"] += samples
-            self._window["seconds"] += max(now - self._last - waited, 1e-9)
-        self._last = now
-        if self.auto and self._deliveries > self.WARMUP and (self._deliveries - self.WARMUP) % self.WINDOW == 0:
-            self._decide(at)
+        with self._lock:  # the workers' and the device's costs are told from the look-ahead's threads
+            if self._last is not None and self._deliveries > self.WARMUP:
+                self._window["samples"] += samples
+                self._window["seconds"] += max(now - self._last - waited, 1e-9)
+            self._last = now
+            if self.auto and self._deliveries > self.WARMUP and (self._deliveries - self.WARMUP) % self.WINDOW == 0:
+                self._decide(at)
 
     def _steps(self, share: float) -> float:
         return math.ceil(share * self.STEPS - 1e-9) / self.STEPS

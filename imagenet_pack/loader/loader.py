@@ -43,6 +43,7 @@ class Feed(abc.ABC, Generic[BatchT]):
     training loop received this run; ``gpu_share`` the share of each batch decoded on the device."""
 
     sampler: EpochSampler
+    host_ahead = 0  # batches a look-ahead draws from batches() in a thread of their own, ahead of to_device
 
     @property
     @abc.abstractmethod
