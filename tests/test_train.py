@@ -121,7 +121,7 @@ def test_gpu_check_runs_every_section_on_cpu(tmp_path):
     assert "torchvision.io.decode_jpeg" in out and "to OpenCV 0" in out
     assert "torch operations" in out and "each feed in a fresh process" in out
     stages = next(x for x in out.splitlines() if "per batch (wall time):" in x)
-    assert all(f"{stage} " in stages for stage in ("pinned", "decode", "table", "resample", "merge"))
+    assert all(f"{stage} " in stages for stage in ("pinned", "prepare", "decode", "table", "resample", "merge"))
     assert "--gpu-share auto: 6 steps, 24 samples: each once, in the epoch's order" in out
     assert out.index("summary (CPU device") > out.index("--gpu-share auto:")  # the summary comes last
     assert out.strip().endswith("gpu check: every check holds")
