@@ -1,4 +1,4 @@
-"""Work run ahead of the training loop on CUDA streams of its own, in a background thread.
+"""Work run ahead of the training loop on CUDA streams of its own, in background threads.
 
 :func:`run_ahead` takes host-side batches from a loader and, in a thread of its own, turns each into device
 tensors (copies, GPU decoding, normalisation: whatever ``produce`` queues), keeping up to ``depth`` batches
