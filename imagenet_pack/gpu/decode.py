@@ -118,7 +118,7 @@ class GpuBatchDecoder:
             data = [torch.frombuffer(bytearray(staged.record(row)), dtype=torch.uint8) for row in rows]
             return Prepared(rows, data, list(range(len(rows))))
         nv = self._decoder()[0]
-        streams, index = [], []
+        streams, of = [], []
         for k, row in enumerate(rows):
             top, left, h, w = staged.box(row)
             try:  # a header it cannot parse: that image alone goes to the CPU
@@ -127,10 +127,10 @@ class GpuBatchDecoder:
                     continue
                 streams.append(stream.get_sub_code_stream(region=nv.Region(top, left, top + h, left + w))
                                if self.regions else stream)
-                index.append(k)
+                of.append(k)
             except Exception:  # noqa: BLE001 - nvImageCodec's own error types
                 continue
-        return Prepared(rows, streams, index)
+        return Prepared(rows, streams, of)
 
     def decode(self, staged: StagedRecords, prepared: Prepared) -> list[Decoded]:
         """Where each of the prepared rows was decoded on the device: its box where :attr:`regions`, else the
@@ -164,7 +164,7 @@ class GpuBatchDecoder:
 
     def _decode_nvimgcodec(self, staged: StagedRecords, prepared: Prepared) -> list[Decoded | None]:
         _, decoder, params = self._decoder()
-        rows, streams, index = prepared
+        rows, streams, of = prepared
         handle = stream_handle(self.device)
         reused = self._reused.get(handle, [])
         kwargs = {"images": reused[:len(streams)]} if len(reused) >= len(streams) > 0 else {}
@@ -175,7 +175,7 @@ class GpuBatchDecoder:
         if is_cuda(self.device) and all(image is not None for image in decoded) and len(decoded) >= len(reused):
             self._reused[handle] = list(decoded)  # decoded into again by this stream's next batch
         images: list[Decoded | None] = [None] * len(rows)
-        for k, image in zip(index, decoded):
+        for k, image in zip(of, decoded):
             if image is not None and tuple(image.shape) == (*self._box(staged, rows[k])[2:], 3):
                 images[k] = self._placed(image, *self._origin(staged, rows[k]))
         return images
