@@ -10,13 +10,12 @@ import time
 
 import pytest
 import torch
+from helpers import cli, flip_payload_byte
 
 from imagenet_pack import FormatError, ImagenetPackError, LmdbImageNet, __version__
 from imagenet_pack.bench import report as bench_report
 from imagenet_pack.cli import main
 from imagenet_pack.synthetic import make_sample_tree
-
-from helpers import cli, flip_payload_byte
 
 
 def test_convert_info_verify_through_main(tree, tmp_path, capsys):
@@ -80,7 +79,8 @@ def test_what_a_new_user_types_wrong_gets_one_line(tree, tmp_path, capsys):
         assert err.startswith("imagenet-pack: error:") and err.count("\n") == 1, err
     assert main(["convert", str(tree), str(tmp_path / "db"), "--no-progress", "--workers", "1"]) == 0
     capsys.readouterr()
-    said = f"this is one split of a database, not the database; pass the folder that holds its splits: {tmp_path / 'db'}"
+    said = ("this is one split of a database, not the database; pass the folder that holds its splits: "
+            f"{tmp_path / 'db'}")
     for verb in ("info", "verify"):  # a split folder where a database is wanted: one message everywhere
         assert main([verb, str(tmp_path / "db" / "train")]) == 1
         out = capsys.readouterr()
@@ -115,8 +115,14 @@ def _group_alive(pgid: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def big_tree(tmp_path_factory):
-    return make_sample_tree(tmp_path_factory.mktemp("big") / "src", classes=4, train_per_class=300, val_per_class=2,
+    """A conversion of several seconds on 2 cores (so the interrupts below land in it): 300 generated images a
+    class, each stored four times under different names (cheaper to make than 1,200 distinct images)."""
+    root = make_sample_tree(tmp_path_factory.mktemp("big") / "src", classes=4, train_per_class=300, val_per_class=2,
                             size=(240, 320))
+    for image in sorted((root / "train").rglob("*.JPEG")):
+        for k in range(3):
+            image.with_name(f"{image.stem}_copy{k}.JPEG").write_bytes(image.read_bytes())
+    return root
 
 
 @pytest.mark.slow
@@ -274,7 +280,6 @@ def test_bench_accuracy_scores_every_read_path(tmp_path, capsys):
     baselines read it as convert did, every pipeline is scored over the classes present, agreement is with
     the reference's predictions (the reference reads each record's own source file)."""
     import torchvision
-
     from helpers import devkit_tree
     src, db = devkit_tree(tmp_path / "src"), tmp_path / "db"
     assert main(["convert", str(src), str(db), "--no-progress", "--workers", "1"]) == 0
@@ -322,7 +327,8 @@ def test_bench_refuses_images_other_than_the_databases_before_timing(tree, tmp_p
     capsys.readouterr()
     assert main(["bench", str(dst), "--images", str(other), "--rounds", "1", "--limit", "8"]) == 1
     captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "not the images" in captured.err and "give --images the SRC" in captured.err
+    assert captured.err.count("\n") == 1
+    assert "not the images" in captured.err and "give --images the SRC" in captured.err
     assert "timing" not in captured.out + captured.err
     from imagenet_pack.bench.folders import image_sources
     from imagenet_pack.bench.options import check_same_images
