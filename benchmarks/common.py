@@ -10,9 +10,9 @@ from pathlib import Path
 
 import cv2
 
+from imagenet_pack.bench.timing import images_per_second, standard_train_transform, timing_loader
 from imagenet_pack.machine import cpu_name, default_workers
 from imagenet_pack.synthetic import make_sample_tree
-from imagenet_pack.bench.timing import images_per_second, standard_train_transform, timing_loader
 
 __all__ = ["source_tree", "machine", "write_json", "images_per_second", "standard_train_transform", "timing_loader"]
 

@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import source_tree, write_json
+
 from imagenet_pack import ConvertOptions, convert
 from imagenet_pack.machine import default_workers
-
-from common import source_tree, write_json
 
 
 def timed_convert(src: Path, dst: Path, options: ConvertOptions, repeats: int) -> tuple[float, object]:

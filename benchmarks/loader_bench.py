@@ -13,8 +13,8 @@ reports the memory of its workers (private and shared resident MB, from /proc/PI
 
 Each figure: median images/s of ``--epochs`` timed rounds after one warm-up round (worker start-up untimed);
 a round runs one epoch of every entry in turn (interleaved, so that a slow spell on a shared machine hits
-all entries alike); a ratio is the median of the per-round ratios. ``num_workers`` = cores, batch 32; fused entries use ``build_loader``, the others a plain
-DataLoader.
+all entries alike); a ratio is the median of the per-round ratios. ``num_workers`` = cores, batch 32; fused
+entries use ``build_loader``, the others a plain DataLoader.
 """
 from __future__ import annotations
 
@@ -28,16 +28,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torchvision
+from common import source_tree, standard_train_transform, write_json
 from torch.utils.data import Dataset
 
 from imagenet_pack import CenterCropDecoder, ConvertOptions, LmdbImageNet, RandomResizedCropDecoder, convert
-from imagenet_pack.machine import default_workers
 from imagenet_pack.bench.timing import measure, ratio
 from imagenet_pack.contract.codec import DECODE_FLAGS
+from imagenet_pack.machine import default_workers
 from imagenet_pack.read.decoders import installed_backends
 from imagenet_pack.read.nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE
-
-from common import source_tree, standard_train_transform, write_json
 
 
 class BareDecode(Dataset):
@@ -107,7 +106,8 @@ def main(argv=None) -> int:
         width = max(len(r["name"]) for r in results)
         print(f"{'entry':<{width}} {'images/s':>9} {'x baseline':>11} {'x limit':>8} {'worker MB private/shared':>25}")
         for r in results:
-            print(f"{r['name']:<{width}} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} {r['ratio_to_limit']:>8.2f} "
+            print(f"{r['name']:<{width}} {r['images_per_s']:>9.0f} {r['ratio_to_baseline']:>11.2f} "
+                  f"{r['ratio_to_limit']:>8.2f} "
                   f"{r['worker_private_mb']:>15.0f} / {r['worker_shared_mb']:<6.0f}")
         write_json(args.json, results, arguments={k: str(v) for k, v in vars(args).items()}, images=len(folder))
     finally:

@@ -73,14 +73,14 @@ def main(argv=None) -> int:
         folder = [construct_seconds("folder", tmp / "src" / "train") for _ in range(args.repeats)]
         lmdb = [construct_seconds("lmdb", tmp / "db") for _ in range(args.repeats)]
         assert folder[0][1] == lmdb[0][1] == args.records
-        f, l = statistics.median(s for s, _ in folder), statistics.median(s for s, _ in lmdb)
+        f, db = statistics.median(s for s, _ in folder), statistics.median(s for s, _ in lmdb)
         print(f"{args.records} samples, median of {args.repeats}, {os.cpu_count()} cores")
         print(f"ImageFolder(...)   {f * 1e3:9.1f} ms")
-        print(f"LmdbImageNet(...)  {l * 1e3:9.1f} ms   {f / l:.0f}x faster")
+        print(f"LmdbImageNet(...)  {db * 1e3:9.1f} ms   {f / db:.0f}x faster")
         if args.json:
             args.json.write_text(json.dumps({"records": args.records, "results": [
                 {"name": "baseline", "seconds": f, "ratio_to_baseline": 1.0},
-                {"name": "lmdb-open", "seconds": l, "ratio_to_baseline": f / l}]}, indent=2))
+                {"name": "lmdb-open", "seconds": db, "ratio_to_baseline": f / db}]}, indent=2))
     return 0
 
 

@@ -33,14 +33,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import machine
 
 from imagenet_pack import ConvertOptions, EpochSampler, LmdbImageNet
-from imagenet_pack.write.writer import ShardWriter
-from imagenet_pack.write.state import Row
 from imagenet_pack.contract.format import Record, ShardMeta, encode_record
 from imagenet_pack.sources.synsets import builtin_names, class_names
-
-from common import machine
+from imagenet_pack.write.state import Row
+from imagenet_pack.write.writer import ShardWriter
 
 OPEN_TIMER = """
 import sys, time
@@ -136,7 +135,8 @@ def measure(root: Path, n: int, repeats: int) -> dict:
     p50, p99 = read_latency_us(ds)
     return {"records": n, "write_s": write_seconds, "db_mb": (root / "train" / "data.mdb").stat().st_size / 1e6,
             "open_ms": statistics.median(opens) * 1e3, "pickle_bytes": len(pickle.dumps(ds)),
-            "worker_private_dirty_mb": memory, "targets_copy_mb": targets_mb, "sampler_s": sampler_s, "sampler_peak_mb": sampler_mb,
+            "worker_private_dirty_mb": memory, "targets_copy_mb": targets_mb, "sampler_s": sampler_s,
+            "sampler_peak_mb": sampler_mb,
             "read_p50_us": p50, "read_p99_us": p99}
 
 
@@ -159,13 +159,15 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     first = results[0]["worker_private_dirty_mb"]
-    print(f"{'records':>10} {'db MB':>8} {'open ms':>8} {'pickle B':>9} {'worker private MB fork/spawn/forkserver':>40} "
+    print(f"{'records':>10} {'db MB':>8} {'open ms':>8} {'pickle B':>9} "
+          f"{'worker private MB fork/spawn/forkserver':>40} "
           f"{'+ .targets MB':>14} {'sampler s':>10} {'sampler MB':>11} {'read p50/p99 us':>16}")
     for r in results:
         mem = r["worker_private_dirty_mb"]
         growth = " / ".join(f"{mem[m]:.0f} ({mem[m] - first[m]:+.1f})" for m in ("fork", "spawn", "forkserver"))
         print(f"{r['records']:>10} {r['db_mb']:>8.0f} {r['open_ms']:>8.1f} {r['pickle_bytes']:>9} {growth:>40} "
-              f"{r['targets_copy_mb']['spawn']:>14.1f} {r['sampler_s']:>10.3f} {r['sampler_peak_mb']:>11.1f} {r['read_p50_us']:>7.1f} / {r['read_p99_us']:<7.1f}")
+              f"{r['targets_copy_mb']['spawn']:>14.1f} {r['sampler_s']:>10.3f} {r['sampler_peak_mb']:>11.1f} "
+              f"{r['read_p50_us']:>7.1f} / {r['read_p99_us']:<7.1f}")
     print("worker private MB: Private_Dirty of a worker after reading 200 random records (growth over the "
           "smallest N in brackets); + .targets: what touching ds.targets then adds (spawn); sampler: one epoch's "
           "order for rank 3 of 8")

@@ -8,11 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from imagenet_pack.read.nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE
+from helpers import opts, small_tree
 
 from imagenet_pack import convert
-from helpers import opts, small_tree
+from imagenet_pack.read.nvcodec import AVAILABLE as NVIMGCODEC_AVAILABLE
 
 
 @pytest.fixture(scope="session")

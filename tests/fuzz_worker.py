@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from imagenet_pack import verify
-from imagenet_pack.errors import ImagenetPackError
 from imagenet_pack.contract.shardfiles import close_shard
+from imagenet_pack.errors import ImagenetPackError
 from imagenet_pack.read.reader import load_split
 
 PAGE = 4096

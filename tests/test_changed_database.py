@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import opts, small_tree
 
 from imagenet_pack import FormatError, LmdbImageNet, convert
 from imagenet_pack.synthetic import make_sample_tree
-
-from helpers import opts, small_tree
 
 READ_EVERY_WAY = textwrap.dedent(r"""
     import sys, torch

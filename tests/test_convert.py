@@ -16,16 +16,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision.io as tio
+from helpers import flip_payload_byte, opts, put_meta, records
 from PIL import Image
 
-from imagenet_pack import CenterCropDecoder, FormatError, LmdbImageNet, OutputExistsError, convert
-from imagenet_pack.write.writer import ShardWriter
-from imagenet_pack.contract.format import LENGTH_KEY, RECORDS_DB, decode_record, encode_key, encode_record, Record
+from imagenet_pack import CenterCropDecoder, FormatError, LmdbImageNet, OutputExistsError, convert, verify
+from imagenet_pack.contract.format import LENGTH_KEY, RECORDS_DB, Record, decode_record, encode_key, encode_record
 from imagenet_pack.sources.items import read_item as real_read
 from imagenet_pack.synthetic import make_sample_tree
-from imagenet_pack import verify
-
-from helpers import flip_payload_byte, opts, put_meta, records
+from imagenet_pack.write.writer import ShardWriter
 
 
 def test_same_database_for_any_worker_and_shard_count(tree, tmp_path):
@@ -243,8 +241,8 @@ def test_a_no_op_rerun_reports_the_counts_without_warning_again(tmp_path, caplog
 def test_a_file_changed_or_removed_between_worker_and_writer_is_an_error(tree, tmp_path, monkeypatch):
     """The parent re-reads unchanged files from the page cache; one replaced or deleted meanwhile is a one-line
     error (the rerun resumes), never a traceback or another file's bytes under this record."""
-    from imagenet_pack.write import split
     from imagenet_pack.errors import ImagenetPackError
+    from imagenet_pack.write import split
 
     victim, gone = sorted((tree / "train").rglob("*.JPEG"))[3:5]
     real = split.read_item
@@ -274,8 +272,8 @@ def test_short_side_stores_torchvisions_resize_and_val_is_then_a_centre_crop_of_
     """--short-side 256: the shorter side becomes 256 (smaller images are kept as they are), the longer
     int(256 * long / short), the pixels PIL's Resize(256) up to the JPEG re-encoding; and the val decoder's
     sample is then the centre 224 of the stored image."""
-    from torchvision import transforms
     from helpers import photo_tree
+    from torchvision import transforms
     src = photo_tree(tmp_path / "src", [(375, 500), (500, 333), (300, 257), (200, 180), (256, 400)], split="val")
     convert(src, tmp_path / "db", opts(splits=("val",), short_side=256))
     ds = LmdbImageNet(tmp_path / "db", "val", decoder="tensor")

@@ -1,20 +1,25 @@
 """Convert a class-folder tree, read it back as LmdbImageNet, exactly as ImageFolder would."""
 from __future__ import annotations
 
-
 import lmdb
 import msgpack
 import numpy as np
 import pytest
 import torch
+from helpers import flip_payload_byte, put_meta
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from imagenet_pack import (ConvertOptions, CorruptRecordError, FormatError, LayoutError, LmdbImageNet,
-                           OutputExistsError, convert)
-from imagenet_pack.contract.format import META_DB, META_KEY, LENGTH_KEY
-
-from helpers import flip_payload_byte, put_meta
+from imagenet_pack import (
+    ConvertOptions,
+    CorruptRecordError,
+    FormatError,
+    LayoutError,
+    LmdbImageNet,
+    OutputExistsError,
+    convert,
+)
+from imagenet_pack.contract.format import LENGTH_KEY, META_DB, META_KEY
 
 
 @pytest.mark.parametrize("split", ["train", "val"])

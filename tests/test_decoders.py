@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.io as tio
+from helpers import opts, photo_tree
 from PIL import Image
 from torchvision import datasets, transforms
 from torchvision.transforms import RandomResizedCrop, v2
@@ -16,8 +17,6 @@ from torchvision.transforms import functional as F
 from imagenet_pack import CenterCropDecoder, LmdbImageNet, convert
 from imagenet_pack.read.crops import Plan, center_crop_plan, random_resized_crop_box
 from imagenet_pack.read.decoders import decode_plan, installed_backends
-
-from helpers import opts, photo_tree
 
 # odd sizes, portrait and landscape, tiny (enlarged to 256), exactly 256, huge (shrunk 6x)
 SHAPES = [(375, 500), (500, 375), (333, 499), (77, 101), (256, 256), (224, 300), (1001, 257), (1600, 1200),
@@ -49,7 +48,8 @@ def test_val_plan_is_torchvisions_resize_then_centre_crop():
     assert center_crop_plan(375, 500, 224, 256) == Plan((0, 0, 375, 500), (256, 341), (16, 58), False)
     assert center_crop_plan(500, 333, 224, 256) == Plan((0, 0, 500, 333), (384, 256), (80, 16), False)
     # torchvision: round((341 - 224) / 2) = round(58.5) = 58 (Python rounds half to even)
-    assert CenterCropDecoder(224).law.resize_size == 256 and CenterCropDecoder(192, resize_size=220).law.resize_size == 220
+    assert CenterCropDecoder(224).law.resize_size == 256
+    assert CenterCropDecoder(192, resize_size=220).law.resize_size == 220
 
 
 def _mean_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

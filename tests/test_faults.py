@@ -12,13 +12,12 @@ import cv2
 import msgpack
 import numpy as np
 import pytest
+from helpers import opts, put_meta, records
 
 from imagenet_pack import BusyError, FormatError, ImagenetPackError, LmdbImageNet, OutputExistsError, convert, verify
 from imagenet_pack.cli import main
 from imagenet_pack.contract.format import META_KEY
 from imagenet_pack.contract.shardfiles import close_shard as close_handle
-
-from helpers import opts, put_meta, records
 
 
 def files_of(root: Path) -> dict[str, bytes]:
@@ -230,6 +229,7 @@ def test_what_is_passed_over_is_listed_as_ignored(tree, tmp_path):
     assert dict(report.splits[0].ignored)["train/README.txt"] == "a file beside the class folders, not in one"
     import io
     import tarfile
+
     from imagenet_pack.sources.archives import members
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -297,6 +297,7 @@ def test_a_verdict_is_kept_only_for_the_same_bytes_and_the_environment_is_always
     stored; the same damaged bytes stay refused; a read failure of the machine (EIO) or running out of memory
     is reported as such and tried again by the next run, not remembered as damage."""
     import errno
+
     from imagenet_pack.write import tasks
     folder = next((tree / "train").iterdir())
     good = sorted(folder.iterdir())[0]
@@ -347,6 +348,7 @@ def test_overwrite_deletes_only_through_the_folders_it_checked(tree, tmp_path, m
     """--overwrite in a DST other users can write is refused before anything is deleted; and a split folder
     swapped for a link to another database between the proof and the deletion costs that database nothing."""
     import stat as stat_module
+
     from imagenet_pack import UnsafeOutputError
     from imagenet_pack.write import ownership
     dst, other = tmp_path / "db", tmp_path / "other"

@@ -7,10 +7,19 @@ import os
 import msgpack
 import pytest
 
-from imagenet_pack.write.state import Problem, Progress, Row, decode_rows, encode_rows
+from imagenet_pack.contract.format import (
+    TAIL_MAX,
+    Record,
+    ShardMeta,
+    decode_key,
+    decode_paths,
+    decode_record,
+    encode_key,
+    encode_paths,
+    encode_record,
+)
 from imagenet_pack.errors import CorruptRecordError, FormatError
-from imagenet_pack.contract.format import (TAIL_MAX, Record, ShardMeta, decode_key, decode_paths, decode_record, encode_key,
-                                  encode_paths, encode_record)
+from imagenet_pack.write.state import Problem, Progress, Row, decode_rows, encode_rows
 
 
 def test_keys_sort_in_index_order():

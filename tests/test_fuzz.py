@@ -5,8 +5,8 @@ gives the package's error or the right bytes, verify reports problems or the rig
 dies of a signal, raises anything else, or hangs.
 
 Each batch of mutations runs in a subprocess (``fuzz_worker.py``), so a signal (SIGBUS, SIGSEGV) shows as a
-failure naming the batch. IMAGENET_PACK_FUZZ_MUTATIONS sets how many mutations run (default 1200, about half a minute on 2
-cores); the longer run is ``IMAGENET_PACK_FUZZ_MUTATIONS=20000 pytest tests/test_fuzz.py``.
+failure naming the batch. IMAGENET_PACK_FUZZ_MUTATIONS sets how many mutations run (default 1200, about half
+a minute on 2 cores); the longer run is ``IMAGENET_PACK_FUZZ_MUTATIONS=20000 pytest tests/test_fuzz.py``.
 """
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import opts
 
 from imagenet_pack import convert
 from imagenet_pack.synthetic import make_sample_tree
-
-from helpers import opts
 
 MUTATIONS = int(os.environ.get("IMAGENET_PACK_FUZZ_MUTATIONS", "1200"))
 BATCH = 150

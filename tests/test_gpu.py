@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 
 from imagenet_pack import CudaPrefetcher, LmdbImageNet, RandomResizedCropDecoder, build_loader
 from imagenet_pack.bench.feed import device_path_cost, stage_batch
 from imagenet_pack.gpu.decode import GpuBatchDecoder
-from imagenet_pack.read.nvcodec import REGIONS_FROM_NVJPEG, nvjpeg_version
 from imagenet_pack.gpu.device import resolve_device
-
-import helpers
+from imagenet_pack.read.nvcodec import REGIONS_FROM_NVJPEG, nvjpeg_version
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -17,14 +17,22 @@ import lmdb
 import msgpack
 import numpy as np
 import pytest
-
-from imagenet_pack import (FormatError, CorruptRecordError, ImagenetPackError, LayoutError, LmdbImageNet,
-                           OutputExistsError, UnsafeOutputError, convert, verify)
-from imagenet_pack.demo import run_demo
-from imagenet_pack.contract.format import RECORDS_DB, Record, decode_record, encode_key, encode_record
-from imagenet_pack.sources.items import Item, NotRegularFile, read_item
-
 from helpers import cli, opts, photo, records, small_tree, write_jpeg
+
+from imagenet_pack import (
+    CorruptRecordError,
+    FormatError,
+    ImagenetPackError,
+    LayoutError,
+    LmdbImageNet,
+    OutputExistsError,
+    UnsafeOutputError,
+    convert,
+    verify,
+)
+from imagenet_pack.contract.format import RECORDS_DB, Record, decode_record, encode_key, encode_record
+from imagenet_pack.demo import run_demo
+from imagenet_pack.sources.items import Item, NotRegularFile, read_item
 
 
 def _jpeg(rgb: np.ndarray, *params: int) -> bytes:
@@ -42,7 +50,8 @@ def test_a_link_planted_in_dst_is_never_written_through(tree, tmp_path, planted)
     dst.mkdir()
     target = {"lock": dst / ".imagenet-pack.lock", "shard-lock": dst / ".imagenet-pack.lock",
               "report": dst / "convert-report.jsonl", "data": dst / "train" / "data.mdb",
-              "lockmdb": dst / "train" / "lock.mdb", "split": dst / "train", "hardlink": dst / ".imagenet-pack.lock"}[planted]
+              "lockmdb": dst / "train" / "lock.mdb", "split": dst / "train",
+              "hardlink": dst / ".imagenet-pack.lock"}[planted]
     target.parent.mkdir(parents=True, exist_ok=True)
     if planted == "split":
         other = tmp_path / "elsewhere"
@@ -299,8 +308,9 @@ def test_every_field_of_a_stored_record_is_checked(db, field, value):
 
 
 def test_metadata_with_inf_or_wrong_types_is_a_format_error_even_with_a_recomputed_checksum(db):
-    from imagenet_pack.contract.format import CHECKSUMS_KEY, META_KEY
     from helpers import put_meta
+
+    from imagenet_pack.contract.format import CHECKSUMS_KEY, META_KEY
     env = lmdb.open(str(db / "val"), max_dbs=3, readonly=True, lock=False)
     with env.begin(db=env.open_db(b"meta", create=False)) as txn:
         meta = msgpack.unpackb(txn.get(META_KEY), raw=False)
@@ -431,4 +441,5 @@ def test_unreadable_folders_and_an_unwritable_dst_are_one_line_errors(tmp_path):
 def test_a_stray_image_beside_val_class_folders_is_listed_not_a_layout_change(tree, tmp_path):
     write_jpeg(tree / "val" / "stray.JPEG", photo(20, 20, 5))
     report = convert(tree, tmp_path / "db", opts())
-    assert report.ok and dict(report.splits[1].ignored)["val/stray.JPEG"] == "a file beside the class folders, not in one"
+    assert report.ok
+    assert dict(report.splits[1].ignored)["val/stray.JPEG"] == "a file beside the class folders, not in one"

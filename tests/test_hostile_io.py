@@ -14,16 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli, opts
 
 from imagenet_pack import EpochSampler, LayoutError, LmdbImageNet, convert
 from imagenet_pack.bench.folders import SourceFolder, image_sources
-from imagenet_pack.write.ownership import write_file
 from imagenet_pack.contract.layout import check_names, report_path
 from imagenet_pack.sources.devkit import load_devkit
 from imagenet_pack.sources.kaggle import kaggle_splits
-
-from helpers import cli, opts
-
+from imagenet_pack.write.ownership import write_file
 
 # ------------------------------------------------------------------ side files: every read bounded
 

@@ -10,14 +10,13 @@ import time
 import cv2
 import lmdb
 import pytest
+from helpers import opts, photo
 
 from imagenet_pack import LmdbImageNet, convert, verify
 from imagenet_pack.contract.codec import decode_checked
-from imagenet_pack.write.prepare import PrepareOptions, prepare
-from imagenet_pack.contract.probe import probe
 from imagenet_pack.contract.format import RECORDS_DB, Record, decode_record, encode_key, encode_record
-
-from helpers import opts, photo
+from imagenet_pack.contract.probe import probe
+from imagenet_pack.write.prepare import PrepareOptions, prepare
 
 
 def _seg(marker: int, payload: bytes) -> bytes:
@@ -209,6 +208,7 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_at_once_and_named(tree, tmp_pat
 
 def _progressive(seed: int = 5) -> bytes:
     import io
+
     from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(photo(120, 160, seed)).save(buf, "JPEG", quality=92, progressive=True)

@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -18,9 +19,6 @@ from imagenet_pack.gpu.decode import GpuBatchDecoder
 from imagenet_pack.gpu.device import resolve_device
 from imagenet_pack.loader.ring import WorkerBatch
 from imagenet_pack.read.staged import COLUMNS, StagedRecords
-
-import helpers
-
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +233,8 @@ def test_the_device_s_decoders_are_set_per_mode(db_session, monkeypatch):
         nvcodec.gpu_decoder(0, kinds=("hw", "hybrid"), threads=2, batch_size=4, hw_load=loader.decoder.hw_load)
     (mode, hybrid, auto) = [kw["backends"] for kw in made]
     assert [b.backend_kind for b in mode] == [nv.BackendKind.HW_GPU_ONLY, nv.BackendKind.HYBRID_CPU_GPU]
-    assert mode[0].load_hint == pytest.approx(0.65) and mode[0].load_hint_policy == nv.LoadHintPolicy.ADAPTIVE_MINIMIZE_IDLE_TIME
+    assert mode[0].load_hint == pytest.approx(0.65)
+    assert mode[0].load_hint_policy == nv.LoadHintPolicy.ADAPTIVE_MINIMIZE_IDLE_TIME
     for backends in (hybrid, auto):
         assert backends[0].load_hint == 1.0 and backends[0].load_hint_policy == nv.LoadHintPolicy.FIXED
     assert all(kw["device_id"] == 0 and kw["max_num_cpu_threads"] == 2 for kw in made)
@@ -290,10 +289,10 @@ def test_a_share_set_while_a_worker_decodes_a_batch_applies_to_its_rows_not_yet_
         decoded = []
         real = FusedDecoder.__call__
 
-        def counting(self, *args, _real=real, _later=later, **kwargs):
+        def counting(self, *args, _real=real, _later=later, _decoded=decoded, **kwargs):
             out = _real(self, *args, **kwargs)
-            decoded.append(args[1])
-            if len(decoded) == 2:
+            _decoded.append(args[1])
+            if len(_decoded) == 2:
                 ring.set_share(_later)  # the main process decides, two rows into the batch
             return out
         monkeypatch.setattr(FusedDecoder, "__call__", counting)

@@ -10,8 +10,7 @@ import torch
 from torchvision import transforms
 
 from imagenet_pack import build_loader
-from imagenet_pack.gpu import IMAGENET_MEAN, IMAGENET_STD, CudaPrefetcher, normalize
-from imagenet_pack.gpu import lookahead
+from imagenet_pack.gpu import IMAGENET_MEAN, IMAGENET_STD, CudaPrefetcher, lookahead, normalize
 
 
 def test_normalize_matches_torchvision():
@@ -30,7 +29,8 @@ def test_prefetcher_on_cpu_yields_normalised_batches():
     batches = [(torch.full((2, 3, 4, 4), v, dtype=torch.uint8), torch.tensor([v, v])) for v in (0, 128, 255)]
     out = list(CudaPrefetcher(batches, "cpu"))
     assert len(out) == 3 and torch.equal(out[1][1], torch.tensor([128, 128]))
-    assert torch.allclose(out[2][0][0, :, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]))
+    expected = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    assert torch.allclose(out[2][0][0, :, 0, 0], expected)
 
 
 class Recording:

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from imagenet_pack import CenterCropDecoder, LmdbImageNet, RandomResizedCropDecoder
+from imagenet_pack.contract.codec import decode_rgb
 from imagenet_pack.errors import DecodeError, DecoderUnavailableError
 from imagenet_pack.read import crops, decoders, pixels
-from imagenet_pack.contract.codec import decode_rgb
 from imagenet_pack.read.pixels import decode_box
 from imagenet_pack.synthetic import natural_image
 
@@ -132,5 +132,6 @@ def test_backend_choice_is_checked_and_a_missing_backend_says_what_to_install(mo
     assert RandomResizedCropDecoder(8, backend="auto").backend == "nvimgcodec"
     monkeypatch.setattr(decoders, "NVIMGCODEC_AVAILABLE", False)
     assert RandomResizedCropDecoder(8, backend="auto").backend == "opencv"
-    with pytest.raises(DecoderUnavailableError, match=r"pip install nvidia-nvimgcodec-cu13 .*pip install -e '\.\[nvimgcodec\]'"):
+    said = r"pip install nvidia-nvimgcodec-cu13 .*pip install -e '\.\[nvimgcodec\]'"
+    with pytest.raises(DecoderUnavailableError, match=said):
         CenterCropDecoder(8, backend="nvimgcodec")

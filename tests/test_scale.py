@@ -10,19 +10,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import opts, records
 from torch.utils.data import DataLoader
 
 from imagenet_pack import ConvertOptions, FormatError, LmdbImageNet, RandomResizedCropDecoder, convert
 from imagenet_pack.cli import main
-
-from helpers import opts, records
 
 
 def test_a_pickled_dataset_carries_no_per_record_array(db_session, tmp_path, tree):
     small = LmdbImageNet(db_session, "train")
     size_small = len(pickle.dumps(small))
     big_tree = tmp_path / "big"
-    for c, folder in enumerate(sorted((tree / "train").iterdir())):  # 10x the records, same classes
+    for folder in sorted((tree / "train").iterdir()):  # 10x the records, same classes
         for k in range(60):
             target = big_tree / "train" / folder.name
             target.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,8 @@ def train_module():
 
 
 def torchrun(db: Path, out: Path, *extra: str, processes: int = 2) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), str(TRAIN),
-           str(db), "--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           str(TRAIN), str(db), "--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--workers", "0",
            "--device", "cpu", "--lr", "0.01", "--log-samples", "--output", str(out), *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

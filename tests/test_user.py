@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli, opts
 
 from imagenet_pack import LmdbImageNet, convert
 from imagenet_pack.bench.report import rate_cells
 from imagenet_pack.meter import ProgressMeter
-
-from helpers import cli, opts
 
 
 def _break(path: Path) -> None:
