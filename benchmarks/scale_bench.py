@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where to write the databases (default: a temp dir)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="scale-bench-", dir=args.dir))
     results = []
     try:
