@@ -120,8 +120,9 @@ def big_tree(tmp_path_factory):
     root = make_sample_tree(tmp_path_factory.mktemp("big") / "src", classes=4, train_per_class=300, val_per_class=2,
                             size=(240, 320))
     for image in sorted((root / "train").rglob("*.JPEG")):
+        data = image.read_bytes()
         for k in range(3):
-            image.with_name(f"{image.stem}_copy{k}.JPEG").write_bytes(image.read_bytes())
+            image.with_name(f"{image.stem}_copy{k}.JPEG").write_bytes(data)
     return root
 
 
